@@ -1,0 +1,83 @@
+"""The PyFlink operator around ``Indexer``: records in, DLQ rows out, KV writes per bundle."""
+from __future__ import annotations
+
+from pyflink.common import Row
+from pyflink.common.typeinfo import Types
+from pyflink.datastream import OutputTag, ProcessFunction
+
+from streaming import bundle
+
+# (key, value, reason, detail, source_topic, partition, offset): DeadLetterSerializer's input.
+DLQ_TYPE = Types.ROW_NAMED(
+    ["key", "value", "reason", "detail", "source_topic", "partition", "offset"],
+    [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(),
+     Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
+)
+DLQ_TAG = OutputTag("dead-letters", DLQ_TYPE)
+
+
+class IndexEvents(ProcessFunction):
+    """Validates each record (rejections go to the DLQ side output) and indexes the rest.
+
+    Good events are buffered and written at the end of the bundle (see ``bundle``).
+    Connections are made in ``open`` so the function pickles small.
+    """
+
+    def __init__(self, kv_url: str, kv_prefix: str, registry_path: str | None, source_topic: str,
+                 kv_cluster: bool = False):
+        self.kv_url = kv_url
+        self.kv_prefix = kv_prefix
+        self.registry_path = registry_path
+        self.source_topic = source_topic
+        self.kv_cluster = kv_cluster
+        self.indexer = None
+        self._scheduled = False
+
+    def open(self, runtime_context):
+        from usersignals.features import CachedFeatures, ItemFeatureStore
+        from usersignals.kv import SequenceStore, connect
+        from usersignals.registry import load_registry
+
+        from streaming.indexer import Indexer
+        from streaming.metrics import IndexerMetrics
+
+        bundle.install()
+        registry = load_registry(self.registry_path)
+        client = connect(self.kv_url, cluster=self.kv_cluster, socket_timeout=10, health_check_interval=30)
+        self.indexer = Indexer(
+            registry,
+            SequenceStore(client, registry, self.kv_prefix),
+            CachedFeatures(ItemFeatureStore(client, self.kv_prefix)),
+            _shared_metrics(),
+        )
+
+    def process_element(self, value, ctx):
+        key, payload, partition, offset = value[0], value[1], value[2], value[3]
+        rejection = self.indexer.accept(key, payload)
+        if rejection is not None:
+            yield DLQ_TAG, Row(key, payload if payload is not None else b"", rejection.reason,
+                               rejection.detail, self.source_topic, partition, offset)
+        elif not self._scheduled:
+            self._scheduled = True
+            bundle.pending(self._flush)
+
+    def _flush(self):
+        self._scheduled = False
+        self.indexer.flush()
+
+    def close(self):
+        if self.indexer is not None and self.indexer.pending:
+            self.indexer.flush()
+
+
+_METRICS = None
+
+
+def _shared_metrics():
+    # One set of collectors per worker process, however many operators it hosts.
+    global _METRICS
+    if _METRICS is None:
+        from streaming.metrics import IndexerMetrics
+
+        _METRICS = IndexerMetrics()
+    return _METRICS

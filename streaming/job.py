@@ -1,0 +1,166 @@
+"""Entry point of the real-time indexing job: wires Kafka → IndexEvents → KV (+ DLQ) on Flink.
+
+Run with the streaming environment's Python::
+
+    .venv-streaming/bin/python -m streaming.job
+
+Settings come from ``USERSIGNALS_*`` variables (see ``usersignals.settings``). The job
+resumes from the consumer group's committed offsets (earliest when there are none),
+checkpoints every ``checkpoint_interval_ms`` and commits offsets on each checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from usersignals.settings import REPO_ROOT, Settings, load_settings
+
+log = logging.getLogger("usersignals.job")
+HELPERS_JAR = REPO_ROOT / "build" / "usersignals-flink.jar"
+
+
+def _flink_lib() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).parent / "lib"
+
+
+def build_environment(settings: Settings):
+    from pyflink.common import Configuration
+    from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+
+    tmp = settings.data_dir / "flink-tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    lib = _flink_lib()
+    # The Kafka connector is installed into pyflink/lib (shigawire-apache-flink-libraries), so
+    # it is on the system classpath already; shipping it again as a user jar breaks class loading.
+    for jar in (HELPERS_JAR, lib / "flink-connector-kafka.jar", lib / "kafka-clients.jar"):
+        if not jar.exists():
+            raise SystemExit(f"missing jar {jar}; run `make install` to build and fetch it")
+    conf = Configuration()
+    conf.set_string("pipeline.jars", f"file://{HELPERS_JAR}")
+    conf.set_string("io.tmp.dirs", str(tmp))
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("python.fn-execution.bundle.size", str(settings.bundle_size))
+    conf.set_string("python.fn-execution.bundle.time", str(settings.bundle_time_ms))
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", "2147483647")
+    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    conf.set_string("pipeline.name", "usersignals-indexer")
+    os.environ["_python_worker_execution_mode"] = settings.python_worker_mode
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(settings.parallelism)
+    env.enable_checkpointing(settings.checkpoint_interval_ms, CheckpointingMode.AT_LEAST_ONCE)
+    return env
+
+
+def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluster: bool = False) -> None:
+    from pyflink.common import WatermarkStrategy
+    from pyflink.common.typeinfo import Types
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSink, KafkaSource
+    from pyflink.java_gateway import get_gateway
+
+    from streaming.functions import DLQ_TAG, IndexEvents
+
+    jvm = get_gateway().jvm
+    kafka_init = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer
+    # The Python wrapper of committed_offsets() names classes of the fat SQL connector jar,
+    # absent here; build the same initializer through the Java API.
+    starting = KafkaOffsetsInitializer(kafka_init.OffsetsInitializer.committedOffsets(
+        jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST))
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(settings.broker)
+        .set_topics(settings.events_topic)
+        .set_group_id(settings.consumer_group)
+        .set_client_id_prefix("usersignals-indexer")
+        .set_starting_offsets(starting)
+        .set_property("commit.offsets.on.checkpoint", "true")
+        .set_property("fetch.max.wait.ms", "20")
+        .set_property("partition.discovery.interval.ms", "60000")
+    )
+    builder._j_builder.setDeserializer(jvm.usersignals.flink.RawRecordDeserializer())
+    source = builder.build()
+
+    records = env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka:" + settings.events_topic)
+    indexed = records.process(
+        IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster),
+        output_type=Types.STRING(),
+    ).name("validate-enrich-index")
+
+    sink_builder = jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
+    j_sink = (
+        sink_builder.setBootstrapServers(settings.broker)
+        .setRecordSerializer(jvm.usersignals.flink.DeadLetterSerializer(settings.dlq_topic))
+        .setDeliveryGuarantee(jvm.org.apache.flink.connector.base.DeliveryGuarantee.AT_LEAST_ONCE)
+        .setProperty("linger.ms", "5")
+        .build()
+    )
+    indexed.get_side_output(DLQ_TAG).sink_to(KafkaSink(j_sink)).name("kafka:" + settings.dlq_topic)
+
+
+def serve_metrics(settings: Settings, multiproc_dir: Path) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(multiproc_dir))
+    start_http_server(settings.job_metrics_port, addr=settings.host, registry=registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kv-cluster", action="store_true", help="the KV URL points at a Redis Cluster")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+
+    # Python workers inherit this and write their metrics there; the driver serves the sum.
+    multiproc = settings.data_dir / "job-metrics"
+    shutil.rmtree(multiproc, ignore_errors=True)
+    multiproc.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+    serve_metrics(settings, multiproc)
+
+    env = build_environment(settings)
+    registry_path = str(settings.registry_path) if settings.registry_path else None
+    build_pipeline(env, settings, registry_path, args.kv_cluster)
+    client = env.execute_async("usersignals-indexer")
+    log.info("submitted job %s (parallelism %d, %s workers, bundle %d/%dms, metrics :%d)",
+             client.get_job_id(), settings.parallelism, settings.python_worker_mode,
+             settings.bundle_size, settings.bundle_time_ms, settings.job_metrics_port)
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: cancelling the job", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    last = None
+    while not stop.is_set():
+        status = str(client.get_job_status().result())
+        if status != last:
+            log.info("job status %s", status)
+            last = status
+        if status in ("FAILED", "FINISHED", "CANCELED"):
+            return 1 if status == "FAILED" else 0
+        stop.wait(1.0)
+    try:
+        client.cancel().result()
+    except Exception as exc:  # already gone: nothing left to cancel
+        log.warning("cancel: %s", exc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

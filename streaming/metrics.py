@@ -1,0 +1,53 @@
+"""Prometheus metrics of the real-time indexer.
+
+Python workers of the Flink job are separate processes; they write metric values to
+``PROMETHEUS_MULTIPROC_DIR`` and the job's driver serves the sum on one port.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from usersignals.events import REASONS
+
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class IndexerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        kw = {"registry": registry} if registry is not None else {}
+        self.events_in = Counter("usersignals_indexer_events_in_total",
+                                 "Records read from the events topic.", **kw)
+        self.enriched = Counter("usersignals_indexer_events_enriched_total",
+                                "Events indexed with item features found.", **kw)
+        self.missing_features = Counter("usersignals_indexer_items_without_features_total",
+                                        "Events indexed with empty enrichment: item had no features.", **kw)
+        self._dlq = Counter("usersignals_indexer_dlq_total",
+                            "Records sent to the dead-letter topic, by reason.", ["reason"], **kw)
+        self._kv_writes = Counter("usersignals_indexer_kv_writes_total",
+                                  "Events written to the KV layer, by dataset.", ["dataset"], **kw)
+        self.lag_seconds = Histogram("usersignals_indexer_end_to_end_lag_seconds",
+                                     "Now minus event time when the event is written to the KV layer.",
+                                     buckets=_LAG_BUCKETS, **kw)
+        self.kv_write_seconds = Histogram("usersignals_indexer_kv_write_seconds",
+                                          "Duration of one pipelined batch write to the KV layer.",
+                                          buckets=_FAST_BUCKETS, **kw)
+        self.enrich_seconds = Histogram("usersignals_indexer_enrich_seconds",
+                                        "Duration of enriching one batch (feature lookups included).",
+                                        buckets=_FAST_BUCKETS, **kw)
+        self.batch_size = Histogram("usersignals_indexer_batch_size_events",
+                                    "Events per KV write batch (one per Flink bundle).",
+                                    buckets=_SIZE_BUCKETS, **kw)
+        # Children created up front so every reason shows as 0 before the first rejection.
+        self._dlq_children = {r: self._dlq.labels(r) for r in REASONS}
+        self._kv_children: dict = {}
+
+    def dlq(self, reason: str) -> None:
+        self._dlq_children[reason].inc()
+
+    def kv_writes(self, dataset: str, n: int = 1) -> None:
+        child = self._kv_children.get(dataset)
+        if child is None:
+            child = self._kv_children[dataset] = self._kv_writes.labels(dataset)
+        child.inc(n)

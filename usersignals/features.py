@@ -1,0 +1,93 @@
+"""Item features: the source that enrichments read, with a bounded in-process cache.
+
+Features live in the KV server as one JSON string per item (``{p}:item:<item_id>``),
+written by the offline jobs (and, locally, by the event generator). Readers fetch
+many items in one pipelined round trip and cache them for a short time, because
+item features change slowly and the same popular items recur in every batch.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+
+class ItemFeatureStore:
+    def __init__(self, client, prefix: str = "us"):
+        self.client = client
+        self.prefix = prefix
+
+    def key(self, item_id: str) -> str:
+        return f"{self.prefix}:item:{item_id}"
+
+    def put_many(self, features: Mapping[str, Mapping[str, Any]], chunk: int = 5000) -> None:
+        items = list(features.items())
+        for i in range(0, len(items), chunk):
+            pipe = self.client.pipeline(transaction=False)
+            for item_id, feats in items[i:i + chunk]:
+                pipe.set(self.key(item_id), orjson.dumps(feats))
+            pipe.execute()
+
+    def get_many(self, item_ids: Iterable[str]) -> dict[str, dict]:
+        """Features of the items that have any; absent items are left out. One round trip."""
+        ids = list(item_ids)
+        if not ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in ids:
+            pipe.get(self.key(item_id))
+        out = {}
+        for item_id, raw in zip(ids, pipe.execute()):
+            if raw is not None:
+                out[item_id] = orjson.loads(raw)
+        return out
+
+
+class CachedFeatures:
+    """LRU + TTL cache in front of an ``ItemFeatureStore``; misses are fetched in one batch.
+
+    Absent items are cached too (as ``None``) so an unknown item does not cost a
+    lookup per event.
+    """
+
+    def __init__(self, store: ItemFeatureStore, max_items: int = 200_000, ttl_s: float = 60.0,
+                 clock=time.monotonic):
+        self.store = store
+        self.max_items = max_items
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._cache: OrderedDict[str, tuple[float, dict | None]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, item_ids: Iterable[str]) -> dict[str, dict | None]:
+        now = self.clock()
+        out: dict[str, dict | None] = {}
+        missing: list[str] = []
+        for item_id in item_ids:
+            if item_id in out:
+                continue
+            entry = self._cache.get(item_id)
+            if entry is not None and now - entry[0] < self.ttl_s:
+                self._cache.move_to_end(item_id)
+                out[item_id] = entry[1]
+                self.hits += 1
+            else:
+                missing.append(item_id)
+                out[item_id] = None
+        if missing:
+            self.misses += len(missing)
+            fetched = self.store.get_many(missing)
+            for item_id in missing:
+                feats = fetched.get(item_id)
+                out[item_id] = feats
+                self._cache[item_id] = (now, feats)
+                self._cache.move_to_end(item_id)
+            while len(self._cache) > self.max_items:
+                self._cache.popitem(last=False)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._cache)

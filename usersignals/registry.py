@@ -1,0 +1,253 @@
+"""The registry: event types, datasets, enrichments and tenants, validated on load.
+
+It is the single source the streaming job, the batch jobs, the serving API and the
+DAGs read (see ``default_registry.toml``). Loading fails with a ``RegistryError``
+that names the offending entry, the bad value and what would be right.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_REGISTRY_PATH = Path(__file__).with_name("default_registry.toml")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+STAGES = ("indexing", "serving")
+FORMATS = ("json", "ufr")
+MAX_RETENTION = 10_000
+
+
+class RegistryError(ValueError):
+    """The registry file is not valid; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    name: str
+    fields: tuple[str, ...]
+    stage: str
+    source: str = "item_features"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    id: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The last ``retention`` events of one event type per user, newest first."""
+
+    name: str
+    event_type: str
+    retention: int
+    enrichments: tuple[str, ...] = ()
+    ttl_days: int = 90
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A use case: which sequences it reads, how long, enriched how, in which format."""
+
+    name: str
+    sequences: Mapping[str, int]
+    enrichments: tuple[str, ...] = ()
+    format: str = "json"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Registry:
+    event_types: Mapping[str, EventType]
+    datasets: Mapping[str, Dataset]
+    enrichments: Mapping[str, Enrichment]
+    tenants: Mapping[str, Tenant]
+    source: str = "<memory>"
+    _by_event_type: Mapping[str, tuple[Dataset, ...]] = field(default_factory=dict, repr=False)
+
+    def datasets_for(self, event_type: str) -> tuple[Dataset, ...]:
+        """The datasets the streaming job writes an event of this type to."""
+        return self._by_event_type.get(event_type, ())
+
+    def dataset_for_type(self, event_type: str) -> Dataset:
+        """The real-time dataset of an event type (there is exactly one)."""
+        found = self._by_event_type.get(event_type)
+        if not found:
+            known = ", ".join(sorted(self.event_types))
+            raise KeyError(f"unknown event type {event_type!r}; known types: {known}")
+        return found[0]
+
+    def indexing_fields(self, dataset: Dataset) -> tuple[str, ...]:
+        """Item-feature fields stored with each event of ``dataset``."""
+        out: list[str] = []
+        for name in dataset.enrichments:
+            for f in self.enrichments[name].fields:
+                if f not in out:
+                    out.append(f)
+        return tuple(out)
+
+
+def load_registry(path: str | Path | None = None) -> Registry:
+    """Load and validate a registry file (the packaged default when ``path`` is None)."""
+    path = Path(path) if path else DEFAULT_REGISTRY_PATH
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"registry file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RegistryError(f"{path}: not valid TOML: {exc}") from None
+    return parse_registry(raw, source=str(path))
+
+
+def parse_registry(raw: Mapping[str, Any], source: str = "<memory>") -> Registry:
+    unknown = set(raw) - {"enrichments", "event_types", "datasets", "tenants"}
+    if unknown:
+        raise RegistryError(
+            f"{source}: unknown top-level section(s) {sorted(unknown)}; "
+            "expected enrichments, event_types, datasets, tenants"
+        )
+    enrichments = {n: _enrichment(n, b) for n, b in _section(raw, "enrichments").items()}
+    event_types = {n: _event_type(n, b) for n, b in _section(raw, "event_types").items()}
+    if not event_types:
+        raise RegistryError(f"{source}: at least one event type is required")
+    ids: dict[int, str] = {}
+    for et in event_types.values():
+        if et.id in ids:
+            raise RegistryError(
+                f"event_types.{et.name}.id: {et.id} is already used by {ids[et.id]!r}; ids must be unique"
+            )
+        ids[et.id] = et.name
+
+    datasets = {n: _dataset(n, b, event_types, enrichments) for n, b in _section(raw, "datasets").items()}
+    by_type: dict[str, list[Dataset]] = {}
+    for ds in datasets.values():
+        by_type.setdefault(ds.event_type, []).append(ds)
+    for et, dss in by_type.items():
+        if len(dss) > 1:
+            names = sorted(d.name for d in dss)
+            raise RegistryError(
+                f"datasets {names}: event type {et!r} has {len(dss)} real-time datasets; exactly one is allowed"
+            )
+    missing = sorted(set(event_types) - set(by_type))
+    if missing:
+        raise RegistryError(f"event types {missing} have no dataset; add a [datasets.<name>] for each")
+
+    tenants = {n: _tenant(n, b, datasets, enrichments) for n, b in _section(raw, "tenants").items()}
+    return Registry(
+        event_types=event_types,
+        datasets=datasets,
+        enrichments=enrichments,
+        tenants=tenants,
+        source=source,
+        _by_event_type={k: tuple(v) for k, v in by_type.items()},
+    )
+
+
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Mapping[str, Any]]:
+    section = raw.get(name, {})
+    if not isinstance(section, Mapping):
+        raise RegistryError(f"{name}: expected a table of entries, got {type(section).__name__}")
+    for key, body in section.items():
+        if not _NAME.match(key):
+            raise RegistryError(
+                f"{name}.{key}: names must be lowercase snake_case (a-z, 0-9, _), at most 63 characters"
+            )
+        if not isinstance(body, Mapping):
+            raise RegistryError(f"{name}.{key}: expected a table, got {type(body).__name__}")
+    return section
+
+
+def _check_keys(where: str, body: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
+    extra = set(body) - allowed
+    if extra:
+        raise RegistryError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
+    absent = required - set(body)
+    if absent:
+        raise RegistryError(f"{where}: missing required key(s) {sorted(absent)}")
+
+
+def _positive_int(where: str, value: Any, maximum: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise RegistryError(f"{where}: must be a positive integer, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise RegistryError(f"{where}: {value} is over the maximum of {maximum}")
+    return value
+
+
+def _str_list(where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RegistryError(f"{where}: must be a list of strings, got {value!r}")
+    if len(set(value)) != len(value):
+        raise RegistryError(f"{where}: has duplicates: {value!r}")
+    return tuple(value)
+
+
+def _enrichment(name: str, body: Mapping[str, Any]) -> Enrichment:
+    where = f"enrichments.{name}"
+    _check_keys(where, body, {"fields", "stage", "source", "description"}, {"fields", "stage"})
+    fields = _str_list(f"{where}.fields", body["fields"])
+    if not fields:
+        raise RegistryError(f"{where}.fields: must name at least one item-feature field")
+    if body["stage"] not in STAGES:
+        raise RegistryError(f"{where}.stage: {body['stage']!r} is not one of {list(STAGES)}")
+    source = body.get("source", "item_features")
+    if source != "item_features":
+        raise RegistryError(f"{where}.source: {source!r} is not a known feature source; known: ['item_features']")
+    return Enrichment(name, fields, body["stage"], source, str(body.get("description", "")))
+
+
+def _event_type(name: str, body: Mapping[str, Any]) -> EventType:
+    where = f"event_types.{name}"
+    _check_keys(where, body, {"id", "description"}, {"id"})
+    return EventType(name, _positive_int(f"{where}.id", body["id"], 255), str(body.get("description", "")))
+
+
+def _dataset(name, body, event_types, enrichments) -> Dataset:
+    where = f"datasets.{name}"
+    _check_keys(where, body, {"event_type", "retention", "enrichments", "ttl_days", "description"},
+                {"event_type", "retention"})
+    et = body["event_type"]
+    if et not in event_types:
+        raise RegistryError(f"{where}.event_type: {et!r} is not a registered event type; known: {sorted(event_types)}")
+    enr = _str_list(f"{where}.enrichments", body.get("enrichments", []))
+    for e in enr:
+        if e not in enrichments:
+            raise RegistryError(f"{where}.enrichments: {e!r} is not a registered enrichment; known: {sorted(enrichments)}")
+        if enrichments[e].stage != "indexing":
+            raise RegistryError(
+                f"{where}.enrichments: {e!r} has stage 'serving'; only indexing-time enrichments are stored"
+            )
+    return Dataset(
+        name=name,
+        event_type=et,
+        retention=_positive_int(f"{where}.retention", body["retention"], MAX_RETENTION),
+        enrichments=enr,
+        ttl_days=_positive_int(f"{where}.ttl_days", body.get("ttl_days", 90), 3650),
+        description=str(body.get("description", "")),
+    )
+
+
+def _tenant(name, body, datasets, enrichments) -> Tenant:
+    where = f"tenants.{name}"
+    _check_keys(where, body, {"sequences", "enrichments", "format", "description"}, {"sequences"})
+    seqs = body["sequences"]
+    if not isinstance(seqs, Mapping) or not seqs:
+        raise RegistryError(f"{where}.sequences: must map dataset names to lengths, got {seqs!r}")
+    for ds_name, length in seqs.items():
+        if ds_name not in datasets:
+            raise RegistryError(f"{where}.sequences: {ds_name!r} is not a registered dataset; known: {sorted(datasets)}")
+        _positive_int(f"{where}.sequences.{ds_name}", length, datasets[ds_name].retention)
+    enr = _str_list(f"{where}.enrichments", body.get("enrichments", []))
+    for e in enr:
+        if e not in enrichments:
+            raise RegistryError(f"{where}.enrichments: {e!r} is not a registered enrichment; known: {sorted(enrichments)}")
+    fmt = body.get("format", "json")
+    if fmt not in FORMATS:
+        raise RegistryError(f"{where}.format: {fmt!r} is not one of {list(FORMATS)}")
+    return Tenant(name, dict(seqs), enr, fmt, str(body.get("description", "")))
