@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh machine of this kind (Debian, Python 3.11,
+# root): Debian packages, the two Python environments from their lock files, and the
+# Flink helper jar. Idempotent and quick when nothing changed (a stamp records the inputs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+STAMP=.install-stamp
+inputs_hash() {
+  cat requirements/*.lock pyproject.toml infra/install.sh streaming/java/src/usersignals/flink/*.java \
+    | sha256sum | cut -d' ' -f1
+}
+want=$(inputs_hash)
+if [[ -f $STAMP && $(cat $STAMP) == "$want" && -x .venv/bin/python && -x .venv-streaming/bin/python \
+      && -f build/usersignals-flink.jar ]] && command -v redis-server >/dev/null; then
+  exit 0
+fi
+
+echo "==> Debian packages"
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The Debian service would hold port 6379; the local stack runs its own redis-server.
+if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
+  systemctl stop redis-server || true
+fi
+
+make_env() {  # make_env DIR LOCKFILE
+  local dir=$1 lock=$2
+  [[ -x $dir/bin/python ]] || "$PY" -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --upgrade pip
+  "$dir/bin/python" -m pip install -q -r "$lock"
+  "$dir/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v -i "warning\|^ \|^$" || true
+}
+echo "==> main environment (.venv)"
+make_env .venv requirements/main.lock
+echo "==> streaming environment (.venv-streaming)"
+make_env .venv-streaming requirements/streaming.lock
+
+echo "==> Flink helper jar"
+PYFLINK_LIB=$(.venv-streaming/bin/python -c 'import pyflink, os; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')
+for jar in flink-connector-kafka.jar kafka-clients.jar; do
+  [[ -f $PYFLINK_LIB/$jar ]] || { echo "missing $PYFLINK_LIB/$jar (shigawire-apache-flink-libraries)"; exit 1; }
+done
+rm -rf build/java-classes && mkdir -p build/java-classes
+javac -nowarn -d build/java-classes -cp "$PYFLINK_LIB/*" streaming/java/src/usersignals/flink/*.java
+jar cf build/usersignals-flink.jar -C build/java-classes usersignals
+
+echo "$want" > $STAMP
+echo "==> installed"

