@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,9 @@ class Stack:
         from confluent_kafka.admin import AdminClient, NewTopic
 
         s = self.settings
+        # The local broker keeps topics in memory: a fresh broker means fresh offsets, so the
+        # job's retained checkpoints (offsets into the old topics) must not be restored.
+        shutil.rmtree(s.data_dir / "checkpoints", ignore_errors=True)
         admin = AdminClient({"bootstrap.servers": s.broker})
         deadline = time.monotonic() + 20
         while True:

@@ -32,6 +32,12 @@ def _flink_lib() -> Path:
     return Path(pyflink.__file__).parent / "lib"
 
 
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest completed checkpoint (a chk-N directory with its _metadata) of any run."""
+    done = [m.parent for m in checkpoints.glob("*/chk-*/_metadata")]
+    return max(done, key=lambda d: d.stat().st_mtime, default=None)
+
+
 def build_environment(settings: Settings):
     from pyflink.common import Configuration
     from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
@@ -55,6 +61,17 @@ def build_environment(settings: Settings):
     conf.set_string("restart-strategy.fixed-delay.attempts", "2147483647")
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
     conf.set_string("pipeline.name", "usersignals-indexer")
+    # Retained checkpoints (with the source's offsets) are what a restarted job resumes from;
+    # the offsets committed to the broker on each checkpoint are the fallback and the lag signal.
+    checkpoints = settings.data_dir / "checkpoints"
+    conf.set_string("execution.checkpointing.dir", f"file://{checkpoints}")
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    conf.set_string("execution.checkpointing.num-retained", "2")
+    restore = latest_checkpoint(checkpoints)
+    if restore is not None:
+        log.info("restoring from checkpoint %s", restore)
+        conf.set_string("execution.state-recovery.path", f"file://{restore}")
+        conf.set_string("execution.state-recovery.ignore-unclaimed-state", "true")
     os.environ["_python_worker_execution_mode"] = settings.python_worker_mode
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.parallelism)
@@ -90,11 +107,13 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
     builder._j_builder.setDeserializer(jvm.usersignals.flink.RawRecordDeserializer())
     source = builder.build()
 
-    records = env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka:" + settings.events_topic)
+    # Stable uids map checkpointed state (the source's offsets) back to operators on restore.
+    records = env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka:" + settings.events_topic) \
+        .uid("events-source")
     indexed = records.process(
         IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster),
         output_type=Types.STRING(),
-    ).name("validate-enrich-index")
+    ).name("validate-enrich-index").uid("validate-enrich-index")
 
     sink_builder = jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
     j_sink = (
@@ -104,7 +123,8 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .setProperty("linger.ms", "5")
         .build()
     )
-    indexed.get_side_output(DLQ_TAG).sink_to(KafkaSink(j_sink)).name("kafka:" + settings.dlq_topic)
+    indexed.get_side_output(DLQ_TAG).sink_to(KafkaSink(j_sink)).name("kafka:" + settings.dlq_topic) \
+        .uid("dlq-sink")
 
 
 def serve_metrics(settings: Settings, multiproc_dir: Path) -> None:

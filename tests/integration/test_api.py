@@ -1,0 +1,66 @@
+"""The read API on a real KV server."""
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from usersignals.kv import SequenceStore, StoredEvent
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(kv_server, kv_client, registry):
+    store = SequenceStore(kv_client, registry, kv_server.settings.kv_prefix)
+    for n in range(30):
+        body = {"event_id": f"e{n}", "item_id": f"i{n}", "ts": 1000 + n, "features": {"category": "c1"}}
+        store.write([StoredEvent("repins", "u1", f"e{n}", 1000 + n, orjson.dumps(body))])
+    return TestClient(create_app(kv_server.settings, registry))
+
+
+def test_events_are_newest_first_with_enrichment(api):
+    r = api.get("/v1/users/u1/events", params={"type": "repin", "limit": 3})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["dataset"] == "repins"
+    assert [e["event_id"] for e in body["events"]] == ["e29", "e28", "e27"]
+    assert body["events"][0]["features"] == {"category": "c1"}
+
+
+def test_default_limit_and_unknown_user(api):
+    assert len(api.get("/v1/users/u1/events", params={"type": "repin"}).json()["events"]) == 20
+    assert api.get("/v1/users/nobody/events", params={"type": "repin"}).json()["events"] == []
+
+
+@pytest.mark.parametrize("params,status,fragment", [
+    ({"type": "hover"}, 404, "unknown event type 'hover'"),
+    ({"type": "repin", "limit": 21}, 400, "over dataset 'repins's retention of 20"),
+    ({"type": "repin", "limit": 0}, 400, "limit"),
+    ({"type": "repin", "limit": "ten"}, 400, "limit"),
+    ({}, 400, "type"),
+])
+def test_bad_requests_get_a_4xx_with_a_message(api, params, status, fragment):
+    r = api.get("/v1/users/u1/events", params=params)
+    assert r.status_code == status
+    assert fragment in r.json()["message"]
+
+
+def test_datasets_health_and_metrics(api, registry):
+    ds = api.get("/v1/datasets").json()["datasets"]
+    assert {d["event_type"]: d["retention"] for d in ds} == {
+        d.event_type: d.retention for d in registry.datasets.values()}
+    assert api.get("/healthz").json() == {"status": "ok"}
+    api.get("/v1/users/u1/events", params={"type": "repin"})
+    text = api.get("/metrics").text
+    assert 'usersignals_api_requests_total{route="/v1/users/{user_id}/events",status="200"}' in text
+    assert "usersignals_api_kv_read_seconds_bucket" in text
+
+
+def test_health_reports_an_unreachable_kv(registry, kv_server):
+    from usersignals.kv import connect
+
+    dead = connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    client = TestClient(create_app(kv_server.settings, registry, client=dead))
+    assert client.get("/healthz").status_code == 503
+    r = client.get("/v1/users/u1/events", params={"type": "repin"})
+    assert r.status_code == 503 and "KV layer unavailable" in r.json()["message"]

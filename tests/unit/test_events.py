@@ -1,0 +1,110 @@
+import orjson
+import pytest
+
+from usersignals.events import Event, InvalidEvent, Limits, decode_stored, encode_stored, parse_event
+
+TYPES = {"click", "view"}
+NOW = 1_800_000_000_000
+
+
+def good(**over):
+    ev = {"event_id": "e1", "user_id": "u1", "event_type": "click", "item_id": "i1", "ts": NOW - 1000}
+    ev.update(over)
+    return ev
+
+
+def parse(ev, key=b"u1", **kw):
+    raw = ev if isinstance(ev, bytes) else orjson.dumps(ev)
+    return parse_event(raw, key, TYPES, now_ms=NOW, **kw)
+
+
+def reason_of(ev, key=b"u1", **kw):
+    with pytest.raises(InvalidEvent) as info:
+        parse(ev, key, **kw)
+    return info.value.reason
+
+
+def test_a_valid_event_parses_with_optional_fields():
+    e = parse(good(surface="homefeed", dwell_ms=1200, query="cake"))
+    assert e == Event("e1", "u1", "click", "i1", NOW - 1000, "homefeed", 1200, "cake")
+
+
+def test_optional_fields_may_be_null_or_absent_and_unknown_fields_are_ignored():
+    e = parse(good(surface=None, dwell_ms=None, extra={"x": 1}))
+    assert e.surface is None and e.dwell_ms is None
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"{not json", "not_json"),
+    (b"\xff\xfe", "not_json"),
+    (b"[1, 2]", "not_object"),
+    (b'"str"', "not_object"),
+])
+def test_payloads_that_are_not_json_objects(raw, reason):
+    assert reason_of(raw) == reason
+
+
+@pytest.mark.parametrize("field", ["event_id", "user_id", "event_type", "item_id", "ts"])
+def test_each_required_field_is_required(field):
+    ev = good()
+    del ev[field]
+    assert reason_of(ev) == "missing_field"
+
+
+@pytest.mark.parametrize("over,reason", [
+    ({"ts": "1700000000000"}, "bad_type"),
+    ({"ts": 1.5}, "bad_type"),
+    ({"ts": True}, "bad_type"),
+    ({"user_id": 42}, "bad_type"),
+    ({"item_id": None}, "bad_type"),
+    ({"dwell_ms": "10"}, "bad_type"),
+    ({"event_id": ""}, "bad_value"),
+    ({"item_id": "x" * 257}, "bad_value"),
+    ({"item_id": "a\x00b"}, "bad_value"),
+    ({"surface": "home\nfeed"}, "bad_value"),
+    ({"dwell_ms": -1}, "bad_value"),
+    ({"event_type": "hover"}, "unknown_event_type"),
+    ({"ts": 0}, "ts_out_of_range"),
+    ({"ts": 32503680000000}, "ts_out_of_range"),
+])
+def test_bad_fields_are_rejected_with_their_reason(over, reason):
+    ev = good(**over)
+    if "user_id" in over and not isinstance(over["user_id"], str):
+        assert reason_of(ev, key=b"42") == reason
+    else:
+        assert reason_of(ev) == reason
+
+
+def test_oversized_payloads_are_rejected_before_parsing():
+    assert reason_of(good(query="q" * 20_000)) == "too_large"
+    assert reason_of(b"x" * 2_000_000) == "too_large"
+
+
+def test_the_key_must_be_the_user_id():
+    assert reason_of(good(), key=b"u2") == "key_mismatch"
+    assert reason_of(good(), key=None) == "key_mismatch"
+
+
+def test_unicode_ids_are_fine_and_key_compares_as_utf8():
+    e = parse(good(user_id="ユーザー🙂"), key="ユーザー🙂".encode())
+    assert e.user_id == "ユーザー🙂"
+
+
+def test_time_window_is_configurable():
+    limits = Limits(max_past_ms=10_000, max_future_ms=0)
+    assert reason_of(good(ts=NOW - 20_000), limits=limits) == "ts_out_of_range"
+    assert reason_of(good(ts=NOW + 1), limits=limits) == "ts_out_of_range"
+    assert parse(good(ts=NOW - 5_000), limits=limits).ts == NOW - 5_000
+
+
+def test_detail_names_the_bad_value():
+    with pytest.raises(InvalidEvent) as info:
+        parse(good(event_type="hover"))
+    assert "hover" in info.value.detail
+
+
+def test_stored_form_round_trips_without_user_and_type():
+    e = parse(good(dwell_ms=5))
+    stored = decode_stored(encode_stored(e, {"category": "c1"}))
+    assert stored == {"event_id": "e1", "item_id": "i1", "ts": NOW - 1000, "dwell_ms": 5,
+                      "features": {"category": "c1"}}

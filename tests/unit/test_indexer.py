@@ -1,0 +1,112 @@
+"""Indexer logic with in-memory stand-ins for the KV layer and the feature source."""
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streaming.indexer import Indexer
+from streaming.metrics import IndexerMetrics
+from usersignals.features import CachedFeatures
+from usersignals.registry import load_registry
+
+NOW = 1_800_000_000.0
+
+
+class MemoryStore:
+    def __init__(self):
+        self.written = []
+        self.fail = False
+
+    def write(self, events):
+        if self.fail:
+            raise ConnectionError("kv down")
+        self.written.extend(events)
+        return len(events)
+
+
+class MemoryFeatures:
+    def __init__(self, feats):
+        self.feats = feats
+        self.calls = []
+
+    def get_many(self, ids):
+        ids = list(ids)
+        self.calls.append(ids)
+        return {i: self.feats[i] for i in ids if i in self.feats}
+
+
+def make(feats=None):
+    reg = load_registry()
+    source = MemoryFeatures(feats or {"i1": {"category": "c1", "popularity": 0.5, "embedding": [0.1]}})
+    metrics_registry = CollectorRegistry()
+    idx = Indexer(reg, MemoryStore(), CachedFeatures(source), IndexerMetrics(metrics_registry),
+                  clock=lambda: NOW)
+    return idx, source, metrics_registry
+
+
+def record(**over):
+    ev = {"event_id": "e1", "user_id": "u1", "event_type": "click", "item_id": "i1", "ts": int(NOW * 1000) - 500}
+    ev.update(over)
+    return ev["user_id"].encode(), orjson.dumps(ev)
+
+
+def metric(reg, name, labels=None):
+    return reg.get_sample_value(name, labels or {})
+
+
+def test_good_events_are_buffered_until_flush_then_written_with_indexing_enrichments():
+    idx, _, _ = make()
+    assert idx.accept(*record()) is None
+    assert idx.store.written == [] and idx.pending == 1
+    assert idx.flush() == 1
+    (e,) = idx.store.written
+    assert (e.dataset, e.user_id, e.event_id) == ("clicks", "u1", "e1")
+    # clicks stores category and popularity, not the serving-time embedding.
+    assert orjson.loads(e.payload)["features"] == {"category": "c1", "popularity": 0.5}
+
+
+def test_bad_records_are_rejected_with_reason_and_counted_not_buffered():
+    idx, _, reg = make()
+    rej = idx.accept(b"u1", b"{oops")
+    assert rej.reason == "not_json" and idx.pending == 0
+    assert metric(reg, "usersignals_indexer_dlq_total", {"reason": "not_json"}) == 1
+    assert metric(reg, "usersignals_indexer_events_in_total") == 1
+
+
+def test_an_item_without_features_is_indexed_with_empty_enrichment_and_counted():
+    idx, _, reg = make()
+    idx.accept(*record(item_id="unknown"))
+    idx.flush()
+    assert orjson.loads(idx.store.written[0].payload)["features"] == {}
+    assert metric(reg, "usersignals_indexer_items_without_features_total") == 1
+
+
+def test_feature_lookups_are_batched_per_flush_and_cached():
+    idx, source, _ = make()
+    for n in range(50):
+        idx.accept(*record(event_id=f"e{n}", item_id="i1" if n % 2 else "i2"))
+    idx.flush()
+    assert source.calls == [["i2", "i1"]]
+    idx.accept(*record(event_id="again"))
+    idx.flush()
+    assert source.calls == [["i2", "i1"]]
+
+
+def test_a_failed_write_keeps_the_batch_for_the_retry():
+    idx, _, _ = make()
+    idx.accept(*record())
+    idx.store.fail = True
+    with pytest.raises(ConnectionError):
+        idx.flush()
+    assert idx.pending == 1
+    idx.store.fail = False
+    assert idx.flush() == 1
+
+
+def test_lag_and_writes_are_measured_per_dataset():
+    idx, _, reg = make()
+    idx.accept(*record())
+    idx.accept(*record(event_id="e2", event_type="view"))
+    idx.flush()
+    assert metric(reg, "usersignals_indexer_kv_writes_total", {"dataset": "views"}) == 1
+    assert metric(reg, "usersignals_indexer_end_to_end_lag_seconds_count") == 2
+    assert metric(reg, "usersignals_indexer_end_to_end_lag_seconds_sum") == pytest.approx(1.0)
