@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             raise HTTPException(
                 404, f"unknown event type {type!r}; known types: {sorted(registry.event_types)}") from None
         if limit > ds.retention:
-            raise HTTPException(400, f"limit={limit} is over dataset {ds.name!r}'s retention of {ds.retention}")
+            raise HTTPException(400, f"limit={limit} is over the retention of dataset {ds.name!r} ({ds.retention})")
         started = time.perf_counter()
         try:
             rows = store.read(user_id, {ds.name: limit})[ds.name]

@@ -34,7 +34,7 @@ def test_default_limit_and_unknown_user(api):
 
 @pytest.mark.parametrize("params,status,fragment", [
     ({"type": "hover"}, 404, "unknown event type 'hover'"),
-    ({"type": "repin", "limit": 21}, 400, "over dataset 'repins's retention of 20"),
+    ({"type": "repin", "limit": 21}, 400, "over the retention of dataset 'repins' (20)"),
     ({"type": "repin", "limit": 0}, 400, "limit"),
     ({"type": "repin", "limit": "ten"}, 400, "limit"),
     ({}, 400, "type"),
