@@ -11,6 +11,7 @@ detail message naming the bad value. It never raises anything else, whatever the
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Container
@@ -86,8 +87,11 @@ class Event:
         return orjson.dumps(self.to_dict())
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _has_control(s: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in s)
+    return _CONTROL.search(s) is not None
 
 
 def _string(obj: dict, name: str, max_chars: int, required: bool) -> str | None:

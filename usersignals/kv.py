@@ -91,6 +91,8 @@ class SequenceStore:
         self.client = client
         self.registry = registry
         self.prefix = prefix
+        # Clusters route each command by slot through redis-py; a single node gets the packed path.
+        self._single_node = hasattr(client, "connection_pool") and not hasattr(client, "get_nodes")
         self._read = client.register_script(_READ_LUA)
         self._trim = client.register_script(_TRIM_LUA)
 
@@ -111,6 +113,58 @@ class SequenceStore:
     # --- write ----------------------------------------------------------------------
     def write(self, events: Iterable[StoredEvent]) -> int:
         """Insert events in one pipelined round trip; returns how many were sent."""
+        if self._single_node:
+            return self._write_packed(events)
+        return self._write_pipeline(events)
+
+    def _write_packed(self, events: Iterable[StoredEvent]) -> int:
+        # The hot path of the indexer: the same commands as _write_pipeline, encoded to RESP
+        # in one pass (redis-py's per-command packing costs more than the server's work).
+        parts: list[bytes] = []
+        dirty: dict[int, set[str]] = {}
+        n = 0
+        p = self.prefix
+        for e in events:
+            user = e.user_id
+            base = f"{p}:{{{user}}}:{e.dataset}:".encode()
+            eid = e.event_id.encode()
+            parts.append(b"*4\r\n$4\r\nHSET\r\n$%d\r\n%sh\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                len(base) + 1, base, len(eid), eid, len(e.payload), e.payload))
+            score = b"%d" % e.ts
+            parts.append(b"*4\r\n$4\r\nZADD\r\n$%d\r\n%sz\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                len(base) + 1, base, len(score), score, len(eid), eid))
+            dirty.setdefault(self.bucket_of(user), set()).add(f"{e.dataset}:{user}")
+            n += 1
+        if not n:
+            return 0
+        for bucket, members in dirty.items():
+            args = [b"SADD", self.dirty_key(bucket).encode()] + [m.encode() for m in members]
+            parts.append(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+        replies = 2 * n + len(dirty)
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(parts)], check_health=False)
+            error = None
+            for _ in range(replies):  # read every reply, even after an error, to keep the stream in sync
+                try:
+                    conn.read_response()
+                except Exception as exc:  # a server-side error reply for one command
+                    import redis
+
+                    if not isinstance(exc, redis.ResponseError):
+                        raise
+                    error = error or exc
+            if error is not None:
+                raise error
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        return n
+
+    def _write_pipeline(self, events: Iterable[StoredEvent]) -> int:
         pipe = self.client.pipeline(transaction=False)
         dirty: dict[int, set[str]] = {}
         n = 0
