@@ -20,6 +20,7 @@ import time
 
 import orjson
 
+from usersignals.settings import load_settings
 from bench.common import bench_settings, emit, log, scrape
 from infra.generator import EventGenerator, ItemCatalog, WorkloadConfig, make_producer, produce, write_features
 from infra.stack import Stack
@@ -67,8 +68,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--parallelism", type=int, default=2)
-    ap.add_argument("--bundle-size", type=int, default=1000)
-    ap.add_argument("--bundle-time-ms", type=int, default=100)
+    defaults = load_settings()
+    ap.add_argument("--bundle-size", type=int, default=defaults.bundle_size)
+    ap.add_argument("--bundle-time-ms", type=int, default=defaults.bundle_time_ms)
     args = ap.parse_args(argv)
     settings = bench_settings("bench-indexing", parallelism=args.parallelism, bundle_size=args.bundle_size,
                               bundle_time_ms=args.bundle_time_ms)

@@ -35,7 +35,8 @@ CANARY_USER = "__usersignals_canary__"
 
 
 def _say(msg: str) -> None:
-    print(f"[stack] {msg}", flush=True)
+    # stderr: benchmarks and scripts keep stdout for their results.
+    print(f"[stack] {msg}", file=sys.stderr, flush=True)
 
 
 def tansu_binary() -> Path:

@@ -41,8 +41,8 @@ class Settings:
     # Flink job tuning; the defaults favour latency (see README "Tuning").
     parallelism: int = 2
     checkpoint_interval_ms: int = 5000
-    bundle_size: int = 500
-    bundle_time_ms: int = 50
+    bundle_size: int = 1000
+    bundle_time_ms: int = 20
     python_worker_mode: str = "process"
     extra: dict = field(default_factory=dict)
 
@@ -83,7 +83,7 @@ def load_settings() -> Settings:
         kv_prefix=_env("KV_PREFIX", "us"),
         parallelism=_env_int("PARALLELISM", 2),
         checkpoint_interval_ms=_env_int("CHECKPOINT_INTERVAL_MS", 5000),
-        bundle_size=_env_int("BUNDLE_SIZE", 500),
-        bundle_time_ms=_env_int("BUNDLE_TIME_MS", 50),
+        bundle_size=_env_int("BUNDLE_SIZE", 1000),
+        bundle_time_ms=_env_int("BUNDLE_TIME_MS", 20),
         python_worker_mode=mode,
     )
