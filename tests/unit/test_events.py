@@ -108,3 +108,30 @@ def test_stored_form_round_trips_without_user_and_type():
     stored = decode_stored(encode_stored(e, {"category": "c1"}))
     assert stored == {"event_id": "e1", "item_id": "i1", "ts": NOW - 1000, "dwell_ms": 5,
                       "features": {"category": "c1"}}
+
+
+def test_no_input_makes_the_parser_raise_anything_but_invalid_event():
+    """A poison record would crash-loop the job, so fuzz the parser with hostile bytes."""
+    import random
+
+    rng = random.Random(1234)
+    seed = orjson.dumps(good(surface="s", dwell_ms=1, query="q"))
+    pieces = [b"{", b"}", b"[", b"]", b'"', b":", b",", b"\\u0000", b"\\ud800", b"null", b"true",
+              b"1e999", b"-0", b"\xff", b"\x00", "ü🙂".encode(), b"9" * 30]
+    for i in range(20_000):
+        kind = i % 3
+        if kind == 0:
+            raw = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+        elif kind == 1:
+            raw = bytearray(seed)
+            for _ in range(rng.randint(1, 4)):
+                pos = rng.randrange(len(raw))
+                raw[pos:pos + rng.randint(0, 3)] = rng.choice(pieces)
+            raw = bytes(raw)
+        else:
+            raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        key = rng.choice([None, b"u1", bytes([rng.getrandbits(8)])])
+        try:
+            parse_event(raw, key, TYPES, now_ms=NOW)
+        except InvalidEvent:
+            pass
