@@ -96,7 +96,7 @@ class Stack:
             "USERSIGNALS_KV_PORT": str(s.kv_port), "USERSIGNALS_API_PORT": str(s.api_port),
             "USERSIGNALS_JOB_METRICS_PORT": str(s.job_metrics_port),
             "USERSIGNALS_DATA_DIR": str(s.data_dir), "USERSIGNALS_EVENTS_TOPIC": s.events_topic,
-            "USERSIGNALS_DLQ_TOPIC": s.dlq_topic, "USERSIGNALS_CONSUMER_GROUP": s.consumer_group,
+            "USERSIGNALS_DLQ_TOPIC": s.dlq_topic, "USERSIGNALS_SERVED_TOPIC": s.served_topic, "USERSIGNALS_CONSUMER_GROUP": s.consumer_group,
             "USERSIGNALS_KV_PREFIX": s.kv_prefix, "USERSIGNALS_PARALLELISM": str(s.parallelism),
             "USERSIGNALS_CHECKPOINT_INTERVAL_MS": str(s.checkpoint_interval_ms),
             "USERSIGNALS_BUNDLE_SIZE": str(s.bundle_size), "USERSIGNALS_BUNDLE_TIME_MS": str(s.bundle_time_ms),
@@ -142,7 +142,7 @@ class Stack:
             ),
             Component(
                 "api", [str(MAIN_PY), "-m", "serving"],
-                ready=lambda: self.http_ok(f"http://{s.host}:{s.api_port}/healthz"), ports=(s.api_port,),
+                ready=lambda: self.http_ok(f"http://{s.host}:{s.api_port}/readyz"), ports=(s.api_port,),
             ),
         ]
         if self.with_generator:
@@ -187,7 +187,7 @@ class Stack:
         while True:
             existing = set(admin.list_topics(timeout=5).topics)
             todo = [NewTopic(t, num_partitions=s.topic_partitions, replication_factor=1)
-                    for t in (s.events_topic, s.dlq_topic) if t not in existing]
+                    for t in (s.events_topic, s.dlq_topic, s.served_topic) if t not in existing]
             if not todo:
                 return
             for topic, fut in admin.create_topics(todo).items():

@@ -34,6 +34,7 @@ class IndexEvents(ProcessFunction):
         self._scheduled = False
 
     def open(self, runtime_context):
+        from usersignals.aggregates import AggregateStore
         from usersignals.features import CachedFeatures, ItemFeatureStore
         from usersignals.kv import SequenceStore, connect
         from usersignals.registry import load_registry
@@ -49,6 +50,7 @@ class IndexEvents(ProcessFunction):
             SequenceStore(client, registry, self.kv_prefix),
             CachedFeatures(ItemFeatureStore(client, self.kv_prefix)),
             _shared_metrics(),
+            aggregates=AggregateStore(client, self.kv_prefix),
         )
 
     def process_element(self, value, ctx):

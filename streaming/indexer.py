@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from usersignals.aggregates import AggregateStore
 from usersignals.events import DEFAULT_LIMITS, Event, InvalidEvent, Limits, encode_stored, parse_event
 from usersignals.features import CachedFeatures
 from usersignals.kv import SequenceStore, StoredEvent
@@ -35,11 +36,13 @@ class Indexer:
         metrics: IndexerMetrics,
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
+        aggregates: AggregateStore | None = None,
     ):
         self.registry = registry
         self.store = store
         self.features = features
         self.metrics = metrics
+        self.aggregates = aggregates
         self.limits = limits
         self.clock = clock
         self._buffer: list[Event] = []
@@ -76,6 +79,7 @@ class Indexer:
         started = time.perf_counter()
         feats = self.features.get_many(e.item_id for e in batch)
         stored: list[StoredEvent] = []
+        categories: list[str | None] = []
         missing = 0
         for e in batch:
             dataset, fields = self._fields[e.event_type]
@@ -83,11 +87,17 @@ class Indexer:
             if item is None:
                 missing += 1
                 enrichment = {}
+                categories.append(None)
             else:
                 enrichment = {f: item[f] for f in fields if f in item}
+                categories.append(item.get("category"))
             stored.append(StoredEvent(dataset, e.user_id, e.event_id, e.ts, encode_stored(e, enrichment)))
         enriched_at = time.perf_counter()
-        self.store.write(stored)
+        new = self.store.write(stored)
+        if self.aggregates is not None:
+            # Only events stored for the first time feed the aggregates: replays do not double count.
+            self.aggregates.update((e.user_id, c, e.ts, e.event_type)
+                                   for e, c, is_new in zip(batch, categories, new) if is_new and c)
         done = time.perf_counter()
         self._buffer = []
 

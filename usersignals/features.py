@@ -14,6 +14,10 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 
+def parse_features(raw_values, ids: list[str]) -> dict[str, dict]:
+    return {i: orjson.loads(r) for i, r in zip(ids, raw_values) if r is not None}
+
+
 class ItemFeatureStore:
     def __init__(self, client, prefix: str = "us"):
         self.client = client
@@ -61,6 +65,34 @@ class CachedFeatures:
         self._cache: OrderedDict[str, tuple[float, dict | None]] = OrderedDict()
         self.hits = 0
         self.misses = 0
+
+    def lookup(self, item_ids: Iterable[str]) -> tuple[dict[str, dict | None], list[str]]:
+        """Cached features, and the ids to fetch (for callers that fetch asynchronously)."""
+        now = self.clock()
+        out: dict[str, dict | None] = {}
+        missing: list[str] = []
+        for item_id in item_ids:
+            if item_id in out:
+                continue
+            entry = self._cache.get(item_id)
+            if entry is not None and now - entry[0] < self.ttl_s:
+                self._cache.move_to_end(item_id)
+                out[item_id] = entry[1]
+                self.hits += 1
+            elif item_id not in missing:
+                missing.append(item_id)
+        self.misses += len(missing)
+        return out, missing
+
+    def fill(self, missing: list[str], fetched: Mapping[str, dict], out: dict[str, dict | None]) -> None:
+        now = self.clock()
+        for item_id in missing:
+            feats = fetched.get(item_id)
+            out[item_id] = feats
+            self._cache[item_id] = (now, feats)
+            self._cache.move_to_end(item_id)
+        while len(self._cache) > self.max_items:
+            self._cache.popitem(last=False)
 
     def get_many(self, item_ids: Iterable[str]) -> dict[str, dict | None]:
         now = self.clock()

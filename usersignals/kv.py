@@ -33,6 +33,7 @@ from usersignals.registry import Registry
 
 DIRTY_BUCKETS = 16
 
+# KEYS: (zset, hash) per dataset [, aggregate hash]; ARGV: limit per dataset.
 _READ_LUA = """
 local out = {}
 for i = 1, #ARGV do
@@ -43,8 +44,13 @@ for i = 1, #ARGV do
     out[i] = {}
   end
 end
+if #KEYS > 2 * #ARGV then
+  out[#ARGV + 1] = redis.call('HGETALL', KEYS[#KEYS])
+end
 return out
 """
+
+READ_LUA = _READ_LUA
 
 _TRIM_LUA = """
 local keep = tonumber(ARGV[1])
@@ -111,13 +117,16 @@ class SequenceStore:
         return zlib.crc32(user_id.encode()) % DIRTY_BUCKETS
 
     # --- write ----------------------------------------------------------------------
-    def write(self, events: Iterable[StoredEvent]) -> int:
-        """Insert events in one pipelined round trip; returns how many were sent."""
+    def write(self, events: Iterable[StoredEvent]) -> list[bool]:
+        """Insert events in one pipelined round trip.
+
+        Returns, per event, whether it was new (False: a replay of a stored event).
+        """
         if self._single_node:
             return self._write_packed(events)
         return self._write_pipeline(events)
 
-    def _write_packed(self, events: Iterable[StoredEvent]) -> int:
+    def _write_packed(self, events: Iterable[StoredEvent]) -> list[bool]:
         # The hot path of the indexer: the same commands as _write_pipeline, encoded to RESP
         # in one pass (redis-py's per-command packing costs more than the server's work).
         parts: list[bytes] = []
@@ -136,25 +145,29 @@ class SequenceStore:
             dirty.setdefault(self.bucket_of(user), set()).add(f"{e.dataset}:{user}")
             n += 1
         if not n:
-            return 0
+            return []
         for bucket, members in dirty.items():
             args = [b"SADD", self.dirty_key(bucket).encode()] + [m.encode() for m in members]
             parts.append(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
         replies = 2 * n + len(dirty)
+        new: list[bool] = []
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command([b"".join(parts)], check_health=False)
             error = None
-            for _ in range(replies):  # read every reply, even after an error, to keep the stream in sync
+            for i in range(replies):  # read every reply, even after an error, to keep the stream in sync
                 try:
-                    conn.read_response()
+                    reply = conn.read_response()
                 except Exception as exc:  # a server-side error reply for one command
                     import redis
 
                     if not isinstance(exc, redis.ResponseError):
                         raise
                     error = error or exc
+                    reply = 0
+                if i < 2 * n and i % 2 == 1:  # ZADD: 1 when the event_id was not there yet
+                    new.append(reply == 1)
             if error is not None:
                 raise error
         except BaseException:
@@ -162,9 +175,9 @@ class SequenceStore:
             raise
         finally:
             pool.release(conn)
-        return n
+        return new
 
-    def _write_pipeline(self, events: Iterable[StoredEvent]) -> int:
+    def _write_pipeline(self, events: Iterable[StoredEvent]) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
         dirty: dict[int, set[str]] = {}
         n = 0
@@ -175,11 +188,11 @@ class SequenceStore:
             dirty.setdefault(self.bucket_of(e.user_id), set()).add(f"{e.dataset}:{e.user_id}")
             n += 1
         if not n:
-            return 0
+            return []
         for bucket, members in dirty.items():
             pipe.sadd(self.dirty_key(bucket), *members)
-        pipe.execute()
-        return n
+        replies = pipe.execute()
+        return [r == 1 for r in replies[1:2 * n:2]]
 
     # --- read -----------------------------------------------------------------------
     def read(self, user_id: str, limits: Mapping[str, int]) -> dict[str, list[bytes]]:
@@ -188,9 +201,25 @@ class SequenceStore:
         One round trip whatever the number of datasets. A limit above the dataset's
         retention is capped at the retention.
         """
-        names = list(limits)
-        if not names:
+        if not limits:
             return {}
+        keys, args = self.read_request(user_id, limits)
+        rows = self._read(keys=keys, args=args)
+        return {name: [r for r in row if r is not None] for name, row in zip(limits, rows)}
+
+    def read_with_state(self, user_id: str, limits: Mapping[str, int]) -> tuple[dict[str, list[bytes]], dict]:
+        """Like ``read``, plus the user's aggregate state (raw hash), in the same round trip."""
+        from usersignals.aggregates import agg_key
+
+        keys, args = self.read_request(user_id, limits)
+        rows = self._read(keys=keys + [agg_key(self.prefix, user_id)], args=args)
+        seqs = {name: [r for r in row if r is not None] for name, row in zip(limits, rows)}
+        flat = rows[len(args)] if len(rows) > len(args) else []
+        return seqs, dict(zip(flat[0::2], flat[1::2]))
+
+    def read_request(self, user_id: str, limits: Mapping[str, int]) -> tuple[list[str], list[int]]:
+        """KEYS and ARGV of the read script (shared with the async reader of the serving API)."""
+        names = list(limits)
         keys: list[str] = []
         args: list[int] = []
         for name in names:
@@ -202,8 +231,7 @@ class SequenceStore:
                 raise ValueError(f"limit for {name!r} must be positive, got {k}")
             keys += [self.seq_key(name, user_id), self.events_key(name, user_id)]
             args.append(min(k, ds.retention))
-        rows = self._read(keys=keys, args=args)
-        return {name: [r for r in row if r is not None] for name, row in zip(names, rows)}
+        return keys, args
 
     def length(self, dataset: str, user_id: str) -> int:
         """Events currently held (may exceed retention until the next trim)."""

@@ -52,14 +52,31 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class Filters:
+    """What a tenant does not want to see (applied by the serving filter stage)."""
+
+    dedup_items: bool = True            # keep only the newest event per item within a sequence
+    max_age_s: int | None = None        # drop events older than this
+    min_dwell_ms: Mapping[str, int] = field(default_factory=dict)  # dataset -> threshold
+    surfaces: tuple[str, ...] = ()      # keep only these surfaces (empty: all)
+    exclude_items: tuple[str, ...] = () # never serve these items
+
+
+@dataclass(frozen=True)
 class Tenant:
-    """A use case: which sequences it reads, how long, enriched how, in which format."""
+    """A use case: which sequences it reads, how long, filtered, enriched and shaped how."""
 
     name: str
     sequences: Mapping[str, int]
     enrichments: tuple[str, ...] = ()
     format: str = "json"
     description: str = ""
+    filters: Filters = field(default_factory=Filters)
+    views: tuple[str, ...] = ()         # aggregate views derived from per-user state
+    max_concurrency: int = 32           # in-flight requests before 429
+    timeout_ms: int = 100               # per request, all users of a batch
+    log_sample_rate: float = 0.0        # share of responses logged to the served-features topic
+    api_key_sha256: str = ""            # sha256 hex of the tenant's API key ("" = no key accepted)
 
 
 @dataclass(frozen=True)
@@ -233,9 +250,45 @@ def _dataset(name, body, event_types, enrichments) -> Dataset:
     )
 
 
+TENANT_KEYS = {"sequences", "enrichments", "format", "description", "filters", "views", "max_concurrency",
+               "timeout_ms", "log_sample_rate", "api_key_sha256"}
+VIEWS = ("category_affinity", "top_category", "activity")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_tenant(name: str, body: Mapping[str, Any], registry: "Registry") -> Tenant:
+    """Validate one tenant definition against a registry (what the admin API applies)."""
+    if not _NAME.match(name):
+        raise RegistryError(f"tenants.{name}: names must be lowercase snake_case (a-z, 0-9, _)")
+    if not isinstance(body, Mapping):
+        raise RegistryError(f"tenants.{name}: expected an object, got {type(body).__name__}")
+    return _tenant(name, body, registry.datasets, registry.enrichments)
+
+
+def _filters(where: str, body: Any, seqs: Mapping[str, int]) -> Filters:
+    if not isinstance(body, Mapping):
+        raise RegistryError(f"{where}: expected a table, got {body!r}")
+    _check_keys(where, body, {"dedup_items", "max_age_s", "min_dwell_ms", "surfaces", "exclude_items"}, set())
+    dedup = body.get("dedup_items", True)
+    if not isinstance(dedup, bool):
+        raise RegistryError(f"{where}.dedup_items: must be true or false, got {dedup!r}")
+    max_age = body.get("max_age_s")
+    if max_age is not None:
+        _positive_int(f"{where}.max_age_s", max_age)
+    dwell = body.get("min_dwell_ms", {})
+    if not isinstance(dwell, Mapping):
+        raise RegistryError(f"{where}.min_dwell_ms: must map dataset names to milliseconds, got {dwell!r}")
+    for ds, ms in dwell.items():
+        if ds not in seqs:
+            raise RegistryError(f"{where}.min_dwell_ms: {ds!r} is not one of this tenant's sequences {sorted(seqs)}")
+        _positive_int(f"{where}.min_dwell_ms.{ds}", ms)
+    return Filters(dedup, max_age, dict(dwell), _str_list(f"{where}.surfaces", body.get("surfaces", [])),
+                   _str_list(f"{where}.exclude_items", body.get("exclude_items", [])))
+
+
 def _tenant(name, body, datasets, enrichments) -> Tenant:
     where = f"tenants.{name}"
-    _check_keys(where, body, {"sequences", "enrichments", "format", "description"}, {"sequences"})
+    _check_keys(where, body, TENANT_KEYS, {"sequences"})
     seqs = body["sequences"]
     if not isinstance(seqs, Mapping) or not seqs:
         raise RegistryError(f"{where}.sequences: must map dataset names to lengths, got {seqs!r}")
@@ -250,4 +303,37 @@ def _tenant(name, body, datasets, enrichments) -> Tenant:
     fmt = body.get("format", "json")
     if fmt not in FORMATS:
         raise RegistryError(f"{where}.format: {fmt!r} is not one of {list(FORMATS)}")
-    return Tenant(name, dict(seqs), enr, fmt, str(body.get("description", "")))
+    views = _str_list(f"{where}.views", body.get("views", []))
+    for v in views:
+        if v not in VIEWS:
+            raise RegistryError(f"{where}.views: {v!r} is not a known view; known: {list(VIEWS)}")
+    rate = body.get("log_sample_rate", 0.0)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        raise RegistryError(f"{where}.log_sample_rate: must be a number from 0 to 1, got {rate!r}")
+    key = body.get("api_key_sha256", "")
+    if key and (not isinstance(key, str) or not _SHA256.match(key)):
+        raise RegistryError(f"{where}.api_key_sha256: must be 64 lowercase hex characters (sha256 of the key)")
+    return Tenant(
+        name, dict(seqs), enr, fmt, str(body.get("description", "")),
+        filters=_filters(f"{where}.filters", body.get("filters", {}), seqs),
+        views=views,
+        max_concurrency=_positive_int(f"{where}.max_concurrency", body.get("max_concurrency", 32), 10_000),
+        timeout_ms=_positive_int(f"{where}.timeout_ms", body.get("timeout_ms", 100), 60_000),
+        log_sample_rate=float(rate),
+        api_key_sha256=key,
+    )
+
+
+def tenant_to_dict(t: Tenant) -> dict[str, Any]:
+    """The tenant as the admin API shows and accepts it (round-trips through parse_tenant)."""
+    f = t.filters
+    filters: dict[str, Any] = {"dedup_items": f.dedup_items, "min_dwell_ms": dict(f.min_dwell_ms),
+                               "surfaces": list(f.surfaces), "exclude_items": list(f.exclude_items)}
+    if f.max_age_s is not None:
+        filters["max_age_s"] = f.max_age_s
+    return {
+        "sequences": dict(t.sequences), "enrichments": list(t.enrichments), "format": t.format,
+        "description": t.description, "filters": filters, "views": list(t.views),
+        "max_concurrency": t.max_concurrency, "timeout_ms": t.timeout_ms,
+        "log_sample_rate": t.log_sample_rate, "api_key_sha256": t.api_key_sha256,
+    }

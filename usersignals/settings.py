@@ -35,6 +35,7 @@ class Settings:
     registry_path: Path | None = None
     events_topic: str = "user_events"
     dlq_topic: str = "user_events_dlq"
+    served_topic: str = "served_features"
     topic_partitions: int = 4
     consumer_group: str = "usersignals-indexer"
     kv_prefix: str = "us"
@@ -78,6 +79,7 @@ def load_settings() -> Settings:
         registry_path=Path(registry).resolve() if registry else None,
         events_topic=_env("EVENTS_TOPIC", "user_events"),
         dlq_topic=_env("DLQ_TOPIC", "user_events_dlq"),
+        served_topic=_env("SERVED_TOPIC", "served_features"),
         topic_partitions=_env_int("TOPIC_PARTITIONS", 4),
         consumer_group=_env("CONSUMER_GROUP", "usersignals-indexer"),
         kv_prefix=_env("KV_PREFIX", "us"),

@@ -4,6 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
+from serving.feature_log import FeatureLogger
 from usersignals.kv import SequenceStore, StoredEvent
 
 pytestmark = pytest.mark.integration
@@ -15,7 +16,8 @@ def api(kv_server, kv_client, registry):
     for n in range(30):
         body = {"event_id": f"e{n}", "item_id": f"i{n}", "ts": 1000 + n, "features": {"category": "c1"}}
         store.write([StoredEvent("repins", "u1", f"e{n}", 1000 + n, orjson.dumps(body))])
-    return TestClient(create_app(kv_server.settings, registry))
+    with TestClient(create_app(kv_server.settings, registry, feature_logger=FeatureLogger(None, "x"))) as client:
+        yield client
 
 
 def test_events_are_newest_first_with_enrichment(api):
@@ -50,17 +52,20 @@ def test_datasets_health_and_metrics(api, registry):
     assert {d["event_type"]: d["retention"] for d in ds} == {
         d.event_type: d.retention for d in registry.datasets.values()}
     assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").json()["status"] == "ready"
     api.get("/v1/users/u1/events", params={"type": "repin"})
     text = api.get("/metrics").text
     assert 'usersignals_api_requests_total{route="/v1/users/{user_id}/events",status="200"}' in text
     assert "usersignals_api_kv_read_seconds_bucket" in text
 
 
-def test_health_reports_an_unreachable_kv(registry, kv_server):
-    from usersignals.kv import connect
+def test_readiness_reports_an_unreachable_kv(registry, kv_server):
+    import redis.asyncio as aioredis
 
-    dead = connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    client = TestClient(create_app(kv_server.settings, registry, client=dead))
-    assert client.get("/healthz").status_code == 503
-    r = client.get("/v1/users/u1/events", params={"type": "repin"})
-    assert r.status_code == 503 and "KV layer unavailable" in r.json()["message"]
+    dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    with TestClient(create_app(kv_server.settings, registry, aclient=dead,
+                               feature_logger=FeatureLogger(None, "x"))) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 503
+        r = client.get("/v1/users/u1/events", params={"type": "repin"})
+        assert r.status_code == 503 and "KV layer unavailable" in r.json()["message"]

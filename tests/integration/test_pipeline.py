@@ -124,13 +124,12 @@ def test_the_read_api_serves_what_the_job_indexed(producer, pipeline):
     for n in range(4):
         producer.send(event(user, n, t + n * 100, "search", query=f"q{n}"))
     producer.flush()
-    client = TestClient(create_app(pipeline.settings))
+    with TestClient(create_app(pipeline.settings)) as client:
+        def served():
+            r = client.get(f"/v1/users/{user}/events", params={"type": "search", "limit": 3})
+            return r.json()["events"] if r.status_code == 200 and len(r.json()["events"]) == 3 else None
 
-    def served():
-        r = client.get(f"/v1/users/{user}/events", params={"type": "search", "limit": 3})
-        return r.json()["events"] if r.status_code == 200 and len(r.json()["events"]) == 3 else None
-
-    events = wait_until(served, message="3 searches via the API")
+        events = wait_until(served, message="3 searches via the API")
     assert [e["query"] for e in events] == ["q3", "q2", "q1"]
 
 

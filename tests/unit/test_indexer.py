@@ -19,8 +19,9 @@ class MemoryStore:
     def write(self, events):
         if self.fail:
             raise ConnectionError("kv down")
+        new = [e.event_id not in {w.event_id for w in self.written} for e in events]
         self.written.extend(events)
-        return len(events)
+        return new
 
 
 class MemoryFeatures:
@@ -34,12 +35,20 @@ class MemoryFeatures:
         return {i: self.feats[i] for i in ids if i in self.feats}
 
 
+class MemoryAggregates:
+    def __init__(self):
+        self.updates = []
+
+    def update(self, events):
+        self.updates.extend(events)
+
+
 def make(feats=None):
     reg = load_registry()
     source = MemoryFeatures(feats or {"i1": {"category": "c1", "popularity": 0.5, "embedding": [0.1]}})
     metrics_registry = CollectorRegistry()
     idx = Indexer(reg, MemoryStore(), CachedFeatures(source), IndexerMetrics(metrics_registry),
-                  clock=lambda: NOW)
+                  clock=lambda: NOW, aggregates=MemoryAggregates())
     return idx, source, metrics_registry
 
 
@@ -110,3 +119,13 @@ def test_lag_and_writes_are_measured_per_dataset():
     assert metric(reg, "usersignals_indexer_kv_writes_total", {"dataset": "views"}) == 1
     assert metric(reg, "usersignals_indexer_end_to_end_lag_seconds_count") == 2
     assert metric(reg, "usersignals_indexer_end_to_end_lag_seconds_sum") == pytest.approx(1.0)
+
+
+def test_only_new_events_with_a_category_feed_the_aggregates():
+    idx, _, _ = make()
+    idx.accept(*record())
+    idx.accept(*record(event_id="e2", item_id="unknown"))
+    idx.flush()
+    idx.accept(*record())  # a replay
+    idx.flush()
+    assert [(u, c, t) for u, c, _, t in idx.aggregates.updates] == [("u1", "c1", "click")]

@@ -1,0 +1,55 @@
+"""Stage 3, enrich: join serving-time enrichments (item features not stored at indexing).
+
+One batched lookup per request for every item of every user, through an in-process
+cache; items without features keep an empty value and are counted by the caller.
+"""
+from __future__ import annotations
+
+import orjson
+
+from usersignals.features import CachedFeatures
+from usersignals.registry import Registry, Tenant
+
+from serving.model import UserSequences
+
+
+class Enricher:
+    def __init__(self, aclient, registry: Registry, prefix: str, cache: CachedFeatures):
+        self.client = aclient
+        self.registry = registry
+        self.prefix = prefix
+        self.cache = cache
+
+    def fields(self, tenant: Tenant) -> tuple[str, ...]:
+        out: list[str] = []
+        for name in tenant.enrichments:
+            for f in self.registry.enrichments[name].fields:
+                if f not in out:
+                    out.append(f)
+        return tuple(out)
+
+    async def apply(self, users: list[UserSequences], tenant: Tenant) -> int:
+        """Adds the tenant's enrichment fields to each event's features; returns items missing."""
+        fields = self.fields(tenant)
+        if not fields:
+            return 0
+        ids = {e["item_id"] for u in users for evs in u.sequences.values() for e in evs}
+        found, missing = self.cache.lookup(ids)
+        if missing:
+            mget = getattr(self.client, "mget_nonatomic", None) or self.client.mget  # cluster: split by slot
+            raw = await mget([f"{self.prefix}:item:{i}" for i in missing])
+            fetched = {i: orjson.loads(r) for i, r in zip(missing, raw) if r is not None}
+            self.cache.fill(missing, fetched, found)
+        absent = 0
+        for u in users:
+            for evs in u.sequences.values():
+                for e in evs:
+                    item = found.get(e["item_id"])
+                    feats = e.setdefault("features", {})
+                    if item is None:
+                        absent += 1
+                        continue
+                    for f in fields:
+                        if f in item:
+                            feats[f] = item[f]
+        return absent

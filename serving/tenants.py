@@ -1,0 +1,118 @@
+"""Tenants at runtime: versioned configs that can change without a restart, and their keys.
+
+Configs start from the registry file (version 1). ``TenantDirectory.put`` validates a new
+config with the registry's own rules, gives it the next version and stores it in the KV
+layer (``{p}:tenants`` hash, history in ``{p}:tenants:history:<name>``), so every API
+process picks it up within ``sync_interval_s``. A request holds the config object it
+started with, so a swap never affects requests in flight. Each tenant also gets its own
+concurrency limit (a semaphore) that one tenant's load cannot take from another.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from usersignals.registry import Registry, RegistryError, Tenant, parse_tenant, tenant_to_dict
+
+HISTORY = 50
+
+
+def sha256_hex(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_matches(presented: str | None, expected_sha256: str) -> bool:
+    """Constant-time comparison of a presented key against a stored sha256 hash."""
+    if not presented or not expected_sha256:
+        return False
+    return hmac.compare_digest(sha256_hex(presented), expected_sha256)
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    tenant: Tenant
+    version: int
+    updated_at: float
+
+
+class TenantDirectory:
+    def __init__(self, registry: Registry, aclient=None, prefix: str = "us"):
+        self.registry = registry
+        self.client = aclient
+        self.key = f"{prefix}:tenants"
+        self.history_prefix = f"{prefix}:tenants:history:"
+        now = time.time()
+        self._configs = {n: TenantConfig(t, 1, now) for n, t in registry.tenants.items()}
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._lock = asyncio.Lock()
+
+    def get(self, name: str) -> TenantConfig | None:
+        return self._configs.get(name)
+
+    def all(self) -> dict[str, TenantConfig]:
+        return dict(self._configs)
+
+    def semaphore(self, cfg: TenantConfig) -> asyncio.Semaphore:
+        sem = self._limits.get(cfg.tenant.name)
+        if sem is None or getattr(sem, "_limit", None) != cfg.tenant.max_concurrency:
+            sem = asyncio.Semaphore(cfg.tenant.max_concurrency)
+            sem._limit = cfg.tenant.max_concurrency  # type: ignore[attr-defined]
+            self._limits[cfg.tenant.name] = sem
+        return sem
+
+    async def put(self, name: str, body: dict) -> TenantConfig:
+        """Validate and apply a tenant config; raises RegistryError with the reason if invalid."""
+        tenant = parse_tenant(name, body, self.registry)
+        async with self._lock:
+            await self.sync()
+            current = self._configs.get(name)
+            version = (current.version if current else 0) + 1
+            cfg = TenantConfig(tenant, version, time.time())
+            if self.client is not None:
+                record = orjson.dumps({"version": version, "updated_at": cfg.updated_at,
+                                       "config": tenant_to_dict(tenant)})
+                pipe = self.client.pipeline(transaction=True)
+                pipe.hset(self.key, name, record)
+                pipe.lpush(self.history_prefix + name, record)
+                pipe.ltrim(self.history_prefix + name, 0, HISTORY - 1)
+                await pipe.execute()
+            self._configs[name] = cfg
+            return cfg
+
+    async def history(self, name: str) -> list[dict]:
+        if self.client is None:
+            return []
+        return [orjson.loads(r) for r in await self.client.lrange(self.history_prefix + name, 0, HISTORY - 1)]
+
+    async def sync(self) -> int:
+        """Apply configs other processes stored with a newer version; returns how many changed."""
+        if self.client is None:
+            return 0
+        stored = await self.client.hgetall(self.key)
+        changed = 0
+        for raw_name, raw in stored.items():
+            name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+            record = orjson.loads(raw)
+            current = self._configs.get(name)
+            if current is not None and current.version >= record["version"]:
+                continue
+            try:
+                tenant = parse_tenant(name, record["config"], self.registry)
+            except RegistryError:
+                continue  # written against another registry; keep serving what we have
+            self._configs[name] = TenantConfig(tenant, record["version"], record.get("updated_at", 0.0))
+            changed += 1
+        return changed
+
+    async def run_sync(self, interval_s: float = 1.0) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:
+                pass  # the KV layer is unreachable: keep the configs we have
+            await asyncio.sleep(interval_s)
