@@ -30,7 +30,7 @@ from serving import enrich as enrich_stage
 from serving import featurize, filtering, size
 from serving.feature_log import FeatureLogger
 from serving.metrics import ServingMetrics
-from serving.retrieve import Retriever
+from serving.retrieve import Retriever, has_filters
 from serving.tenants import TenantConfig, TenantDirectory, key_matches, sha256_hex
 
 MAX_USERS_PER_REQUEST = 100
@@ -54,7 +54,7 @@ class FeaturesRequest(BaseModel):
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None,
-               aclient=None, feature_logger: FeatureLogger | None = None) -> FastAPI:
+               aclient=None, feature_logger: FeatureLogger | None = None) -> "ObservedApp":
     import redis.asyncio as aioredis
 
     settings = settings or load_settings()
@@ -96,21 +96,6 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             state["sync_task"].cancel()
         feature_logger.close(2)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            response = ORJSONResponse({"error": "too_large", "message": f"request body over {MAX_BODY_BYTES} bytes"},
-                                      status_code=413)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
-
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError):
         problems = "; ".join(
@@ -148,27 +133,31 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         now_ms = int(time.time() * 1000)
         stage = metrics.stage_latency
         t0 = time.perf_counter()
+        # Events are parsed only when a stage has to look inside them.
+        parse = fmt != "json" or has_filters(t) or bool(exclude_items) or bool(enricher.fields(t))
         try:
-            users = await retriever.many(user_ids, t, registry, now_ms)
+            users = await retriever.many(user_ids, t, registry, now_ms, parse)
         except Exception as exc:
             metrics.kv_errors.inc()
             raise HTTPException(503, f"KV layer unavailable: {type(exc).__name__}") from None
         t1 = time.perf_counter()
         metrics.kv_latency.observe((t1 - t0) / max(1, len(user_ids)))
         stage.labels(name, "retrieve").observe(t1 - t0)
-        for chunk in range(0, len(users), 10):
-            # CPU stages run in slices so one large batch does not hold the event loop for long.
-            filtering.apply(users[chunk:chunk + 10], t, now_ms, exclude_items)
-            if len(users) > 10:
-                await asyncio.sleep(0)
+        if parse:
+            for chunk in range(0, len(users), 10):
+                # CPU stages run in slices so one large batch does not hold the event loop for long.
+                filtering.apply(users[chunk:chunk + 10], t, now_ms, exclude_items)
+                if len(users) > 10:
+                    await asyncio.sleep(0)
         t2 = time.perf_counter()
         stage.labels(name, "filter").observe(t2 - t1)
-        missing = await enricher.apply(users, t)
+        missing = await enricher.apply(users, t) if parse else 0
         if missing:
             metrics.missing_features.labels(name).inc(missing)
         t3 = time.perf_counter()
         stage.labels(name, "enrich").observe(t3 - t2)
-        size.apply(users, t)
+        if parse:
+            size.apply(users, t)
         if t.views:
             for u in users:
                 u.views = compute_views(t.views, u.state)
@@ -192,7 +181,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                        for i, u in enumerate(user_ids)] if log else None)
         t5 = time.perf_counter()
         stage.labels(name, "featurize").observe(t5 - t4)
-        metrics.events_served.labels(name).inc(sum(len(e) for u in users for e in u.sequences.values()))
+        if parse:
+            metrics.events_served.labels(name).inc(sum(len(e) for u in users for e in u.sequences.values()))
         if logged:
             feature_logger.log(request_id, name, cfg.version, fmt, logged)
         return body
@@ -351,7 +341,51 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             metrics.tenant_config_version.labels(name).set(cfg.version)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return ObservedApp(app, metrics)
+
+
+class ObservedApp:
+    """Pure ASGI wrapper: request metrics and the body-size limit, without the cost of
+    Starlette's BaseHTTPMiddleware (a task group per request)."""
+
+    def __init__(self, app: FastAPI, metrics: ServingMetrics):
+        self.app = app
+        self.metrics = metrics
+        self.state = app.state
+
+    def __getattr__(self, name):  # routes, openapi, dependency overrides...
+        return getattr(self.app, name)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
+                body = orjson.dumps({"error": "too_large", "message": f"request body over {MAX_BODY_BYTES} bytes"})
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                self._observe(scope, 413, started)
+                return
+
+        async def send_observed(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            self._observe(scope, status[0], started)
+
+    def _observe(self, scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+        self.metrics.requests.labels(path, str(status)).inc()
 
 
 def type_name(exc: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Stage 5, featurize: turn sized sequences into what a consumer reads.
 
 ``json``: per user, each sequence as a list of events (ids, time, surface, dwell, query,
-features), plus the tenant's aggregate views.
+features), each sequence's event type, and the tenant's aggregate views.
 
 ``ufr`` (model-ready): for a batch of B users, per dataset ``<ds>`` of tenant length L,
 aligned arrays, left-aligned (index 0 = newest), padded with zeros where ``mask`` is 0:
@@ -41,13 +41,14 @@ def item_hash(item_id: str) -> int:
 
 
 def to_json(users: list[UserSequences], registry: Registry) -> list[dict]:
+    """Per user: ``sequences`` (dataset -> events, newest first), ``event_types`` (dataset ->
+    its event type), ``views``."""
     out = []
     for u in users:
-        seqs = {}
-        for ds, evs in u.sequences.items():
-            et = registry.datasets[ds].event_type
-            seqs[ds] = [{**e, "event_type": et} for e in evs]
-        out.append({"user_id": u.user_id, "sequences": seqs, "views": u.views})
+        types = {ds: registry.datasets[ds].event_type for ds in u.sequences}
+        # Sequences nobody had to touch are still the KV layer's JSON: embed them as they are.
+        seqs = {ds: orjson.Fragment(v) if isinstance(v, bytes) else v for ds, v in u.sequences.items()}
+        out.append({"user_id": u.user_id, "sequences": seqs, "event_types": types, "views": u.views})
     return out
 
 

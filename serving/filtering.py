@@ -47,5 +47,8 @@ def filter_events(events: list[dict], dataset: str, tenant: Tenant, now_ms: int,
 
 def apply(users: list[UserSequences], tenant: Tenant, now_ms: int, exclude_items: Iterable[str] = ()) -> None:
     excluded = frozenset(tenant.filters.exclude_items) | frozenset(exclude_items)
+    f = tenant.filters
+    if not (excluded or f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces):
+        return  # nothing to drop: the KV layer already stores each event id once per dataset
     for u in users:
         u.sequences = {ds: filter_events(evs, ds, tenant, now_ms, excluded) for ds, evs in u.sequences.items()}

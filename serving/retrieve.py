@@ -10,10 +10,15 @@ import asyncio
 import orjson
 
 from usersignals.aggregates import agg_key, decode_state
-from usersignals.kv import READ_LUA, SequenceStore
+from usersignals.kv import READ_JSON_LUA, SequenceStore
 from usersignals.registry import Registry, Tenant
 
 from serving.model import UserSequences
+
+
+def has_filters(tenant: Tenant) -> bool:
+    f = tenant.filters
+    return bool(f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces or f.exclude_items)
 
 
 class Retriever:
@@ -21,30 +26,32 @@ class Retriever:
         self.client = aclient
         self.prefix = prefix
         self.layout = SequenceStore(aclient, registry, prefix)  # key layout and read arguments only
-        self.script = aclient.register_script(READ_LUA)
+        self.script = aclient.register_script(READ_JSON_LUA)
 
     @staticmethod
     def fetch_limits(tenant: Tenant, registry: Registry) -> dict[str, int]:
-        f = tenant.filters
-        filtered = f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces or f.exclude_items
-        factor = 2 if filtered else 1
+        factor = 2 if has_filters(tenant) else 1
         return {ds: min(registry.datasets[ds].retention, n * factor) for ds, n in tenant.sequences.items()}
 
-    async def one(self, user_id: str, limits: dict[str, int], with_state: bool, now_ms: int) -> UserSequences:
+    async def one(self, user_id: str, limits: dict[str, int], with_state: bool, now_ms: int,
+                  parse: bool = True) -> UserSequences:
+        """``parse=False`` keeps each sequence as the raw JSON array the KV layer returned,
+        for responses that pass events through untouched."""
         keys, args = self.layout.read_request(user_id, limits)
         if with_state:
             keys = keys + [agg_key(self.prefix, user_id)]
         rows = await self.script(keys=keys, args=args)
-        seqs = {name: [orjson.loads(r) for r in row if r is not None] for name, row in zip(limits, rows)}
+        seqs = {name: orjson.loads(row) if parse else row for name, row in zip(limits, rows)}
         state = {}
         if with_state and len(rows) > len(args):
             flat = rows[len(args)]
             state = decode_state(dict(zip(flat[0::2], flat[1::2])), now_ms)
         return UserSequences(user_id, seqs, state)
 
-    async def many(self, user_ids: list[str], tenant: Tenant, registry: Registry, now_ms: int) -> list[UserSequences]:
+    async def many(self, user_ids: list[str], tenant: Tenant, registry: Registry, now_ms: int,
+                   parse: bool = True) -> list[UserSequences]:
         limits = self.fetch_limits(tenant, registry)
         with_state = bool(tenant.views)
         if len(user_ids) == 1:
-            return [await self.one(user_ids[0], limits, with_state, now_ms)]
-        return list(await asyncio.gather(*(self.one(u, limits, with_state, now_ms) for u in user_ids)))
+            return [await self.one(user_ids[0], limits, with_state, now_ms, parse)]
+        return list(await asyncio.gather(*(self.one(u, limits, with_state, now_ms, parse) for u in user_ids)))

@@ -52,6 +52,29 @@ return out
 
 READ_LUA = _READ_LUA
 
+# The serving read: like _READ_LUA, but each dataset comes back as one JSON array (the
+# stored events joined server-side), so a client parses one string per dataset, not N.
+READ_JSON_LUA = """
+local out = {}
+for i = 1, #ARGV do
+  local ids = redis.call('ZREVRANGE', KEYS[2 * i - 1], 0, tonumber(ARGV[i]) - 1)
+  if #ids > 0 then
+    local vals = redis.call('HMGET', KEYS[2 * i], unpack(ids))
+    local parts = {}
+    for j = 1, #vals do
+      if vals[j] then parts[#parts + 1] = vals[j] end
+    end
+    out[i] = '[' .. table.concat(parts, ',') .. ']'
+  else
+    out[i] = '[]'
+  end
+end
+if #KEYS > 2 * #ARGV then
+  out[#ARGV + 1] = redis.call('HGETALL', KEYS[#KEYS])
+end
+return out
+"""
+
 _TRIM_LUA = """
 local keep = tonumber(ARGV[1])
 local card = redis.call('ZCARD', KEYS[1])

@@ -73,10 +73,11 @@ def test_items_are_enriched_from_the_feature_source_and_unknown_items_are_kept(p
     assert by_item == {"known-item": {"category": "c9", "popularity": 0.7}, "no-such-item": {}}
 
 
-def dlq_records(settings, timeout=20.0, expect=0):
+def dlq_records(settings, timeout=20.0, expect=0, topic="dlq"):
     c = Consumer({"bootstrap.servers": settings.broker, "group.id": f"dlq-check-{time.time()}",
                   "enable.auto.commit": False})
-    c.assign([TopicPartition(settings.dlq_topic, p, 0) for p in range(settings.topic_partitions)])
+    name = settings.dlq_topic if topic == "dlq" else settings.served_topic
+    c.assign([TopicPartition(name, p, 0) for p in range(settings.topic_partitions)])
     out = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and (not expect or len(out) < expect):
@@ -131,6 +132,42 @@ def test_the_read_api_serves_what_the_job_indexed(producer, pipeline):
 
         events = wait_until(served, message="3 searches via the API")
     assert [e["query"] for e in events] == ["q3", "q2", "q1"]
+
+
+def test_served_features_come_from_the_job_and_are_logged_to_kafka(producer, pipeline):
+    """Events indexed by the real job → aggregates and sequences served → the exact response logged."""
+    from usersignals.features import ItemFeatureStore
+    from usersignals.kv import connect
+
+    ItemFeatureStore(connect(pipeline.settings.kv_url), pipeline.settings.kv_prefix).put_many(
+        {"agg-item": {"category": "c7", "popularity": 0.1, "embedding": [0.0] * 16}})
+    user = new_user()
+    t = now_ms() - 5000
+    for n in range(3):
+        producer.send(event(user, n, t + n, "click", item="agg-item"))
+    producer.flush()
+    admin = {"X-Admin-Key": "admin-dev-key"}
+    with TestClient(create_app(pipeline.settings)) as client:
+        r = client.put("/v1/tenants/search_ranking", headers=admin,
+                       json={"sequences": {"clicks": 5}, "views": ["top_category"], "log_sample_rate": 1.0,
+                             "filters": {"dedup_items": False}})
+        assert r.status_code == 200
+
+        def served():
+            r = client.post("/v1/features", headers={"X-API-Key": "search-dev-key"},
+                            json={"tenant": "search_ranking", "user_ids": [user]})
+            body = r.json()
+            ok = r.status_code == 200 and len(body["users"][0]["sequences"]["clicks"]) == 3
+            return body if ok and body["users"][0]["views"]["top_category"] == "c7" else None
+
+        body = wait_until(served, message="clicks and aggregates served")
+        client.app.state.feature_logger.close()
+    logged = [orjson.loads(m.value()) for m in dlq_records(pipeline.settings, expect=50, topic="served")
+              if m.key() == user.encode()]
+    mine = [rec for rec in logged if rec["request_id"] == body["request_id"]]
+    assert len(mine) == 1
+    assert mine[0]["tenant"] == "search_ranking" and mine[0]["config_version"] == body["config_version"]
+    assert mine[0]["features"] == body["users"][0]
 
 
 def job_counter(pipeline, name="usersignals_indexer_events_in_total"):

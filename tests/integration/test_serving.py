@@ -76,7 +76,7 @@ def test_json_sequences_are_filtered_enriched_sized_and_carry_views(api, registr
     assert all(e["dwell_ms"] >= 1000 for e in closeups) and len(closeups) == 15
     assert repins == []
     assert clicks[0]["features"]["embedding"] == [0.39] * 16    # serving-time enrichment joined
-    assert clicks[0]["event_type"] == "click"
+    assert user["event_types"]["clicks"] == "click"
     assert set(user["views"]) == {"category_affinity", "activity"}
     assert list(user["views"]["category_affinity"])[0] == "c1"
 

@@ -1,0 +1,87 @@
+"""The serving stages as pure functions."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serving import featurize, filtering, size
+from serving.model import UserSequences
+from usersignals.aggregates import category_affinity, compute_views, decode_state, HALF_LIFE_MS, top_category
+from usersignals.registry import load_registry, parse_tenant
+
+REG = load_registry()
+NOW = 1_800_000_000_000
+
+
+def ev(n, item=None, ts=None, **kw):
+    return {"event_id": f"e{n}", "item_id": item or f"i{n}", "ts": ts if ts is not None else NOW - n * 1000, **kw}
+
+
+def tenant(**body):
+    return parse_tenant("t", {"sequences": {"clicks": 3, "closeups": 2}, **body}, REG)
+
+
+def test_filter_drops_excluded_old_short_and_repeated_items_in_that_order():
+    t = tenant(filters={"dedup_items": True, "max_age_s": 60, "min_dwell_ms": {"closeups": 100},
+                        "exclude_items": ["bad"]})
+    events = [ev(1, "a"), ev(2, "bad"), ev(3, "a"), ev(4, "b"), ev(100, "old")]
+    assert [e["event_id"] for e in filtering.filter_events(events, "clicks", t, NOW, frozenset({"bad"}))] == ["e1", "e4"]
+    closeups = [ev(1, dwell_ms=50), ev(2, dwell_ms=150), ev(3)]
+    assert [e["event_id"] for e in filtering.filter_events(closeups, "closeups", t, NOW, frozenset())] == ["e2"]
+
+
+def test_filter_keeps_only_listed_surfaces_and_never_repeats_an_event():
+    t = tenant(filters={"dedup_items": False, "surfaces": ["search"]})
+    events = [ev(1, surface="search"), ev(1, surface="search"), ev(2, surface="homefeed"), ev(3)]
+    assert [e["event_id"] for e in filtering.filter_events(events, "clicks", t, NOW, frozenset())] == ["e1"]
+
+
+def test_size_cuts_to_the_tenant_length():
+    u = UserSequences("u", {"clicks": [ev(i) for i in range(10)], "closeups": [ev(1)]})
+    size.apply([u], tenant())
+    assert len(u.sequences["clicks"]) == 3 and len(u.sequences["closeups"]) == 1
+
+
+def test_ufr_round_trips_through_the_binary_encoding():
+    t = tenant(enrichments=["item_embedding"])
+    u = UserSequences("u", {"clicks": [ev(1, dwell_ms=5, features={"embedding": [0.5] * 16})], "closeups": []})
+    arrays = featurize.to_arrays([u], t, REG, NOW)
+    header, back = featurize.decode_ufr(featurize.encode_ufr(arrays, {"users": ["u"]}))
+    assert header["users"] == ["u"]
+    for name, a in arrays.items():
+        assert back[name].dtype == a.dtype and np.array_equal(back[name], a)
+    assert back["clicks.dwell_ms"][0, 0] == 5 and back["clicks.age_s"][0, 0] == 1.0
+    assert featurize.item_hash("i1") == featurize.item_hash("i1") >= 0
+
+
+datasets = st.sampled_from(sorted(REG.datasets))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seq=st.dictionaries(datasets, st.integers(1, 20), min_size=1, max_size=4),
+    embed=st.booleans(),
+    counts=st.lists(st.integers(0, 30), min_size=1, max_size=5),
+)
+def test_ufr_shapes_always_match_the_declared_layout(seq, embed, counts):
+    seq = {ds: min(n, REG.datasets[ds].retention) for ds, n in seq.items()}
+    t = parse_tenant("t", {"sequences": seq, "enrichments": ["item_embedding"] if embed else []}, REG)
+    users = [UserSequences(f"u{i}", {ds: [ev(j, features={"embedding": [0.1] * 16}) for j in range(c)][:seq[ds]]
+                                     for ds in seq}) for i, c in enumerate(counts)]
+    arrays = featurize.to_arrays(users, t, REG, NOW)
+    layout = featurize.ufr_layout(t, REG, 16 if embed else None)
+    assert [name for name, _, _ in layout] == list(arrays)
+    for name, dtype, shape in layout:
+        assert arrays[name].shape == (len(users), *shape)
+        assert arrays[name].dtype == np.dtype(dtype)
+    for ds in seq:
+        assert arrays[f"{ds}.mask"].sum(axis=1).tolist() == [min(c, seq[ds]) for c in counts]
+
+
+def test_views_share_one_decayed_state():
+    raw = {b"c:c1": f"4.0:{NOW - HALF_LIFE_MS}".encode(), b"c:c2": f"1.0:{NOW}".encode(), b"other": b"x"}
+    state = decode_state(raw, NOW)
+    assert state == {"c1": 2.0, "c2": 1.0}
+    assert category_affinity(state) == {"c1": 0.6667, "c2": 0.3333}
+    assert top_category(state) == "c1"
+    assert compute_views(["activity", "top_category"], state) == {"activity": 3.0, "top_category": "c1"}
+    assert compute_views(["category_affinity", "top_category"], {}) == {"category_affinity": {}, "top_category": None}
