@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness lock clean
+.PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving lock clean
 
 install:
 	@bash infra/install.sh
@@ -34,6 +34,9 @@ bench-indexing: install
 
 bench-freshness: install
 	@$(PY) -m bench.freshness
+
+bench-serving: install
+	@$(PY) -m bench.serving
 
 # Re-resolve the lock files from requirements/*.in (fresh throwaway environments).
 lock:

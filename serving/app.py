@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import asynccontextmanager
 import time
 import uuid
 from typing import Literal
@@ -75,27 +76,22 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             on_sent=lambda n: metrics.feature_log.labels("sent").inc(n))
     admin_sha = sha256_hex(os.environ.get("USERSIGNALS_ADMIN_KEY", "admin-dev-key"))
 
-    app = FastAPI(title="usersignals", version="0.2.0", default_response_class=ORJSONResponse,
-                  description="Real-time user sequences for recommender systems.")
-    app.state.directory = directory
-    app.state.metrics = metrics
-    app.state.feature_logger = feature_logger
-    state = {"sync_task": None}
-
-    @app.on_event("startup")
-    async def start_sync():
+    @asynccontextmanager
+    async def lifespan(_app):
         try:
             await directory.sync()
         except Exception:
-            pass  # KV not reachable yet: /readyz says so; the sync loop catches up
-        state["sync_task"] = asyncio.create_task(directory.run_sync(1.0))
-
-    @app.on_event("shutdown")
-    async def stop():
-        if state["sync_task"]:
-            state["sync_task"].cancel()
+            pass  # KV not reachable yet: /readyz says so, and the sync loop catches up
+        task = asyncio.create_task(directory.run_sync(1.0))
+        yield
+        task.cancel()
         feature_logger.close(2)
 
+    app = FastAPI(title="usersignals", version="0.2.0", default_response_class=ORJSONResponse,
+                  description="Real-time user sequences for recommender systems.", lifespan=lifespan)
+    app.state.directory = directory
+    app.state.metrics = metrics
+    app.state.feature_logger = feature_logger
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError):
         problems = "; ".join(
