@@ -93,7 +93,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.metrics = metrics
     app.state.feature_logger = feature_logger
     @app.exception_handler(RequestValidationError)
-    async def bad_request(_request: Request, exc: RequestValidationError):
+    async def bad_request(request: Request, exc: RequestValidationError):
+        if "json" not in request.headers.get("content-type", "") and request.method in ("POST", "PUT"):
+            return ORJSONResponse({"error": "bad_request", "message": "send a JSON body with "
+                                   "Content-Type: application/json"}, status_code=400)
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if p not in ('query', 'path', 'body'))}: {e['msg']}"
             for e in exc.errors()

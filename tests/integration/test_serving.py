@@ -123,6 +123,11 @@ def test_bad_requests_get_4xx_with_a_message(api, body, status, fragment):
     assert r.status_code == status and fragment in r.json()["message"]
 
 
+def test_a_body_that_is_not_declared_json_gets_a_clear_message(api):
+    r = api.post("/v1/features", content=b'{"tenant": "x"}', headers={**HOME, "content-type": "text/plain"})
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["message"]
+
+
 def test_oversized_bodies_are_refused(api):
     r = api.post("/v1/features", content=b"x" * 70_000, headers={**HOME, "content-type": "application/json"})
     assert r.status_code == 413
