@@ -48,3 +48,4 @@ class FeatureLogger:
     def close(self, timeout_s: float = 5.0) -> None:
         if self.producer is not None:
             self.producer.flush(timeout_s)
+            self.producer = None  # releases the client, which would otherwise keep reconnecting
