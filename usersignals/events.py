@@ -68,20 +68,8 @@ class Event:
     query: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "event_id": self.event_id,
-            "user_id": self.user_id,
-            "event_type": self.event_type,
-            "item_id": self.item_id,
-            "ts": self.ts,
-        }
-        if self.surface is not None:
-            out["surface"] = self.surface
-        if self.dwell_ms is not None:
-            out["dwell_ms"] = self.dwell_ms
-        if self.query is not None:
-            out["query"] = self.query
-        return out
+        return {"event_id": self.event_id, "user_id": self.user_id, "event_type": self.event_type,
+                **_body(self)}
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -167,16 +155,20 @@ def parse_event(
 # --- Stored form in the KV layer ---------------------------------------------------
 # user_id and event_type are implied by the key, so they are not stored again.
 
-def encode_stored(event: Event, features: dict[str, Any]) -> bytes:
-    out: dict[str, Any] = {"event_id": event.event_id, "item_id": event.item_id, "ts": event.ts}
+def _body(event: Event) -> dict[str, Any]:
+    """The fields every form of an event carries: item, time and the optional ones that are set."""
+    out: dict[str, Any] = {"item_id": event.item_id, "ts": event.ts}
     if event.surface is not None:
         out["surface"] = event.surface
     if event.dwell_ms is not None:
         out["dwell_ms"] = event.dwell_ms
     if event.query is not None:
         out["query"] = event.query
-    out["features"] = features
-    return orjson.dumps(out)
+    return out
+
+
+def encode_stored(event: Event, features: dict[str, Any]) -> bytes:
+    return orjson.dumps({"event_id": event.event_id, **_body(event), "features": features})
 
 
 def decode_stored(raw: bytes) -> dict[str, Any]:

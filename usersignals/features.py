@@ -70,19 +70,19 @@ class CachedFeatures:
         """Cached features, and the ids to fetch (for callers that fetch asynchronously)."""
         now = self.clock()
         out: dict[str, dict | None] = {}
-        missing: list[str] = []
+        missing: dict[str, None] = {}  # ordered set
         for item_id in item_ids:
-            if item_id in out:
+            if item_id in out or item_id in missing:
                 continue
             entry = self._cache.get(item_id)
             if entry is not None and now - entry[0] < self.ttl_s:
                 self._cache.move_to_end(item_id)
                 out[item_id] = entry[1]
                 self.hits += 1
-            elif item_id not in missing:
-                missing.append(item_id)
+            else:
+                missing[item_id] = None
         self.misses += len(missing)
-        return out, missing
+        return out, list(missing)
 
     def fill(self, missing: list[str], fetched: Mapping[str, dict], out: dict[str, dict | None]) -> None:
         now = self.clock()
@@ -95,30 +95,10 @@ class CachedFeatures:
             self._cache.popitem(last=False)
 
     def get_many(self, item_ids: Iterable[str]) -> dict[str, dict | None]:
-        now = self.clock()
-        out: dict[str, dict | None] = {}
-        missing: list[str] = []
-        for item_id in item_ids:
-            if item_id in out:
-                continue
-            entry = self._cache.get(item_id)
-            if entry is not None and now - entry[0] < self.ttl_s:
-                self._cache.move_to_end(item_id)
-                out[item_id] = entry[1]
-                self.hits += 1
-            else:
-                missing.append(item_id)
-                out[item_id] = None
+        """Features of each id (None when the item has none): cache first, one fetch for the rest."""
+        out, missing = self.lookup(item_ids)
         if missing:
-            self.misses += len(missing)
-            fetched = self.store.get_many(missing)
-            for item_id in missing:
-                feats = fetched.get(item_id)
-                out[item_id] = feats
-                self._cache[item_id] = (now, feats)
-                self._cache.move_to_end(item_id)
-            while len(self._cache) > self.max_items:
-                self._cache.popitem(last=False)
+            self.fill(missing, self.store.get_many(missing), out)
         return out
 
     def __len__(self) -> int:
