@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping
 
+from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error
+
 HALF_LIFE_MS = 14 * 24 * 3600 * 1000
 TTL_MS = 90 * 24 * 3600 * 1000
 # How much one event of a type says about interest in its item's category.
@@ -55,6 +57,7 @@ class AggregateStore:
         self.client = client
         self.prefix = prefix
         self._update = client.register_script(UPDATE_LUA)
+        self._single_node = is_single_node(client)
 
     def update(self, events: Iterable[tuple[str, str, int, str]]) -> int:
         """Fold (user_id, category, ts, event_type) tuples into each user's state, one call per user."""
@@ -64,11 +67,30 @@ class AggregateStore:
             per_user.setdefault(user, []).extend((f"c:{category}", ts, w))
         if not per_user:
             return 0
+        if self._single_node:
+            self._update_packed(per_user)
+            return len(per_user)
         pipe = self.client.pipeline(transaction=False)
         for user, args in per_user.items():
             self._update(keys=[agg_key(self.prefix, user)], args=[HALF_LIFE_MS, TTL_MS, *args], client=pipe)
         pipe.execute()
         return len(per_user)
+
+
+    def _update_packed(self, per_user: dict[str, list]) -> None:
+        sha = self._update.sha.encode()
+        head = (str(HALF_LIFE_MS).encode(), str(TTL_MS).encode())
+        parts = []
+        for user, args in per_user.items():
+            encoded = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+            parts.append(pack(b"EVALSHA", sha, b"1", agg_key(self.prefix, user).encode(), *head, *encoded))
+        replies = execute_packed(self.client, b"".join(parts), len(parts))
+        from redis.exceptions import NoScriptError
+
+        if any(isinstance(r, NoScriptError) for r in replies):
+            self.client.script_load(UPDATE_LUA)  # the server lost its scripts (restart): load, retry once
+            replies = execute_packed(self.client, b"".join(parts), len(parts))
+        raise_first_error(replies)
 
 
 def decode_state(raw: Mapping[bytes | str, bytes | str], now_ms: int) -> dict[str, float]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from usersignals.registry import Registry
+from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error
 
 DIRTY_BUCKETS = 16
 
@@ -121,7 +122,7 @@ class SequenceStore:
         self.registry = registry
         self.prefix = prefix
         # Clusters route each command by slot through redis-py; a single node gets the packed path.
-        self._single_node = hasattr(client, "connection_pool") and not hasattr(client, "get_nodes")
+        self._single_node = is_single_node(client)
         self._read = client.register_script(_READ_LUA)
         self._trim = client.register_script(_TRIM_LUA)
 
@@ -170,35 +171,10 @@ class SequenceStore:
         if not n:
             return []
         for bucket, members in dirty.items():
-            args = [b"SADD", self.dirty_key(bucket).encode()] + [m.encode() for m in members]
-            parts.append(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
-        replies = 2 * n + len(dirty)
-        new: list[bool] = []
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([b"".join(parts)], check_health=False)
-            error = None
-            for i in range(replies):  # read every reply, even after an error, to keep the stream in sync
-                try:
-                    reply = conn.read_response()
-                except Exception as exc:  # a server-side error reply for one command
-                    import redis
-
-                    if not isinstance(exc, redis.ResponseError):
-                        raise
-                    error = error or exc
-                    reply = 0
-                if i < 2 * n and i % 2 == 1:  # ZADD: 1 when the event_id was not there yet
-                    new.append(reply == 1)
-            if error is not None:
-                raise error
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
-        return new
+            parts.append(pack(b"SADD", self.dirty_key(bucket).encode(), *(m.encode() for m in members)))
+        replies = execute_packed(self.client, b"".join(parts), 2 * n + len(dirty))
+        raise_first_error(replies)
+        return [r == 1 for r in replies[1:2 * n:2]]  # ZADD: 1 when the event_id was not there yet
 
     def _write_pipeline(self, events: Iterable[StoredEvent]) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
