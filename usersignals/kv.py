@@ -35,39 +35,16 @@ from usersignals.resp import execute_packed, is_single_node, pack, raise_first_e
 DIRTY_BUCKETS = 16
 
 # KEYS: (zset, hash) per dataset [, aggregate hash]; ARGV: limit per dataset.
-_READ_LUA = """
-local out = {}
-for i = 1, #ARGV do
-  local ids = redis.call('ZREVRANGE', KEYS[2 * i - 1], 0, tonumber(ARGV[i]) - 1)
-  if #ids > 0 then
-    out[i] = redis.call('HMGET', KEYS[2 * i], unpack(ids))
-  else
-    out[i] = {}
-  end
-end
-if #KEYS > 2 * #ARGV then
-  out[#ARGV + 1] = redis.call('HGETALL', KEYS[#KEYS])
-end
-return out
-"""
-
-READ_LUA = _READ_LUA
-
-# The serving read: like _READ_LUA, but each dataset comes back as one JSON array (the
-# stored events joined server-side), so a client parses one string per dataset, not N.
-READ_JSON_LUA = """
+# %(found)s turns the HMGET reply `vals` into out[i]; %(empty)s is out[i] for an empty sequence.
+_READ_TEMPLATE = """
 local out = {}
 for i = 1, #ARGV do
   local ids = redis.call('ZREVRANGE', KEYS[2 * i - 1], 0, tonumber(ARGV[i]) - 1)
   if #ids > 0 then
     local vals = redis.call('HMGET', KEYS[2 * i], unpack(ids))
-    local parts = {}
-    for j = 1, #vals do
-      if vals[j] then parts[#parts + 1] = vals[j] end
-    end
-    out[i] = '[' .. table.concat(parts, ',') .. ']'
+    %(found)s
   else
-    out[i] = '[]'
+    out[i] = %(empty)s
   end
 end
 if #KEYS > 2 * #ARGV then
@@ -75,6 +52,17 @@ if #KEYS > 2 * #ARGV then
 end
 return out
 """
+
+# Each dataset as a list of stored events (payload bytes; nil where a payload is missing).
+_READ_LUA = READ_LUA = _READ_TEMPLATE % {"found": "out[i] = vals", "empty": "{}"}
+
+# The serving read: each dataset as one JSON array joined server-side, so a client parses
+# one string per dataset, not N.
+READ_JSON_LUA = _READ_TEMPLATE % {"found": """local parts = {}
+    for j = 1, #vals do
+      if vals[j] then parts[#parts + 1] = vals[j] end
+    end
+    out[i] = '[' .. table.concat(parts, ',') .. ']'""", "empty": "'[]'"}
 
 _TRIM_LUA = """
 local keep = tonumber(ARGV[1])
