@@ -40,7 +40,6 @@ class IndexEvents(ProcessFunction):
         from usersignals.registry import load_registry
 
         from streaming.indexer import Indexer
-        from streaming.metrics import IndexerMetrics
 
         bundle.install()
         registry = load_registry(self.registry_path)

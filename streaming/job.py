@@ -17,7 +17,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from usersignals.settings import REPO_ROOT, Settings, load_settings
