@@ -14,10 +14,6 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 
-def parse_features(raw_values, ids: list[str]) -> dict[str, dict]:
-    return {i: orjson.loads(r) for i, r in zip(ids, raw_values) if r is not None}
-
-
 class ItemFeatureStore:
     def __init__(self, client, prefix: str = "us"):
         self.client = client

@@ -54,7 +54,7 @@ return out
 """
 
 # Each dataset as a list of stored events (payload bytes; nil where a payload is missing).
-_READ_LUA = READ_LUA = _READ_TEMPLATE % {"found": "out[i] = vals", "empty": "{}"}
+_READ_LUA = _READ_TEMPLATE % {"found": "out[i] = vals", "empty": "{}"}
 
 # The serving read: each dataset as one JSON array joined server-side, so a client parses
 # one string per dataset, not N.
@@ -193,16 +193,6 @@ class SequenceStore:
         keys, args = self.read_request(user_id, limits)
         rows = self._read(keys=keys, args=args)
         return {name: [r for r in row if r is not None] for name, row in zip(limits, rows)}
-
-    def read_with_state(self, user_id: str, limits: Mapping[str, int]) -> tuple[dict[str, list[bytes]], dict]:
-        """Like ``read``, plus the user's aggregate state (raw hash), in the same round trip."""
-        from usersignals.aggregates import agg_key
-
-        keys, args = self.read_request(user_id, limits)
-        rows = self._read(keys=keys + [agg_key(self.prefix, user_id)], args=args)
-        seqs = {name: [r for r in row if r is not None] for name, row in zip(limits, rows)}
-        flat = rows[len(args)] if len(rows) > len(args) else []
-        return seqs, dict(zip(flat[0::2], flat[1::2]))
 
     def read_request(self, user_id: str, limits: Mapping[str, int]) -> tuple[list[str], list[int]]:
         """KEYS and ARGV of the read script (shared with the async reader of the serving API)."""
