@@ -31,7 +31,7 @@ from serving import enrich as enrich_stage
 from serving import featurize, filtering, size
 from serving.feature_log import FeatureLogger
 from serving.metrics import ServingMetrics
-from serving.retrieve import Retriever, has_filters
+from serving.retrieve import Retriever
 from serving.tenants import TenantConfig, TenantDirectory, key_matches, sha256_hex
 
 MAX_USERS_PER_REQUEST = 100
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         stage = metrics.stage_latency
         t0 = time.perf_counter()
         # Events are parsed only when a stage has to look inside them.
-        parse = fmt != "json" or has_filters(t) or bool(exclude_items) or bool(enricher.fields(t))
+        parse = fmt != "json" or filtering.has_filters(t) or bool(exclude_items) or bool(enricher.fields(t))
         try:
             users = await retriever.many(user_ids, t, registry, now_ms, parse)
         except Exception as exc:
@@ -195,8 +195,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             raise HTTPException(404, f"unknown tenant {req.tenant!r}")
         authorize(cfg, x_api_key, x_admin_key)
         for u in req.user_ids:
-            if not u or len(u) > DEFAULT_LIMITS.max_id_chars:
-                raise HTTPException(400, f"user ids must be 1..{DEFAULT_LIMITS.max_id_chars} characters")
+            check_user_id(u, "user ids")
         t = cfg.tenant
         fmt = req.format or t.format
         binary = fmt == "ufr" and featurize.UFR_CONTENT_TYPE in request.headers.get("accept", "")
@@ -237,8 +236,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         type: str = Query(..., description="Event type, e.g. click, repin, closeup, view, search."),
         limit: int = Query(20, ge=1, description="How many events (at most the dataset's retention)."),
     ):
-        if not user_id or len(user_id) > DEFAULT_LIMITS.max_id_chars:
-            raise HTTPException(400, f"user_id must be 1..{DEFAULT_LIMITS.max_id_chars} characters")
+        check_user_id(user_id, "user_id")
         try:
             ds = registry.dataset_for_type(type)
         except KeyError:
@@ -385,6 +383,11 @@ class ObservedApp:
         path = route.path if route is not None else "unmatched"
         self.metrics.latency.labels(path).observe(time.perf_counter() - started)
         self.metrics.requests.labels(path, str(status)).inc()
+
+
+def check_user_id(user_id: str, what: str) -> None:
+    if not user_id or len(user_id) > DEFAULT_LIMITS.max_id_chars:
+        raise HTTPException(400, f"{what} must be 1..{DEFAULT_LIMITS.max_id_chars} characters")
 
 
 def type_name(exc: BaseException) -> str:

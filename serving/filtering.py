@@ -14,6 +14,12 @@ from usersignals.registry import Tenant
 from serving.model import UserSequences
 
 
+def has_filters(tenant: Tenant) -> bool:
+    """Whether the tenant's filters can drop anything (request-level exclusions aside)."""
+    f = tenant.filters
+    return bool(f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces or f.exclude_items)
+
+
 def filter_events(events: list[dict], dataset: str, tenant: Tenant, now_ms: int,
                   exclude_items: frozenset[str]) -> list[dict]:
     f = tenant.filters
@@ -47,8 +53,7 @@ def filter_events(events: list[dict], dataset: str, tenant: Tenant, now_ms: int,
 
 def apply(users: list[UserSequences], tenant: Tenant, now_ms: int, exclude_items: Iterable[str] = ()) -> None:
     excluded = frozenset(tenant.filters.exclude_items) | frozenset(exclude_items)
-    f = tenant.filters
-    if not (excluded or f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces):
+    if not (excluded or has_filters(tenant)):
         return  # nothing to drop: the KV layer already stores each event id once per dataset
     for u in users:
         u.sequences = {ds: filter_events(evs, ds, tenant, now_ms, excluded) for ds, evs in u.sequences.items()}

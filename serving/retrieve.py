@@ -13,12 +13,8 @@ from usersignals.aggregates import agg_key, decode_state
 from usersignals.kv import READ_JSON_LUA, SequenceStore
 from usersignals.registry import Registry, Tenant
 
+from serving.filtering import has_filters
 from serving.model import UserSequences
-
-
-def has_filters(tenant: Tenant) -> bool:
-    f = tenant.filters
-    return bool(f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces or f.exclude_items)
 
 
 class Retriever:
