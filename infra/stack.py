@@ -210,23 +210,28 @@ class Stack:
         from usersignals.registry import load_registry
 
         s = self.settings
-        if not hasattr(self, "_canary"):
+        if not hasattr(self, "_canary"):  # set up once; the check is polled until ready
+            registry = load_registry(s.registry_path)
             self._canary = f"canary-{uuid.uuid4().hex[:12]}"
             self._canary_sent = 0.0
-        registry = load_registry(s.registry_path)
-        event_type = next(iter(registry.event_types))
-        store = SequenceStore(redis.Redis(host=s.host, port=s.kv_port, socket_timeout=1), registry, s.kv_prefix)
-        dataset = registry.dataset_for_type(event_type).name
+            self._canary_type = next(iter(registry.event_types))
+            self._canary_dataset = registry.dataset_for_type(self._canary_type).name
+            self._canary_store = SequenceStore(redis.Redis(host=s.host, port=s.kv_port, socket_timeout=1),
+                                               registry, s.kv_prefix)
+            self._canary_producer = Producer({"bootstrap.servers": s.broker})
+        dataset = self._canary_dataset
         try:
-            rows = store.read(CANARY_USER, {dataset: 5})[dataset]
+            rows = self._canary_store.read(CANARY_USER, {dataset: 5})[dataset]
         except Exception:
             return False
         if any(orjson.loads(r)["event_id"] == self._canary for r in rows):
+            del self._canary  # a later check starts over, with a new canary
+            self._canary_producer = None  # no client left reconnecting once the broker stops
             return True
         if time.monotonic() - self._canary_sent > 5:
-            p = Producer({"bootstrap.servers": s.broker})
+            p = self._canary_producer
             p.produce(s.events_topic, key=CANARY_USER.encode(), value=orjson.dumps({
-                "event_id": self._canary, "user_id": CANARY_USER, "event_type": event_type,
+                "event_id": self._canary, "user_id": CANARY_USER, "event_type": self._canary_type,
                 "item_id": "canary", "ts": int(time.time() * 1000), "surface": "canary"}))
             p.flush(5)
             self._canary_sent = time.monotonic()

@@ -48,7 +48,7 @@ class TenantDirectory:
         self.history_prefix = f"{prefix}:tenants:history:"
         now = time.time()
         self._configs = {n: TenantConfig(t, 1, now) for n, t in registry.tenants.items()}
-        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._limits: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._lock = asyncio.Lock()
 
     def get(self, name: str) -> TenantConfig | None:
@@ -58,11 +58,11 @@ class TenantDirectory:
         return dict(self._configs)
 
     def semaphore(self, cfg: TenantConfig) -> asyncio.Semaphore:
-        sem = self._limits.get(cfg.tenant.name)
-        if sem is None or getattr(sem, "_limit", None) != cfg.tenant.max_concurrency:
-            sem = asyncio.Semaphore(cfg.tenant.max_concurrency)
-            sem._limit = cfg.tenant.max_concurrency  # type: ignore[attr-defined]
-            self._limits[cfg.tenant.name] = sem
+        """The tenant's in-flight limit; a changed limit starts a fresh semaphore."""
+        key = (cfg.tenant.name, cfg.tenant.max_concurrency)
+        sem = self._limits.get(key)
+        if sem is None:
+            sem = self._limits[key] = asyncio.Semaphore(cfg.tenant.max_concurrency)
         return sem
 
     async def put(self, name: str, body: dict) -> TenantConfig:
