@@ -2,41 +2,19 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
-from usersignals.settings import Settings, load_settings
+from infra.stack import metric_total, private_settings
+from usersignals.settings import Settings
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["bench_settings", "emit", "log", "metric_total", "percentile"]
 
 
 def bench_settings(name: str, **over) -> Settings:
-    """Settings for a private stack: free ports and a fresh data dir, so a running
-    `make up` stack is left alone."""
-    data_dir = Path(tempfile.mkdtemp(prefix=f"usersignals-{name}-"))
-    return load_settings().with_overrides(
-        broker_port=free_port(), kv_port=free_port(), api_port=free_port(), job_metrics_port=free_port(),
-        data_dir=data_dir, **over)
-
-
-def scrape(port: int, name: str) -> float | None:
-    """Sum of a metric's samples (all label sets) on a Prometheus endpoint; None if unreachable."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return None
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """Settings for a benchmark's private stack, in a fresh temporary data dir."""
+    return private_settings(Path(tempfile.mkdtemp(prefix=f"usersignals-{name}-")), **over)
 
 
 def percentile(values: list[float], q: float) -> float:

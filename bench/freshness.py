@@ -22,7 +22,7 @@ import time
 import orjson
 
 from usersignals.settings import load_settings
-from bench.common import bench_settings, emit, log, percentile, scrape
+from bench.common import bench_settings, emit, log, metric_total, percentile
 from infra.stack import MAIN_PY, Stack
 
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         producer = Producer({"bootstrap.servers": settings.broker, "linger.ms": 0, "acks": "all"})
         api = http.client.HTTPConnection(settings.host, settings.api_port, timeout=5)
         time.sleep(5)  # let the load reach its rate
-        in_before = scrape(settings.job_metrics_port, "usersignals_indexer_events_in_total") or 0
+        in_before = metric_total(settings.job_metrics_port, "usersignals_indexer_events_in_total") or 0
         t_before = time.monotonic()
         latencies: list[float] = []
         lost = 0
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             time.sleep(random.uniform(0.02, 0.08))
         producer.flush(5)
         producer = None  # closed before the broker stops, so it logs no disconnects
-        in_after = scrape(settings.job_metrics_port, "usersignals_indexer_events_in_total") or 0
+        in_after = metric_total(settings.job_metrics_port, "usersignals_indexer_events_in_total") or 0
         measured_rate = (in_after - in_before) / (time.monotonic() - t_before)
         log(f"{len(latencies)} probes at ~{measured_rate:,.0f} events/s indexed; not seen within 5s: {lost}")
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)

@@ -21,7 +21,7 @@ import time
 import orjson
 
 from usersignals.settings import load_settings
-from bench.common import bench_settings, emit, log, scrape
+from bench.common import bench_settings, emit, log, metric_total
 from infra.generator import EventGenerator, ItemCatalog, WorkloadConfig, make_producer, produce, write_features
 from infra.stack import Stack
 
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         port = settings.job_metrics_port
         samples: list[tuple[float, float]] = []
         while True:
-            n = scrape(port, "usersignals_indexer_events_in_total") or 0.0
+            n = metric_total(port, "usersignals_indexer_events_in_total") or 0.0
             samples.append((time.perf_counter(), n))
             if n >= args.events:
                 break
@@ -111,8 +111,8 @@ def main(argv=None) -> int:
         n_hi = next(n for t, n in samples if t == t_hi)
         rate = (n_hi - n_lo) / (t_hi - t_lo)
         time.sleep(1.0)
-        written = scrape(port, "usersignals_indexer_kv_writes_total") or 0.0
-        dlq = scrape(port, "usersignals_indexer_dlq_total") or 0.0
+        written = metric_total(port, "usersignals_indexer_kv_writes_total") or 0.0
+        dlq = metric_total(port, "usersignals_indexer_dlq_total") or 0.0
         log(f"job: {rate:,.0f} events/s sustained; {written:.0f} written + {dlq:.0f} dead-lettered "
             f"of {args.events}; first record after {samples[0][0] - started:.1f}s")
         job_stack.stop()

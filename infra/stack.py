@@ -49,6 +49,35 @@ def tansu_binary() -> Path:
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def private_settings(data_dir: Path, **over) -> Settings:
+    """Settings for a stack of one's own (tests, benchmarks): free ports and ``data_dir``,
+    so a running `make up` stack is left alone."""
+    return load_settings().with_overrides(
+        broker_port=free_port(), kv_port=free_port(), api_port=free_port(), job_metrics_port=free_port(),
+        data_dir=data_dir, **over)
+
+
+def metric_total(port: int, name: str, host: str = "127.0.0.1") -> float | None:
+    """Sum of a metric's samples (all label sets) on a Prometheus endpoint; None if unreachable."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

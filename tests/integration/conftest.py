@@ -3,29 +3,15 @@
 Each runs on free loopback ports with its own data directory, started and stopped by
 the same ``infra.stack.Stack`` code the local stack uses.
 """
-import socket
 import time
 import uuid
 
 import orjson
 import pytest
 
-from infra.stack import Stack
+from infra.stack import Stack, free_port, private_settings
 from usersignals.kv import SequenceStore, connect
 from usersignals.registry import load_registry
-from usersignals.settings import load_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_settings(tmp_path, **over):
-    return load_settings().with_overrides(
-        broker_port=free_port(), kv_port=free_port(), api_port=free_port(), job_metrics_port=free_port(),
-        data_dir=tmp_path, **over)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +21,7 @@ def registry():
 
 @pytest.fixture(scope="module")
 def kv_server(tmp_path_factory):
-    stack = Stack(make_settings(tmp_path_factory.mktemp("kv")), components=("kv",))
+    stack = Stack(private_settings(tmp_path_factory.mktemp("kv")), components=("kv",))
     stack.start()
     yield stack
     stack.stop()
@@ -51,7 +37,7 @@ def kv_client(kv_server):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """Broker + KV + the real PyFlink job (checkpoints every second), module-scoped."""
-    settings = make_settings(tmp_path_factory.mktemp("pipeline"), checkpoint_interval_ms=1000,
+    settings = private_settings(tmp_path_factory.mktemp("pipeline"), checkpoint_interval_ms=1000,
                              bundle_time_ms=20)
     stack = Stack(settings, components=("broker", "kv", "job"),
                   job_env={"USERSIGNALS_TRIMMER_METRICS_PORT": str(free_port())})

@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
+from infra.stack import metric_total
 from serving.app import create_app
 from usersignals.kv import decode_all
 
@@ -170,18 +171,8 @@ def test_served_features_come_from_the_job_and_are_logged_to_kafka(producer, pip
     assert mine[0]["features"] == body["users"][0]
 
 
-def job_counter(pipeline, name="usersignals_indexer_events_in_total"):
-    import urllib.request
-
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{pipeline.settings.job_metrics_port}/metrics",
-                                      timeout=2).read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+def job_counter(pipeline):
+    return metric_total(pipeline.settings.job_metrics_port, "usersignals_indexer_events_in_total")
 
 
 def test_a_killed_job_resumes_from_committed_offsets_without_losing_events(producer, store, pipeline):

@@ -5,10 +5,10 @@ import signal
 import orjson
 import pytest
 
-from infra.stack import Stack
+from infra.stack import Stack, free_port, private_settings
 from usersignals.kv import SequenceStore, StoredEvent, connect
 
-from .conftest import free_port, make_settings, wait_until
+from .conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def kv_and_trimmer(tmp_path, monkeypatch):
     monkeypatch.setenv("USERSIGNALS_TRIMMER_METRICS_PORT", str(free_port()))
     monkeypatch.setenv("USERSIGNALS_TRIM_INTERVAL_S", "0.2")
-    stack = Stack(make_settings(tmp_path), components=("kv", "trimmer"))
+    stack = Stack(private_settings(tmp_path), components=("kv", "trimmer"))
     stack.start()
     yield stack
     stack.stop()
