@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import orjson
 
-from usersignals.features import CachedFeatures
+from usersignals.features import CachedFeatures, item_key
 from usersignals.registry import Registry, Tenant
 
 from serving.model import UserSequences
@@ -21,12 +21,7 @@ class Enricher:
         self.cache = cache
 
     def fields(self, tenant: Tenant) -> tuple[str, ...]:
-        out: list[str] = []
-        for name in tenant.enrichments:
-            for f in self.registry.enrichments[name].fields:
-                if f not in out:
-                    out.append(f)
-        return tuple(out)
+        return self.registry.fields_of(tenant.enrichments)
 
     async def apply(self, users: list[UserSequences], tenant: Tenant) -> int:
         """Adds the tenant's enrichment fields to each event's features; returns items missing."""
@@ -37,7 +32,7 @@ class Enricher:
         found, missing = self.cache.lookup(ids)
         if missing:
             mget = getattr(self.client, "mget_nonatomic", None) or self.client.mget  # cluster: split by slot
-            raw = await mget([f"{self.prefix}:item:{i}" for i in missing])
+            raw = await mget([item_key(self.prefix, i) for i in missing])
             fetched = {i: orjson.loads(r) for i, r in zip(missing, raw) if r is not None}
             self.cache.fill(missing, fetched, found)
         absent = 0

@@ -65,7 +65,7 @@ def ufr_layout(tenant: Tenant, registry: Registry, embedding_dim: int | None) ->
 
 
 def has_embedding(tenant: Tenant, registry: Registry) -> bool:
-    return any("embedding" in registry.enrichments[e].fields for e in tenant.enrichments)
+    return "embedding" in registry.fields_of(tenant.enrichments)
 
 
 def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, now_ms: int,

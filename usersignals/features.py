@@ -14,13 +14,17 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 
+def item_key(prefix: str, item_id: str) -> str:
+    return f"{prefix}:item:{item_id}"
+
+
 class ItemFeatureStore:
     def __init__(self, client, prefix: str = "us"):
         self.client = client
         self.prefix = prefix
 
     def key(self, item_id: str) -> str:
-        return f"{self.prefix}:item:{item_id}"
+        return item_key(self.prefix, item_id)
 
     def put_many(self, features: Mapping[str, Mapping[str, Any]], chunk: int = 5000) -> None:
         items = list(features.items())

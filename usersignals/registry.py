@@ -102,12 +102,11 @@ class Registry:
 
     def indexing_fields(self, dataset: Dataset) -> tuple[str, ...]:
         """Item-feature fields stored with each event of ``dataset``."""
-        out: list[str] = []
-        for name in dataset.enrichments:
-            for f in self.enrichments[name].fields:
-                if f not in out:
-                    out.append(f)
-        return tuple(out)
+        return self.fields_of(dataset.enrichments)
+
+    def fields_of(self, enrichments: tuple[str, ...]) -> tuple[str, ...]:
+        """Item-feature fields these enrichments provide, in order, each once."""
+        return tuple(dict.fromkeys(f for name in enrichments for f in self.enrichments[name].fields))
 
 
 def load_registry(path: str | Path | None = None) -> Registry:
