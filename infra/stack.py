@@ -120,21 +120,8 @@ class Stack:
     def child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         s = self.settings
         env = dict(os.environ)
-        env.update({
-            "USERSIGNALS_HOST": s.host, "USERSIGNALS_BROKER_PORT": str(s.broker_port),
-            "USERSIGNALS_KV_PORT": str(s.kv_port), "USERSIGNALS_API_PORT": str(s.api_port),
-            "USERSIGNALS_JOB_METRICS_PORT": str(s.job_metrics_port),
-            "USERSIGNALS_DATA_DIR": str(s.data_dir), "USERSIGNALS_EVENTS_TOPIC": s.events_topic,
-            "USERSIGNALS_DLQ_TOPIC": s.dlq_topic, "USERSIGNALS_SERVED_TOPIC": s.served_topic, "USERSIGNALS_CONSUMER_GROUP": s.consumer_group,
-            "USERSIGNALS_KV_PREFIX": s.kv_prefix, "USERSIGNALS_PARALLELISM": str(s.parallelism),
-            "USERSIGNALS_CHECKPOINT_INTERVAL_MS": str(s.checkpoint_interval_ms),
-            "USERSIGNALS_BUNDLE_SIZE": str(s.bundle_size), "USERSIGNALS_BUNDLE_TIME_MS": str(s.bundle_time_ms),
-            "USERSIGNALS_PYTHON_WORKER_MODE": s.python_worker_mode,
-            "USERSIGNALS_TOPIC_PARTITIONS": str(s.topic_partitions),
-            "PYTHONUNBUFFERED": "1",
-        })
-        if s.registry_path:
-            env["USERSIGNALS_REGISTRY"] = str(s.registry_path)
+        env.update(s.to_env())
+        env["PYTHONUNBUFFERED"] = "1"
         env.update(extra or {})
         return env
 

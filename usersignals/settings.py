@@ -6,22 +6,10 @@ takes its addresses and limits from here, so one variable moves them all.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"USERSIGNALS_{name}", default)
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name, str(default))
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"USERSIGNALS_{name}={raw!r} is not an integer") from None
 
 
 @dataclass(frozen=True)
@@ -45,7 +33,6 @@ class Settings:
     bundle_size: int = 1000
     bundle_time_ms: int = 20
     python_worker_mode: str = "process"
-    extra: dict = field(default_factory=dict)
 
     @property
     def broker(self) -> str:
@@ -62,30 +49,42 @@ class Settings:
     def with_overrides(self, **kwargs) -> "Settings":
         return replace(self, **kwargs)
 
+    def to_env(self) -> dict[str, str]:
+        """The ``USERSIGNALS_*`` variables that make ``load_settings()`` return these settings."""
+        env = {_var(f.name): str(getattr(self, f.name)) for f in fields(self)}
+        if self.registry_path is None:
+            del env[_var("registry_path")]
+        return env
+
+
+# Every field is read from USERSIGNALS_<FIELD>, but for these names.
+_VAR_NAMES = {"registry_path": "REGISTRY"}
+_PATHS = {"data_dir", "registry_path"}
+
+
+def _var(field_name: str) -> str:
+    return "USERSIGNALS_" + _VAR_NAMES.get(field_name, field_name.upper())
+
 
 def load_settings() -> Settings:
     """Settings from ``USERSIGNALS_*`` environment variables, defaulting to the local stack."""
-    registry = _env("REGISTRY", "")
-    mode = _env("PYTHON_WORKER_MODE", "process")
-    if mode not in ("process", "loopback"):
-        raise ValueError(f"USERSIGNALS_PYTHON_WORKER_MODE={mode!r}: expected 'process' or 'loopback'")
-    return Settings(
-        broker_port=_env_int("BROKER_PORT", 9092),
-        kv_port=_env_int("KV_PORT", 6379),
-        api_port=_env_int("API_PORT", 8000),
-        job_metrics_port=_env_int("JOB_METRICS_PORT", 9250),
-        host=_env("HOST", "127.0.0.1"),
-        data_dir=Path(_env("DATA_DIR", str(REPO_ROOT / "var"))).resolve(),
-        registry_path=Path(registry).resolve() if registry else None,
-        events_topic=_env("EVENTS_TOPIC", "user_events"),
-        dlq_topic=_env("DLQ_TOPIC", "user_events_dlq"),
-        served_topic=_env("SERVED_TOPIC", "served_features"),
-        topic_partitions=_env_int("TOPIC_PARTITIONS", 4),
-        consumer_group=_env("CONSUMER_GROUP", "usersignals-indexer"),
-        kv_prefix=_env("KV_PREFIX", "us"),
-        parallelism=_env_int("PARALLELISM", 2),
-        checkpoint_interval_ms=_env_int("CHECKPOINT_INTERVAL_MS", 5000),
-        bundle_size=_env_int("BUNDLE_SIZE", 1000),
-        bundle_time_ms=_env_int("BUNDLE_TIME_MS", 20),
-        python_worker_mode=mode,
-    )
+    values = {}
+    for f in fields(Settings):
+        var = _var(f.name)
+        raw = os.environ.get(var)
+        if raw is None or (f.name == "registry_path" and not raw):
+            continue
+        if f.name in _PATHS:
+            values[f.name] = Path(raw).resolve()
+        elif isinstance(f.default, int):
+            try:
+                values[f.name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not an integer") from None
+        else:
+            values[f.name] = raw
+    settings = Settings(**values)
+    if settings.python_worker_mode not in ("process", "loopback"):
+        raise ValueError(f"USERSIGNALS_PYTHON_WORKER_MODE={settings.python_worker_mode!r}: "
+                         "expected 'process' or 'loopback'")
+    return settings
