@@ -8,12 +8,14 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 STAMP=.install-stamp
 inputs_hash() {
-  cat requirements/*.lock pyproject.toml infra/install.sh streaming/java/src/usersignals/flink/*.java \
+  cat requirements/*.lock pyproject.toml infra/install.sh infra/shade_jackson.py \
+    streaming/java/src/usersignals/flink/*.java \
     | sha256sum | cut -d' ' -f1
 }
 want=$(inputs_hash)
 if [[ -f $STAMP && $(cat $STAMP) == "$want" && -x .venv/bin/python && -x .venv-streaming/bin/python \
-      && -f build/usersignals-flink.jar ]] && command -v redis-server >/dev/null; then
+      && -f build/usersignals-flink.jar && -f build/iceberg-shaded-jackson.jar ]] \
+   && command -v redis-server >/dev/null; then
   exit 0
 fi
 
@@ -22,6 +24,13 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 command -v curl >/dev/null || need+=(curl)
+# Lakehouse: jarjar (shades Jackson for the Iceberg runtime), SQLite JDBC (the local catalog),
+# OpenBLAS (Spark MLlib), Chromium (the Airflow UI browser test).
+[[ -f /usr/share/java/jarjar.jar ]] || need+=(libjarjar-java)
+[[ -f /usr/share/java/sqlite-jdbc.jar ]] || need+=(libxerial-sqlite-jdbc-java)
+ls /usr/lib/x86_64-linux-gnu/libopenblas*.so* /usr/lib/aarch64-linux-gnu/libopenblas*.so* >/dev/null 2>&1 \
+  || need+=(libopenblas0-pthread)
+command -v chromium >/dev/null || need+=(chromium)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
@@ -52,6 +61,9 @@ done
 rm -rf build/java-classes && mkdir -p build/java-classes
 javac -nowarn -d build/java-classes -cp "$PYFLINK_LIB/*" streaming/java/src/usersignals/flink/*.java
 jar cf build/usersignals-flink.jar -C build/java-classes usersignals
+
+echo "==> Iceberg runtime's shaded Jackson jar"
+.venv/bin/python infra/shade_jackson.py build/iceberg-shaded-jackson.jar
 
 echo "$want" > $STAMP
 echo "==> installed"

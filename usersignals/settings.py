@@ -33,6 +33,17 @@ class Settings:
     bundle_size: int = 1000
     bundle_time_ms: int = 20
     python_worker_mode: str = "process"
+    # Lakehouse (Iceberg). Catalog type "sql" (SQLite locally, PostgreSQL in production) or
+    # "rest"; empty URI/warehouse mean the local defaults under data_dir/lake.
+    lake_catalog: str = "lake"
+    lake_catalog_type: str = "sql"
+    lake_catalog_uri: str = ""
+    lake_warehouse: str = ""
+    lake_namespace: str = "usersignals"
+    enriched_topic: str = "user_events_enriched"
+    lake_commit_interval_s: int = 10
+    lake_metrics_port: int = 9252
+    spark_master: str = "local[2]"
 
     @property
     def broker(self) -> str:
@@ -41,6 +52,14 @@ class Settings:
     @property
     def kv_url(self) -> str:
         return f"redis://{self.host}:{self.kv_port}/0"
+
+    @property
+    def catalog_uri(self) -> str:
+        return self.lake_catalog_uri or f"sqlite:///{self.data_dir / 'lake' / 'catalog.db'}"
+
+    @property
+    def warehouse(self) -> str:
+        return self.lake_warehouse or f"file://{self.data_dir / 'lake' / 'warehouse'}"
 
     @property
     def log_dir(self) -> Path:
@@ -87,4 +106,6 @@ def load_settings() -> Settings:
     if settings.python_worker_mode not in ("process", "loopback"):
         raise ValueError(f"USERSIGNALS_PYTHON_WORKER_MODE={settings.python_worker_mode!r}: "
                          "expected 'process' or 'loopback'")
+    if settings.lake_catalog_type not in ("sql", "rest"):
+        raise ValueError(f"USERSIGNALS_LAKE_CATALOG_TYPE={settings.lake_catalog_type!r}: expected 'sql' or 'rest'")
     return settings

@@ -1,0 +1,1 @@
+"""Iceberg table definitions (``tables``) and their idempotent migration (``migrate``)."""

@@ -1,0 +1,174 @@
+"""The lake's tables as code: columns, partition specs, sort orders and properties.
+
+Each ``TableDef`` is the desired state of one Iceberg table; ``iceberg_schemas.migrate``
+creates what is missing and evolves what differs (new columns, new partition fields,
+properties, sort order) without rewriting data. Column names are a public contract
+(analysts' queries, Spark jobs and the lake sink use them): add, never rename.
+
+Item-feature columns are typed here (``FEATURE_TYPES``); ``enriched_events`` carries one
+column per indexing-time enrichment field of the registry, so registering an
+enrichment over a new feature and running ``migrate`` adds its column.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
+from pyiceberg.transforms import IdentityTransform, parse_transform
+from pyiceberg.types import (
+    BinaryType, DoubleType, FloatType, IcebergType, IntegerType, ListType, LongType, NestedField, StringType,
+    TimestamptzType,
+)
+
+from usersignals import lake
+from usersignals.registry import Registry
+
+# Types of item features (the columns of item_features, copied onto enriched events).
+FEATURE_TYPES: dict[str, IcebergType] = {
+    "category": StringType(),
+    "popularity": DoubleType(),
+    "embedding": ListType(element_id=1, element_type=FloatType(), element_required=False),
+}
+
+COMMON_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+    # Appends from the stream never conflict with a daily overwrite of a closed day.
+    "write.merge.isolation-level": "snapshot",
+    "write.delete.isolation-level": "snapshot",
+    "write.update.isolation-level": "snapshot",
+    "history.expire.max-snapshot-age-ms": str(5 * 24 * 3600 * 1000),
+    "history.expire.min-snapshots-to-keep": "50",
+    "commit.retry.num-retries": "10",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: IcebergType
+    required: bool = False
+    doc: str | None = None
+
+
+@dataclass(frozen=True)
+class TableDef:
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    partition: tuple[tuple[str, str], ...] = ()   # (column, transform) e.g. ("event_time", "day")
+    sort: tuple[tuple[str, str], ...] = ()        # (column, "asc"|"desc")
+    properties: dict[str, str] = field(default_factory=dict)
+
+    def schema(self) -> Schema:
+        # Field ids here are placeholders: the catalog assigns fresh ones on create, and
+        # evolution matches columns by name.
+        extra_ids = iter(range(len(self.columns) + 1, 10 * len(self.columns) + 10))
+        fields = []
+        for i, col in enumerate(self.columns, start=1):
+            ftype = col.type
+            if isinstance(ftype, ListType):
+                ftype = ListType(element_id=next(extra_ids), element_type=ftype.element_type,
+                                 element_required=ftype.element_required)
+            fields.append(NestedField(i, col.name, ftype, required=col.required, doc=col.doc))
+        return Schema(*fields)
+
+    def partition_spec(self, schema: Schema) -> PartitionSpec:
+        return PartitionSpec(*[
+            PartitionField(source_id=schema.find_field(col).field_id, field_id=1000 + i,
+                           transform=parse_transform(tr), name=partition_name(col, tr))
+            for i, (col, tr) in enumerate(self.partition)])
+
+    def sort_order(self, schema: Schema) -> SortOrder:
+        if not self.sort:
+            return SortOrder(order_id=0)
+        return SortOrder(*[
+            SortField(source_id=schema.find_field(col).field_id, transform=IdentityTransform(),
+                      direction=SortDirection.ASC if d == "asc" else SortDirection.DESC,
+                      null_order=NullOrder.NULLS_FIRST if d == "asc" else NullOrder.NULLS_LAST)
+            for col, d in self.sort])
+
+    def all_properties(self) -> dict[str, str]:
+        return {**COMMON_PROPERTIES, "comment": self.doc, **self.properties}
+
+
+def partition_name(column: str, transform: str) -> str:
+    return column if transform == "identity" else f"{column}_{transform}"
+
+
+EVENT_COLUMNS = (
+    Column("event_id", StringType(), True, "Producer-assigned id; the deduplication key"),
+    Column("user_id", StringType(), True),
+    Column("event_type", StringType(), True, "A registered event type"),
+    Column("item_id", StringType(), True),
+    Column("event_time", TimestamptzType(), True, "Event time (the contract's ts, epoch ms)"),
+    Column("surface", StringType()),
+    Column("dwell_ms", LongType()),
+    Column("query", StringType()),
+)
+
+
+def enrichment_fields(registry: Registry) -> tuple[str, ...]:
+    """Item-feature fields stored on indexed events: every indexing-stage enrichment's fields."""
+    names = [f for e in registry.enrichments.values() if e.stage == "indexing" for f in e.fields]
+    unknown = sorted(set(names) - FEATURE_TYPES.keys())
+    if unknown:
+        raise ValueError(f"enrichment fields {unknown} have no type in iceberg_schemas.tables.FEATURE_TYPES")
+    return tuple(dict.fromkeys(names))
+
+
+def table_defs(registry: Registry) -> dict[str, TableDef]:
+    day_and_type = (("event_time", "day"), ("event_type", "identity"))
+    by_user = (("user_id", "asc"), ("event_time", "asc"))
+    defs = [
+        TableDef(lake.RAW_EVENTS, "Every valid event as received from Kafka (at-least-once: replays may "
+                 "duplicate; readers deduplicate on event_id).",
+                 EVENT_COLUMNS + (
+                     Column("kafka_partition", IntegerType()), Column("kafka_offset", LongType()),
+                     Column("ingested_at", TimestamptzType(), doc="When the lake sink read the record")),
+                 day_and_type, by_user),
+        TableDef(lake.ENRICHED_EVENTS, "Indexed events with their indexing-time item features, as the "
+                 "stream enriched them (enriched_by='stream') or as the daily job recomputed them ('daily').",
+                 EVENT_COLUMNS + (
+                     Column("dataset", StringType(), True, "The real-time dataset that holds the event"),
+                     Column("indexed_at", TimestamptzType()),
+                     Column("enriched_by", StringType(), doc="stream | daily | backfill"),
+                 ) + tuple(Column(f, FEATURE_TYPES[f]) for f in enrichment_fields(registry)),
+                 day_and_type, by_user),
+        TableDef(lake.ITEM_FEATURES, "Item features: the source of every enrichment (one row per item and "
+                 "version; the newest updated_at wins).",
+                 (Column("item_id", StringType(), True),)
+                 + tuple(Column(f, t) for f, t in FEATURE_TYPES.items())
+                 + (Column("updated_at", TimestamptzType(), True),),
+                 (), (("item_id", "asc"),)),
+        TableDef(lake.DEAD_LETTERS, "Rejected records from the indexing job's dead-letter topic, bytes "
+                 "untouched, with the reason code.",
+                 (Column("key", BinaryType()), Column("value", BinaryType()),
+                  Column("reason", StringType(), True), Column("detail", StringType()),
+                  Column("source_topic", StringType()), Column("source_partition", IntegerType()),
+                  Column("source_offset", LongType()), Column("received_at", TimestamptzType(), True)),
+                 (("received_at", "day"),)),
+        TableDef(lake.SERVED_FEATURES, "Features the serving API returned (sampled per tenant), for training.",
+                 (Column("request_id", StringType(), True), Column("tenant", StringType(), True),
+                  Column("config_version", IntegerType()), Column("served_at", TimestamptzType(), True),
+                  Column("user_id", StringType(), True), Column("format", StringType()),
+                  Column("features", StringType(), doc="JSON, as served")),
+                 (("served_at", "day"), ("tenant", "identity"))),
+        TableDef(lake.ITEM_EMBEDDINGS, "Item embeddings produced by model retraining, one partition per "
+                 "model version.",
+                 (Column("model_version", StringType(), True), Column("item_id", StringType(), True),
+                  Column("embedding", FEATURE_TYPES["embedding"]),
+                  Column("created_at", TimestamptzType(), True)),
+                 (("model_version", "identity"),)),
+        TableDef(lake.SELECTED_SEQUENCES, "Sequences materialised by event-selection experiments.",
+                 (Column("experiment", StringType(), True), Column("dataset", StringType(), True),
+                  Column("user_id", StringType(), True), Column("rank", IntegerType(), True),
+                  Column("event_id", StringType(), True), Column("item_id", StringType()),
+                  Column("event_time", TimestamptzType()), Column("score", DoubleType()),
+                  Column("created_at", TimestamptzType())),
+                 (("experiment", "identity"),)),
+    ]
+    return {d.name: d for d in defs}
+
