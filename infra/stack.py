@@ -1,4 +1,4 @@
-"""The local stack: broker, KV server, indexing job, trimmer, API (and the generator).
+"""The local stack: broker, KV server, indexing job, lake sink, trimmer, API (and the generator).
 
 Everything runs on 127.0.0.1 as child processes of one supervisor, each in its own
 process group, logging to ``<data_dir>/logs/<name>.log``. A component is "ready" when
@@ -60,6 +60,7 @@ def private_settings(data_dir: Path, **over) -> Settings:
     so a running `make up` stack is left alone."""
     return load_settings().with_overrides(
         broker_port=free_port(), kv_port=free_port(), api_port=free_port(), job_metrics_port=free_port(),
+        lake_metrics_port=free_port(),
         data_dir=data_dir, **over)
 
 
@@ -95,6 +96,7 @@ class Component:
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 30.0
     on_ready: Callable[[], None] | None = None
+    before_start: Callable[[], None] | None = None
     restart: bool = True
     proc: subprocess.Popen | None = None
     restarts: int = 0
@@ -152,6 +154,11 @@ class Stack:
                 env=self.job_env,
             ),
             Component(
+                "lake-sink", [str(MAIN_PY), "-m", "streaming.lake_sink"],
+                ready=lambda: port_open(s.host, s.lake_metrics_port), ports=(s.lake_metrics_port,),
+                before_start=self.migrate_lake,
+            ),
+            Component(
                 "trimmer", [str(MAIN_PY), "-m", "usersignals.trimmer"],
                 ready=lambda: port_open(s.host, trimmer_port), ports=(trimmer_port,),
                 env={"USERSIGNALS_TRIMMER_METRICS_PORT": str(trimmer_port)},
@@ -203,7 +210,8 @@ class Stack:
         while True:
             existing = set(admin.list_topics(timeout=5).topics)
             todo = [NewTopic(t, num_partitions=s.topic_partitions, replication_factor=1)
-                    for t in (s.events_topic, s.dlq_topic, s.served_topic) if t not in existing]
+                    for t in (s.events_topic, s.enriched_topic, s.dlq_topic, s.served_topic)
+                    if t not in existing]
             if not todo:
                 return
             for topic, fut in admin.create_topics(todo).items():
@@ -215,6 +223,11 @@ class Stack:
                             raise
             if time.monotonic() > deadline:
                 raise RuntimeError("could not create topics")
+
+    def migrate_lake(self) -> None:
+        """Create or evolve the Iceberg tables before anything writes to them."""
+        subprocess.run([str(MAIN_PY), "-m", "iceberg_schemas"], cwd=REPO_ROOT, env=self.child_env(), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def canary_visible(self) -> bool:
         """Produce a canary event and see it come out of the KV layer: the whole path works."""
@@ -270,6 +283,8 @@ class Stack:
                     raise SystemExit(f"port {port} ({c.name}) is already in use: stop what holds it "
                                      f"(`make down`?) or choose another port with USERSIGNALS_*_PORT")
             _say(f"starting {c.name}")
+            if c.before_start:
+                c.before_start()
             self._spawn(c)
             deadline = time.monotonic() + c.ready_timeout_s
             while not c.ready():
@@ -331,7 +346,9 @@ class Stack:
             f" /v1/users/u0/events?type=view&limit=5)",
             f"  API metrics  http://{s.host}:{s.api_port}/metrics",
             f"  job metrics  http://{s.host}:{s.job_metrics_port}/metrics",
-            f"  broker       {s.broker}  topics {s.events_topic}, {s.dlq_topic}",
+            f"  broker       {s.broker}  topics {s.events_topic}, {s.enriched_topic}, {s.dlq_topic},"
+            f" {s.served_topic}",
+            f"  lake         {s.catalog_uri}  warehouse {s.warehouse}  (sink metrics :{s.lake_metrics_port})",
             f"  KV (Redis)   {s.kv_url}",
             f"  logs         {self.log_dir}/",
         ])

@@ -24,13 +24,16 @@ class IndexEvents(ProcessFunction):
     """
 
     def __init__(self, kv_url: str, kv_prefix: str, registry_path: str | None, source_topic: str,
-                 kv_cluster: bool = False):
+                 kv_cluster: bool = False, broker: str | None = None, enriched_topic: str | None = None):
         self.kv_url = kv_url
         self.kv_prefix = kv_prefix
         self.registry_path = registry_path
         self.source_topic = source_topic
         self.kv_cluster = kv_cluster
+        self.broker = broker
+        self.enriched_topic = enriched_topic
         self.indexer = None
+        self.enriched = None
         self._scheduled = False
 
     def open(self, runtime_context):
@@ -40,9 +43,12 @@ class IndexEvents(ProcessFunction):
         from usersignals.registry import load_registry
 
         from streaming.indexer import Indexer
+        from streaming.kafka_out import BatchProducer
 
         bundle.install()
         registry = load_registry(self.registry_path)
+        if self.broker and self.enriched_topic:
+            self.enriched = BatchProducer(self.broker, self.enriched_topic)
         client = connect(self.kv_url, cluster=self.kv_cluster, socket_timeout=10, health_check_interval=30)
         self.indexer = Indexer(
             registry,
@@ -50,6 +56,7 @@ class IndexEvents(ProcessFunction):
             CachedFeatures(ItemFeatureStore(client, self.kv_prefix)),
             _shared_metrics(),
             aggregates=AggregateStore(client, self.kv_prefix),
+            enriched_sink=self.enriched.send if self.enriched is not None else None,
         )
 
     def process_element(self, value, ctx):
@@ -69,6 +76,8 @@ class IndexEvents(ProcessFunction):
     def close(self):
         if self.indexer is not None and self.indexer.pending:
             self.indexer.flush()
+        if self.enriched is not None:
+            self.enriched.close()
 
 
 _METRICS = None

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import orjson
+
 from usersignals.aggregates import AggregateStore
 from usersignals.events import DEFAULT_LIMITS, Event, InvalidEvent, Limits, encode_stored, parse_event
 from usersignals.features import CachedFeatures
@@ -27,6 +29,12 @@ class Rejection:
     detail: str
 
 
+def enriched_record(event: Event, dataset: str, features: dict, indexed_at_ms: int) -> bytes:
+    """The record on the enriched-events topic: the event, its dataset and features as stored."""
+    return orjson.dumps({**event.to_dict(), "dataset": dataset, "indexed_at": indexed_at_ms,
+                         "features": features})
+
+
 class Indexer:
     def __init__(
         self,
@@ -37,12 +45,16 @@ class Indexer:
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
         aggregates: AggregateStore | None = None,
+        enriched_sink: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
     ):
         self.registry = registry
         self.store = store
         self.features = features
         self.metrics = metrics
         self.aggregates = aggregates
+        # Receives (key, enriched-event JSON) of every written batch, for the lake; it must
+        # deliver before returning (or raise), so a checkpoint never passes an undelivered event.
+        self.enriched_sink = enriched_sink
         self.limits = limits
         self.clock = clock
         self._buffer: list[Event] = []
@@ -80,6 +92,7 @@ class Indexer:
         feats = self.features.get_many(e.item_id for e in batch)
         stored: list[StoredEvent] = []
         categories: list[str | None] = []
+        enrichments: list[dict] = []
         missing = 0
         for e in batch:
             dataset, fields = self._fields[e.event_type]
@@ -91,6 +104,7 @@ class Indexer:
             else:
                 enrichment = {f: item[f] for f in fields if f in item}
                 categories.append(item.get("category"))
+            enrichments.append(enrichment)
             stored.append(StoredEvent(dataset, e.user_id, e.event_id, e.ts, encode_stored(e, enrichment)))
         enriched_at = time.perf_counter()
         new = self.store.write(stored)
@@ -98,6 +112,11 @@ class Indexer:
             # Only events stored for the first time feed the aggregates: replays do not double count.
             self.aggregates.update((e.user_id, c, e.ts, e.event_type)
                                    for e, c, is_new in zip(batch, categories, new) if is_new and c)
+        if self.enriched_sink is not None:
+            indexed_at = int(self.clock() * 1000)
+            self.enriched_sink([
+                (e.user_id.encode(), enriched_record(e, s.dataset, f, indexed_at))
+                for e, s, f in zip(batch, stored, enrichments)])
         done = time.perf_counter()
         self._buffer = []
 

@@ -1,4 +1,4 @@
-"""Entry point of the real-time indexing job: wires Kafka → IndexEvents → KV (+ DLQ) on Flink.
+"""Entry point of the real-time indexing job: Kafka → IndexEvents → KV (+ DLQ, + enriched topic) on Flink.
 
 Run with the streaming environment's Python::
 
@@ -7,6 +7,8 @@ Run with the streaming environment's Python::
 Settings come from ``USERSIGNALS_*`` variables (see ``usersignals.settings``). The job
 resumes from the consumer group's committed offsets (earliest when there are none),
 checkpoints every ``checkpoint_interval_ms`` and commits offsets on each checkpoint.
+Every indexed event is also produced, enriched, to ``enriched_topic``; the lake sink
+(``streaming.lake_sink``) lands that and the other topics in Iceberg.
 """
 from __future__ import annotations
 
@@ -110,7 +112,8 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
     records = env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka:" + settings.events_topic) \
         .uid("events-source")
     indexed = records.process(
-        IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster),
+        IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster,
+                    settings.broker, settings.enriched_topic),
         output_type=Types.STRING(),
     ).name("validate-enrich-index").uid("validate-enrich-index")
 
