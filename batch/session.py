@@ -13,8 +13,12 @@ def spark_session(settings: Settings, app_name: str, extra: dict[str, str] | Non
     Under spark-submit the submitter's ``--master``/``--conf`` win; in-process (tests, the
     local stack, ``dag.test()``) this starts a local JVM.
     """
+    import sys
+
     from pyspark.sql import SparkSession
 
+    # Executors' Python workers must be this environment's Python (redis, orjson, usersignals).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     lake.local_paths(settings)
     tmp = settings.data_dir / "spark-tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -24,6 +28,7 @@ def spark_session(settings: Settings, app_name: str, extra: dict[str, str] | Non
     conf = {
         **lake.spark_conf(settings),
         "spark.local.dir": str(tmp),
+        "spark.pyspark.python": os.environ["PYSPARK_PYTHON"],
         "spark.sql.shuffle.partitions": "8",
         "spark.driver.memory": "2g",
         "spark.sql.adaptive.enabled": "true",

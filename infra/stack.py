@@ -58,10 +58,9 @@ def free_port() -> int:
 def private_settings(data_dir: Path, **over) -> Settings:
     """Settings for a stack of one's own (tests, benchmarks): free ports and ``data_dir``,
     so a running `make up` stack is left alone."""
-    return load_settings().with_overrides(
-        broker_port=free_port(), kv_port=free_port(), api_port=free_port(), job_metrics_port=free_port(),
-        lake_metrics_port=free_port(),
-        data_dir=data_dir, **over)
+    ports = {name: free_port() for name in
+             ("broker_port", "kv_port", "api_port", "job_metrics_port", "lake_metrics_port")}
+    return load_settings().with_overrides(**{**ports, "data_dir": data_dir, **over})
 
 
 def metric_total(port: int, name: str, host: str = "127.0.0.1") -> float | None:

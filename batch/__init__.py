@@ -1,0 +1,1 @@
+"""Offline jobs on Spark + Iceberg (see batch/README.md)."""

@@ -1,0 +1,121 @@
+"""Command line of the offline jobs (what spark-submit and the DAGs run)::
+
+    python -m batch daily --day 2026-11-22 [--event-types click,view] [--no-kv]
+    python -m batch bootstrap --datasets clicks --days 30
+    python -m batch backfill-enrichment --enrichment item_popularity --days 30
+    python -m batch select --experiment dwell50 --dataset closeups --rule dwell --n 50 --days 30
+    python -m batch maintenance [--tables raw_events,enriched_events] [--expire-days 5]
+    python -m batch parity --sample 200 [--watermark-minutes 10] [--threshold 0.01]
+    python -m batch publish-features
+
+or ``spark-submit batch/submit.py <same arguments>``. Settings come from ``USERSIGNALS_*``.
+Prints the job's figures as one JSON line last; exits non-zero on failure.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+
+from usersignals import lake
+from usersignals.registry import load_registry
+from usersignals.settings import Settings, load_settings
+
+ALL_TABLES = [lake.RAW_EVENTS, lake.ENRICHED_EVENTS, lake.DEAD_LETTERS, lake.SERVED_FEATURES, lake.ITEM_FEATURES,
+              lake.ITEM_EMBEDDINGS, lake.SELECTED_SEQUENCES]
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m batch", description="usersignals offline jobs on Spark + Iceberg")
+    sub = p.add_subparsers(dest="job", required=True)
+    d = sub.add_parser("daily", help="re-enrich one day from raw events; repair the KV layer")
+    d.add_argument("--day", type=dt.date.fromisoformat, required=True, help="UTC day, YYYY-MM-DD")
+    d.add_argument("--event-types", type=_csv, default=None, help="comma-separated (default: all)")
+    d.add_argument("--no-kv", action="store_true", help="do not repair the KV layer")
+    b = sub.add_parser("bootstrap", help="build datasets' sequences from the last N days into the KV layer")
+    b.add_argument("--datasets", type=_csv, required=True)
+    b.add_argument("--days", type=int, required=True)
+    e = sub.add_parser("backfill-enrichment", help="add an enrichment's fields to indexed events (lake + KV)")
+    e.add_argument("--enrichment", required=True)
+    e.add_argument("--days", type=int, required=True)
+    s = sub.add_parser("select", help="materialise an alternative event selection for experiments")
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--rule", choices=["last", "dwell", "similarity"], required=True)
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--days", type=int, default=30)
+    s.add_argument("--no-kv", action="store_true")
+    m = sub.add_parser("maintenance", help="compact files, rewrite manifests, expire snapshots")
+    m.add_argument("--tables", type=_csv, default=ALL_TABLES)
+    m.add_argument("--expire-days", type=int, default=5)
+    m.add_argument("--retain-last", type=int, default=50)
+    q = sub.add_parser("parity", help="compare sampled users' KV sequences with the lake")
+    q.add_argument("--sample", type=int, default=200)
+    q.add_argument("--watermark-minutes", type=int, default=10, help="compare as of this many minutes ago")
+    q.add_argument("--threshold", type=float, default=0.01, help="fail above this mismatch rate")
+    q.add_argument("--seed", type=int, default=None)
+    sub.add_parser("publish-features", help="latest item features from the lake to the KV layer")
+    return p
+
+
+def make_io(spark, settings: Settings):
+    from batch.jobs import LakeIO
+    from batch.kv_load import load_features_into_kv, load_into_kv
+
+    reg = str(settings.registry_path) if settings.registry_path else None
+    return LakeIO(spark, settings.lake_catalog, settings.lake_namespace,
+                  to_kv=lambda df: load_into_kv(df, settings.kv_url, settings.kv_prefix, reg),
+                  features_to_kv=lambda df: load_features_into_kv(df, settings.kv_url, settings.kv_prefix),
+                  metrics_dir=settings.data_dir / "metrics")
+
+
+def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
+    from batch import jobs
+    from batch.session import spark_session
+
+    registry = load_registry(settings.registry_path)
+    own = spark is None
+    spark = spark or spark_session(settings, f"usersignals-{args.job}")
+    try:
+        io = make_io(spark, settings)
+        if args.job == "daily":
+            return jobs.daily_reenrich(io, registry, args.day, args.event_types, repair_kv=not args.no_kv)
+        if args.job == "bootstrap":
+            return jobs.bootstrap(io, registry, args.datasets, args.days)
+        if args.job == "backfill-enrichment":
+            return jobs.backfill_enrichment(io, registry, args.enrichment, args.days)
+        if args.job == "select":
+            return jobs.select_experiment(io, registry, args.experiment, args.dataset, args.rule, args.n,
+                                          args.days, to_kv=not args.no_kv)
+        if args.job == "maintenance":
+            return jobs.maintenance(io, args.tables, args.expire_days, args.retain_last)
+        if args.job == "parity":
+            from usersignals.kv import SequenceStore, connect
+
+            store = SequenceStore(connect(settings.kv_url), registry, settings.kv_prefix)
+            wm = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=args.watermark_minutes)
+            return jobs.parity(io, registry, store, args.sample, wm, args.threshold, seed=args.seed)
+        if args.job == "publish-features":
+            return jobs.publish_features(io)
+        raise ValueError(f"unknown job {args.job}")
+    finally:
+        if own:
+            spark.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    figures = run(args, load_settings())
+    print(json.dumps({"job": args.job, **figures}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The offline jobs: read tables → ``batch.transforms`` → write tables and the KV layer.
+
+Sources and sinks come in through ``LakeIO`` (tables by name, partition overwrite,
+KV loading), so a job is a function of its inputs; ``batch.__main__`` wires the real
+ones for spark-submit and the DAGs. Every job returns its figures (rows read, written,
+repaired, …) and reports progress through ``batch.progress``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from batch import transforms as T
+from batch.progress import Progress
+from usersignals import lake
+from usersignals.events import decode_stored
+from usersignals.registry import Registry
+
+log = logging.getLogger("usersignals.batch")
+BASE_ENRICHED = set(T.EVENT_COLUMNS) | {"dataset", "indexed_at", "enriched_by"}
+
+
+@dataclass
+class LakeIO:
+    """Where jobs read and write. ``to_kv`` loads stored-event rows and returns the count."""
+    spark: object
+    catalog: str
+    namespace: str
+    to_kv: Callable[[DataFrame], int]
+    features_to_kv: Callable[[DataFrame], int] | None = None
+    metrics_dir: object = None
+    written: list[tuple[str, int]] = field(default_factory=list)
+
+    def name(self, table: str) -> str:
+        return f"{self.catalog}.{self.namespace}.{table}"
+
+    def read(self, table: str) -> DataFrame:
+        return self.spark.table(self.name(table))
+
+    def overwrite_partitions(self, table: str, df: DataFrame) -> None:
+        """Replace exactly the partitions present in ``df`` (idempotent re-runs)."""
+        target = self.read(table).columns
+        df.select(*target).sortWithinPartitions("user_id").writeTo(self.name(table)).overwritePartitions()
+
+    def append(self, table: str, df: DataFrame) -> None:
+        df.select(*self.read(table).columns).writeTo(self.name(table)).append()
+
+    def feature_fields(self) -> tuple[str, ...]:
+        return tuple(c for c in self.read(lake.ENRICHED_EVENTS).columns if c not in BASE_ENRICHED)
+
+
+def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    return start, start + dt.timedelta(days=1)
+
+
+def _in_range(start: dt.datetime, end: dt.datetime):
+    return (F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end))
+
+
+def _types_filter(event_types):
+    return F.col("event_type").isin(list(event_types)) if event_types else F.lit(True)
+
+
+# --- item features → KV -----------------------------------------------------------------
+
+def publish_features(io: LakeIO) -> dict[str, int]:
+    """Latest item features from the lake to the KV layer, where the stream enriches from."""
+    p = Progress("publish_features", io.metrics_dir)
+    feats = T.latest_features(io.read(lake.ITEM_FEATURES))
+    n = io.features_to_kv(feats)
+    p.stage("published", n)
+    return p.done()
+
+
+# --- daily re-enrichment -----------------------------------------------------------------
+
+def daily_reenrich(io: LakeIO, registry: Registry, day: dt.date, event_types: list[str] | None = None,
+                   repair_kv: bool = True) -> dict[str, int]:
+    """Recompute one day's enriched events from raw events and current features.
+
+    Deduplicates, overwrites that day's partitions of ``enriched_events`` (idempotent), and
+    rewrites in the KV layer the events the stream missed or enriched differently.
+    """
+    p = Progress("daily_reenrich", io.metrics_dir, day=str(day), event_types=",".join(event_types or ["*"]))
+    start, end = day_bounds(day)
+    fields = io.feature_fields()
+    raw = io.read(lake.RAW_EVENTS).where(_in_range(start, end) & _types_filter(event_types))
+    deduped = T.dedup_events(raw)
+    recomputed = T.enrich(deduped, T.latest_features(io.read(lake.ITEM_FEATURES)), registry, fields, "daily") \
+        .localCheckpoint(eager=True)
+    total = recomputed.count()
+    p.stage("recomputed", total)
+    streamed = io.read(lake.ENRICHED_EVENTS).where(_in_range(start, end) & _types_filter(event_types))
+    # Eager checkpoint: the comparison must see the streamed rows before the overwrite replaces them.
+    repair = T.needs_repair(recomputed, streamed, fields).localCheckpoint(eager=True)
+    reasons = {r["reason"]: r["n"] for r in repair.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+    p.stage("compared", int(sum(reasons.values())), missing=reasons.get("missing", 0),
+            mis_enriched=reasons.get("mis_enriched", 0))
+    io.overwrite_partitions(lake.ENRICHED_EVENTS, recomputed)
+    p.stage("overwritten", total)
+    p.figures["missing"] = int(reasons.get("missing", 0))
+    p.figures["mis_enriched"] = int(reasons.get("mis_enriched", 0))
+    if repair_kv:
+        p.stage("kv_repaired", io.to_kv(T.stored_payload(repair, fields)))
+    return p.done()
+
+
+# --- bootstrap a dataset ---------------------------------------------------------------
+
+def bootstrap(io: LakeIO, registry: Registry, datasets: list[str], days: int,
+              now: dt.datetime | None = None) -> dict[str, int]:
+    """Build datasets' sequences from the last ``days`` days of raw events, straight into KV."""
+    unknown = sorted(set(datasets) - set(registry.datasets))
+    if unknown:
+        raise ValueError(f"unknown datasets {unknown}; registered: {sorted(registry.datasets)}")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    p = Progress("bootstrap", io.metrics_dir, datasets=",".join(datasets), days=str(days))
+    types = [registry.datasets[d].event_type for d in datasets]
+    raw = io.read(lake.RAW_EVENTS).where(_in_range(now - dt.timedelta(days=days), now) & _types_filter(types))
+    events = T.dedup_events(raw).withColumn("dataset", T.dataset_of(registry)).where(F.col("dataset").isin(datasets))
+    kept = T.last_n(events, {d: registry.datasets[d].retention for d in datasets})
+    fields = io.feature_fields()
+    enriched = T.enrich(kept.drop("dataset", "rank"), T.latest_features(io.read(lake.ITEM_FEATURES)), registry,
+                        fields, "bootstrap").where(F.col("dataset").isin(datasets))
+    n = io.to_kv(T.stored_payload(enriched, fields))
+    p.stage("loaded", n)
+    return p.done()
+
+
+# --- backfill a new enrichment -----------------------------------------------------------
+
+def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: int,
+                        now: dt.datetime | None = None) -> dict[str, int]:
+    """Add an enrichment's fields to already indexed events of the datasets that use it:
+    new columns (schema change, no rewrite), the last ``days`` days of partitions rewritten
+    with values, and each user's retained sequence rewritten in the KV layer."""
+    if enrichment not in registry.enrichments:
+        raise ValueError(f"unknown enrichment {enrichment!r}; registered: {sorted(registry.enrichments)}")
+    e = registry.enrichments[enrichment]
+    datasets = [d.name for d in registry.datasets.values() if enrichment in d.enrichments]
+    if not datasets:
+        raise ValueError(f"no dataset uses enrichment {enrichment!r}: add it to a dataset in the registry first")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    p = Progress("backfill_enrichment", io.metrics_dir, enrichment=enrichment, days=str(days))
+    have = set(io.read(lake.ENRICHED_EVENTS).columns)
+    feat_schema = {f.name: f.dataType.simpleString() for f in io.read(lake.ITEM_FEATURES).schema.fields}
+    for f in e.fields:
+        if f not in feat_schema:
+            raise ValueError(f"enrichment field {f!r} is not a column of {lake.ITEM_FEATURES}")
+        if f not in have:  # a schema change: metadata only, existing files are not rewritten
+            io.spark.sql(f"ALTER TABLE {io.name(lake.ENRICHED_EVENTS)} ADD COLUMN {f} {feat_schema[f]}")
+            p.stage(f"added_column_{f}")
+    fields = io.feature_fields()
+    events = io.read(lake.ENRICHED_EVENTS).where(_in_range(now - dt.timedelta(days=days), now)
+                                                 & F.col("dataset").isin(datasets))
+    feats = T.latest_features(io.read(lake.ITEM_FEATURES)).select(
+        "item_id", *[F.col(f).alias(f"_n_{f}") for f in e.fields])
+    updated = events.join(feats, "item_id", "left")
+    for f in e.fields:
+        updated = updated.withColumn(f, F.col(f"_n_{f}")).drop(f"_n_{f}")
+    updated = updated.withColumn("enriched_by", F.lit("backfill")).localCheckpoint(eager=True)
+    n = updated.count()
+    io.overwrite_partitions(lake.ENRICHED_EVENTS, updated)
+    p.stage("lake_rows", n)
+    kept = T.last_n(updated, {d: registry.datasets[d].retention for d in datasets}).drop("rank")
+    p.stage("kv_rows", io.to_kv(T.stored_payload(kept, fields)))
+    return p.done()
+
+
+# --- event-selection experiments ----------------------------------------------------------
+
+def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: str, rule: str, n: int,
+                      days: int, to_kv: bool = True, now: dt.datetime | None = None) -> dict[str, int]:
+    """Materialise ``n`` events per user of ``dataset`` chosen by ``rule`` into
+    ``selected_sequences`` (partition ``experiment``) and KV dataset ``exp_<experiment>``."""
+    if dataset not in registry.datasets:
+        raise ValueError(f"unknown dataset {dataset!r}")
+    if not experiment.replace("_", "").isalnum():
+        raise ValueError(f"experiment name {experiment!r}: use letters, digits and _")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    p = Progress("select_experiment", io.metrics_dir, experiment=experiment, rule=rule)
+    events = T.dedup_events(io.read(lake.ENRICHED_EVENTS).where(
+        _in_range(now - dt.timedelta(days=days), now) & (F.col("dataset") == dataset)), "indexed_at")
+    if rule == "similarity":
+        emb = T.latest_features(io.read(lake.ITEM_FEATURES)).select("item_id", F.col("embedding").alias("_emb"))
+        events = events.drop(*[c for c in ("embedding",) if c in events.columns]) \
+            .join(emb, "item_id", "left").withColumnRenamed("_emb", "embedding")
+    selected = T.select_events(events, rule, n).localCheckpoint(eager=True)
+    rows = selected.select(F.lit(experiment).alias("experiment"), "dataset", "user_id", "rank", "event_id",
+                           "item_id", "event_time", "score", F.current_timestamp().alias("created_at"))
+    io.overwrite_partitions(lake.SELECTED_SEQUENCES, rows)
+    p.stage("selected", selected.count())
+    if to_kv:
+        fields = io.feature_fields()
+        kv_rows = T.stored_payload(selected.select(*T.EVENT_COLUMNS, *fields).withColumn(
+            "dataset", F.lit(f"exp_{experiment}")), fields)
+        p.stage("kv_rows", io.to_kv(kv_rows))
+    return p.done()
+
+
+# --- table maintenance ---------------------------------------------------------------------
+
+def maintenance(io: LakeIO, tables: list[str], expire_older_than_days: int = 5, retain_last: int = 50,
+                now: dt.datetime | None = None) -> dict[str, int]:
+    """Compact small files, rewrite manifests, expire old snapshots, per table."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    p = Progress("maintenance", io.metrics_dir, tables=",".join(tables))
+    older = (now - dt.timedelta(days=expire_older_than_days)).strftime("%Y-%m-%d %H:%M:%S")
+    for t in tables:
+        ident = f"{io.namespace}.{t}"
+        cat = io.catalog
+        r = io.spark.sql(f"CALL {cat}.system.rewrite_data_files(table => '{ident}', "
+                         f"options => map('min-input-files', '2', 'partial-progress.enabled', 'true'))").first()
+        p.stage(f"{t}.rewritten_files", r["rewritten_data_files_count"], added=r["added_data_files_count"])
+        io.spark.sql(f"CALL {cat}.system.rewrite_manifests(table => '{ident}')").collect()
+        e = io.spark.sql(f"CALL {cat}.system.expire_snapshots(table => '{ident}', "
+                         f"older_than => TIMESTAMP '{older}', retain_last => {retain_last})").first()
+        p.stage(f"{t}.expired_data_files", e["deleted_data_files_count"])
+    return p.done()
+
+
+# --- online/offline parity ----------------------------------------------------------------
+
+class ParityError(RuntimeError):
+    pass
+
+
+def parity(io: LakeIO, registry: Registry, store, sample: int, watermark: dt.datetime,
+           threshold: float, lookback_days: int = 30, seed: int | None = None) -> dict[str, float]:
+    """Rebuild a sample of users' sequences from the lake as of ``watermark`` and compare them
+    with the KV layer; raise ``ParityError`` when the share of mismatched (user, dataset)
+    sequences exceeds ``threshold``.
+
+    For each (user, dataset): KV events at or before the watermark, newest first, must equal
+    the lake's newest events at or before the watermark, as many as the KV may keep once
+    its events after the watermark are counted.
+    """
+    p = Progress("parity", io.metrics_dir, sample=str(sample), watermark=watermark.isoformat())
+    start = watermark - dt.timedelta(days=lookback_days)
+    events = io.read(lake.ENRICHED_EVENTS).where(
+        (F.col("event_time") >= F.lit(start)) & (F.col("event_time") <= F.lit(watermark))
+        & ~F.col("user_id").startswith("__"))
+    users = [r["user_id"] for r in events.select("user_id").distinct().collect()]
+    rng = random.Random(seed)
+    users = rng.sample(users, min(sample, len(users)))
+    if not users:
+        p.stage("compared", 0)
+        return {**p.done(), "mismatch_rate": 0.0, "compared": 0}
+    wm_ms = int(watermark.timestamp() * 1000)
+    kept = T.last_n(T.dedup_events(events.where(F.col("user_id").isin(users)), "indexed_at"),
+                    {d: ds.retention for d, ds in registry.datasets.items()})
+    lake_seqs: dict[tuple[str, str], list[str]] = {}
+    for r in kept.orderBy("user_id", "dataset", "rank").select("user_id", "dataset", "event_id").collect():
+        lake_seqs.setdefault((r["user_id"], r["dataset"]), []).append(r["event_id"])
+    compared = mismatched = 0
+    examples = []
+    for u in users:
+        kv = store.read(u, {d: ds.retention for d, ds in registry.datasets.items()})
+        for d, ds in registry.datasets.items():
+            stored = [decode_stored(x) for x in kv[d]]
+            after = sum(1 for s in stored if s["ts"] > wm_ms)
+            kv_ids = [s["event_id"] for s in stored if s["ts"] <= wm_ms]
+            expected = lake_seqs.get((u, d), [])[:max(0, ds.retention - after)]
+            if not kv_ids and not expected:
+                continue
+            compared += 1
+            if kv_ids != expected:
+                mismatched += 1
+                if len(examples) < 5:
+                    examples.append((u, d, len(kv_ids), len(expected)))
+    rate = mismatched / compared if compared else 0.0
+    p.stage("compared", compared, mismatched=mismatched, rate=f"{rate:.4f}", examples=examples)
+    out = {**p.done(), "mismatch_rate": rate, "compared": compared, "mismatched": mismatched}
+    if rate > threshold:
+        p.failed()
+        raise ParityError(f"parity: {mismatched}/{compared} sequences differ ({rate:.2%} > {threshold:.2%}); "
+                          f"examples (user, dataset, kv, lake): {examples}")
+    return out
