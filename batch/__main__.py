@@ -1,7 +1,7 @@
 """Command line of the offline jobs (what spark-submit and the DAGs run)::
 
     python -m batch daily --day 2026-11-22 [--event-types click,view] [--no-kv]
-    python -m batch bootstrap --datasets clicks --days 30
+    python -m batch bootstrap --datasets clicks --days 30 [--as-of 2026-11-22T00:00:00+00:00]
     python -m batch backfill-enrichment --enrichment item_popularity --days 30
     python -m batch select --experiment dwell50 --dataset closeups --rule dwell --n 50 --days 30
     python -m batch maintenance [--tables raw_events,enriched_events] [--expire-days 5]
@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bootstrap", help="build datasets' sequences from the last N days into the KV layer")
     b.add_argument("--datasets", type=_csv, required=True)
     b.add_argument("--days", type=int, required=True)
+    b.add_argument("--as-of", type=dt.datetime.fromisoformat, default=None,
+                   help="end of the window (ISO 8601, default now)")
     e = sub.add_parser("backfill-enrichment", help="add an enrichment's fields to indexed events (lake + KV)")
     e.add_argument("--enrichment", required=True)
     e.add_argument("--days", type=int, required=True)
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
         if args.job == "daily":
             return jobs.daily_reenrich(io, registry, args.day, args.event_types, repair_kv=not args.no_kv)
         if args.job == "bootstrap":
-            return jobs.bootstrap(io, registry, args.datasets, args.days)
+            return jobs.bootstrap(io, registry, args.datasets, args.days, now=args.as_of)
         if args.job == "backfill-enrichment":
             return jobs.backfill_enrichment(io, registry, args.enrichment, args.days)
         if args.job == "select":

@@ -1,0 +1,62 @@
+"""What every usersignals DAG shares: how a Spark job task is built, default args, assets.
+
+DAG files stay thin: the logic is in ``batch`` (run through ``spark-submit batch/submit.py``),
+the settings and registry in ``usersignals``. Tasks run Spark through the
+``spark_default`` connection (locally ``local[2]``; a cluster's master in production).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+
+from airflow.sdk import Asset
+
+from usersignals import lake
+from usersignals.registry import load_registry
+from usersignals.settings import REPO_ROOT, load_settings
+
+SETTINGS = load_settings()
+REGISTRY = load_registry(SETTINGS.registry_path)
+
+
+def table_asset(table: str) -> Asset:
+    """The Asset of an Iceberg table: what one DAG produces and another is scheduled on."""
+    return Asset(f"iceberg://{SETTINGS.lake_catalog}/{SETTINGS.lake_namespace}/{table}", group="lake")
+
+
+ENRICHED_EVENTS = table_asset(lake.ENRICHED_EVENTS)
+ITEM_FEATURES = table_asset(lake.ITEM_FEATURES)
+KV_ITEM_FEATURES = Asset(f"redis://{SETTINGS.host}:{SETTINGS.kv_port}/{SETTINGS.kv_prefix}/item_features",
+                         group="kv")
+
+DEFAULT_ARGS = {
+    "owner": "usersignals",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "execution_timeout": dt.timedelta(hours=2),
+}
+START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def spark_job(task_id: str, args: list[str], **kwargs):
+    """A task running ``python -m batch <args>`` on Spark with the lake's catalog mounted."""
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    conf = lake.spark_conf(SETTINGS)
+    jars = conf.pop("spark.jars")
+    env = {**SETTINGS.to_env(), "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+           "PYTHONPATH": str(REPO_ROOT)}
+    return SparkSubmitOperator(
+        task_id=task_id,
+        application=str(REPO_ROOT / "batch" / "submit.py"),
+        application_args=args,
+        conf={**conf, "spark.local.dir": str(SETTINGS.data_dir / "spark-tmp")},
+        jars=jars,
+        name=f"usersignals-{task_id}",
+        driver_memory="2g",
+        env_vars=env,
+        **kwargs,
+    )

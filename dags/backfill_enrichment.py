@@ -1,0 +1,35 @@
+"""Backfill an enrichment onto already indexed events (lake and KV layer).
+
+After adding an enrichment to a dataset in the registry (new events get it from the
+stream), run this with the enrichment's name: its columns are added to
+``enriched_events`` (schema change, no rewrite), the last N days of partitions get the
+values, and every user's retained sequence is rewritten in the KV layer.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, Param
+
+from _usersignals import DEFAULT_ARGS, ENRICHED_EVENTS, REGISTRY, START, spark_job
+
+with DAG(
+    dag_id="backfill_enrichment",
+    description="Add an enrichment's features to indexed events in the lake and the KV layer",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=dt.timedelta(hours=4),
+    default_args=DEFAULT_ARGS,
+    tags=["usersignals", "offline-indexing", "backfill"],
+    doc_md=__doc__,
+    params={
+        "enrichment": Param(sorted(REGISTRY.enrichments)[0], type="string", enum=sorted(REGISTRY.enrichments),
+                            title="Enrichment", description="A registered enrichment used by at least one dataset"),
+        "days": Param(30, type="integer", minimum=1, maximum=365, title="Days",
+                      description="Days of enriched events to rewrite"),
+    },
+) as dag:
+    spark_job("backfill", ["backfill-enrichment", "--enrichment", "{{ params.enrichment }}",
+                           "--days", "{{ params.days }}"], outlets=[ENRICHED_EVENTS])

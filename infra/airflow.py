@@ -1,0 +1,73 @@
+"""Airflow for the local stack: one environment for the CLI, standalone server and tests.
+
+    python -m infra.airflow env          # print the variables (eval "$(...)" in a shell)
+    python -m infra.airflow standalone   # scheduler + API server + UI on USERSIGNALS_AIRFLOW_PORT (8080)
+    python -m infra.airflow password     # the generated admin password
+
+``AIRFLOW_HOME`` is ``<data_dir>/airflow`` (SQLite metadata DB); the DAGs are ``dags/``;
+``spark_default`` points at ``settings.spark_master``. Parallelism is capped at 4
+(Airflow's default spawns 32 workers).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from usersignals.settings import REPO_ROOT, Settings, load_settings
+
+AIRFLOW = Path(sys.executable).parent / "airflow"
+
+
+def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
+    home = settings.data_dir / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or int(os.environ.get("USERSIGNALS_AIRFLOW_PORT", "8080"))
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        **settings.to_env(),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://{settings.host}:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.host}:{port}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port + 1),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 2),
+        "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "10",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": settings.spark_master}),
+        "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYSPARK_PYTHON": sys.executable,
+    }
+
+
+def admin_password(settings: Settings) -> str:
+    path = settings.data_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+    return json.loads(path.read_text())["admin"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    settings = load_settings()
+    env = airflow_env(settings)
+    cmd = argv[0] if argv else "env"
+    if cmd == "env":
+        for k, v in env.items():
+            print(f"export {k}={json.dumps(v) if not v.startswith('{') else repr(v)}")
+        return 0
+    if cmd == "password":
+        print(admin_password(settings))
+        return 0
+    if cmd == "standalone":
+        os.execve(str(AIRFLOW), [str(AIRFLOW), "standalone"], {**os.environ, **env})
+    os.execve(str(AIRFLOW), [str(AIRFLOW), *argv], {**os.environ, **env})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
