@@ -187,6 +187,26 @@ def write_features(catalog: ItemCatalog, kv_url: str, prefix: str) -> int:
     return len(feats)
 
 
+def write_features_to_lake(catalog: ItemCatalog, settings) -> int:
+    """Append the items' features to the lake's item_features table (the offline source of truth)."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from usersignals import lake
+
+    ident = lake.table_id(settings, lake.ITEM_FEATURES)
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = [{"item_id": item_id, **f, "updated_at": now} for item_id, f in catalog.features().items()]
+
+    def append():
+        table = lake.load_catalog(settings).load_table(ident)
+        table.append(pa.Table.from_pylist(rows, schema=table.schema().as_arrow()))
+
+    lake.with_retries(append, f"append {ident}")
+    return len(rows)
+
+
 def make_producer(broker: str, **extra):
     from confluent_kafka import Producer
 
@@ -241,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=WorkloadConfig.seed)
     p.add_argument("--features-only", action="store_true", help="write item features and exit")
     p.add_argument("--no-features", action="store_true", help="do not write item features")
+    p.add_argument("--no-lake", action="store_true", help="do not write item features to the lake")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("late_share", "dup_share", "bad_share"):
@@ -252,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_features:
         n = write_features(catalog, settings.kv_url, settings.kv_prefix)
         log.info("wrote features of %d items to %s", n, settings.kv_url)
+        if not args.no_lake:
+            try:
+                log.info("wrote features of %d items to the lake", write_features_to_lake(catalog, settings))
+            except Exception as exc:  # the KV copy is what the stream needs; the lake copy can wait
+                log.warning("could not write item features to the lake (%s); run `python -m iceberg_schemas`", exc)
     if args.features_only:
         return 0
     stopping = []
