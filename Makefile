@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving lock clean
+.PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
+	bench-offline airflow lake-migrate lock clean
 
 install:
 	@bash infra/install.sh
@@ -37,6 +38,19 @@ bench-freshness: install
 
 bench-serving: install
 	@$(PY) -m bench.serving
+
+bench-offline: install
+	@$(PY) -m bench.offline
+
+# Airflow (scheduler, API server, UI) on USERSIGNALS_AIRFLOW_PORT (8080), DAGs from dags/.
+airflow: install lake-migrate
+	@$(PY) -m infra.airflow db migrate >/dev/null
+	@echo "Airflow UI: http://127.0.0.1:$${USERSIGNALS_AIRFLOW_PORT:-8080}  user admin, password: see var/airflow/simple_auth_manager_passwords.json.generated"
+	@$(PY) -m infra.airflow standalone
+
+# Create or evolve the Iceberg tables (idempotent; the local stack runs it on start).
+lake-migrate: install
+	@$(PY) -m iceberg_schemas
 
 # Re-resolve the lock files from requirements/*.in (fresh throwaway environments).
 lock:
