@@ -19,6 +19,10 @@ from usersignals.settings import REPO_ROOT, Settings, load_settings
 
 AIRFLOW = Path(sys.executable).parent / "airflow"
 
+# SQLite metadata DB: wait up to 60 s for a lock instead of failing ("database is locked", which the
+# API answers with 503) while the scheduler and DAG processor write. Production uses PostgreSQL.
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
 
 def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     home = settings.data_dir / "airflow"
@@ -39,6 +43,7 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 2),
         "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "10",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "infra.airflow.SQLITE_CONNECT_ARGS",
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": settings.spark_master}),
         "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
         "PYTHONPATH": str(REPO_ROOT),
@@ -71,3 +76,37 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def start_standalone(settings: Settings, port: int, log_path: Path):
+    """Start ``airflow standalone`` (after ``db migrate``) in its own process group; returns the Popen."""
+    import subprocess
+
+    env = {**os.environ, **airflow_env(settings, port)}
+    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    log = open(log_path, "ab")
+    return subprocess.Popen([str(AIRFLOW), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO_ROOT)
+
+
+def stop_standalone(proc, timeout_s: float = 20.0) -> None:
+    """Stop standalone and all its children (scheduler, API server, DAG processor, triggerer):
+    SIGTERM to the parent alone leaves them running."""
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            try:  # children that outlived the parent
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return
