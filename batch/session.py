@@ -36,6 +36,11 @@ def spark_session(settings: Settings, app_name: str, extra: dict[str, str] | Non
     }
     for k, v in conf.items():
         builder = builder.config(k, v)
+    # py4j logs every gateway connection close at INFO, also at interpreter exit after the
+    # log handlers are gone ("I/O operation on closed file"): keep it to warnings.
+    import logging
+
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
