@@ -44,6 +44,10 @@ class Settings:
     lake_commit_interval_s: int = 10
     lake_metrics_port: int = 9252
     spark_master: str = "local[2]"
+    # Analysts' SQL: a Trino server if a host is set, else the embedded engine (analytics/).
+    trino_host: str = ""
+    trino_port: int = 8080
+    trino_user: str = "usersignals"
 
     @property
     def broker(self) -> str:

@@ -1,0 +1,132 @@
+"""Where analysts' SQL runs: a Trino server when one is configured, else the embedded engine.
+
+Both take Trino-dialect SQL that names tables without catalog or schema.
+
+* ``TrinoEngine``: the ``trino`` client, catalog ``settings.lake_catalog``, schema
+  ``settings.lake_namespace`` (``infra/trino/`` holds the server configuration).
+* ``EmbeddedEngine``: sqlglot transpiles the SQL to DuckDB's dialect; DuckDB 1.5.5 reads the
+  lake's current snapshots through its Iceberg extension (``iceberg_scan`` of each table's
+  metadata file, which applies merge-on-read delete files), one view per table. The
+  extensions come from PyPI wheels and are loaded by file path: nothing is downloaded.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from usersignals import lake
+from usersignals.settings import Settings
+
+TABLES = (lake.RAW_EVENTS, lake.ENRICHED_EVENTS, lake.ITEM_FEATURES, lake.DEAD_LETTERS, lake.SERVED_FEATURES,
+          lake.ITEM_EMBEDDINGS, lake.SELECTED_SEQUENCES)
+
+
+@dataclass
+class Result:
+    columns: list[str]
+    rows: list[tuple]
+    engine: str
+    seconds: float
+    sql: str  # what the engine ran
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, r)) for r in self.rows]
+
+
+def to_duckdb(trino_sql: str) -> str:
+    import sqlglot
+
+    return sqlglot.transpile(trino_sql, read="trino", write="duckdb")[0]
+
+
+def _extension(package: str) -> Path:
+    import importlib
+
+    mod = importlib.import_module(package)
+    found = sorted(Path(mod.__file__).parent.rglob("*.duckdb_extension"))
+    if not found:
+        raise FileNotFoundError(f"no .duckdb_extension file in {package}; run `make install`")
+    return found[0]
+
+
+class EmbeddedEngine:
+    name = "embedded (DuckDB over Iceberg; SQL transpiled from Trino by sqlglot)"
+
+    def __init__(self, settings: Settings, catalog=None, threads: int | None = None):
+        import duckdb
+
+        self.settings = settings
+        self.catalog = catalog or lake.load_catalog(settings)
+        self.con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+        for package in ("duckdb_extension_avro", "duckdb_extension_iceberg"):
+            self.con.execute(f"LOAD '{_extension(package)}'")
+        self.con.execute("SET TimeZone = 'UTC'")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        self.name = f"embedded DuckDB {duckdb.__version__} over Iceberg (SQL transpiled from Trino by sqlglot)"
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Point each table's view at its current snapshot (call again to see newer commits)."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        for t in TABLES:
+            try:
+                table = self.catalog.load_table(lake.table_id(self.settings, t))
+            except NoSuchTableError:
+                continue
+            location = table.metadata_location.replace("file://", "", 1)
+            if table.current_snapshot() is None:  # no data yet: an empty view with the table's columns
+                cols = ", ".join(f'CAST(NULL AS {_duck_type(f.field_type)}) AS "{f.name}"'
+                                 for f in table.schema().fields)
+                self.con.execute(f'CREATE OR REPLACE VIEW "{t}" AS SELECT {cols} WHERE false')
+            else:
+                self.con.execute(f"CREATE OR REPLACE VIEW \"{t}\" AS SELECT * FROM iceberg_scan('{location}')")
+
+    def run(self, trino_sql: str) -> Result:
+        sql = to_duckdb(trino_sql)
+        started = time.perf_counter()
+        cur = self.con.execute(sql)
+        rows = cur.fetchall()
+        columns = [d[0] for d in cur.description]
+        return Result(columns, rows, self.name, time.perf_counter() - started, sql)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _duck_type(t) -> str:
+    from pyiceberg import types as it
+
+    return {it.StringType: "VARCHAR", it.LongType: "BIGINT", it.IntegerType: "INTEGER", it.DoubleType: "DOUBLE",
+            it.FloatType: "FLOAT", it.BooleanType: "BOOLEAN", it.TimestamptzType: "TIMESTAMPTZ",
+            it.TimestampType: "TIMESTAMP", it.DateType: "DATE", it.BinaryType: "BLOB"}.get(type(t), "VARCHAR") \
+        if not isinstance(t, it.ListType) else f"{_duck_type(t.element_type)}[]"
+
+
+class TrinoEngine:
+    def __init__(self, settings: Settings):
+        import trino
+
+        self.settings = settings
+        self.name = f"Trino at {settings.trino_host}:{settings.trino_port}"
+        self.conn = trino.dbapi.connect(host=settings.trino_host, port=settings.trino_port, user=settings.trino_user,
+                                        catalog=settings.lake_catalog, schema=settings.lake_namespace,
+                                        http_scheme="https" if settings.trino_port == 443 else "http")
+
+    def run(self, trino_sql: str) -> Result:
+        started = time.perf_counter()
+        cur = self.conn.cursor()
+        cur.execute(trino_sql)
+        rows = [tuple(r) for r in cur.fetchall()]
+        return Result([d[0] for d in cur.description], rows, self.name, time.perf_counter() - started, trino_sql)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def engine_for(settings: Settings):
+    """Trino when ``USERSIGNALS_TRINO_HOST`` is set, else the embedded engine on the local lake."""
+    return TrinoEngine(settings) if settings.trino_host else EmbeddedEngine(settings)
