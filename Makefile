@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
-	bench-offline bench-analytics airflow lake-migrate lock clean
+	bench-offline bench-analytics bench-retrain airflow lake-migrate lock clean
 
 install:
 	@bash infra/install.sh
@@ -44,6 +44,9 @@ bench-offline: install
 
 bench-analytics: install
 	@$(PY) -m bench.analytics
+
+bench-retrain: install
+	@$(PY) -m bench.retrain
 
 # Airflow (scheduler, API server, UI) on USERSIGNALS_AIRFLOW_PORT (8080), DAGs from dags/.
 airflow: install lake-migrate

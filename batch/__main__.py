@@ -7,6 +7,8 @@
     python -m batch maintenance [--tables raw_events,enriched_events] [--expire-days 5]
     python -m batch parity --sample 200 [--watermark-minutes 10] [--threshold 0.01]
     python -m batch publish-features
+    python -m batch retrain [--holdout-day D] [--train-days 28] [--rank 16] [--iterations 10] [--k 10]
+    python -m batch publish-model [--version V]      python -m batch model-rollback
 
 or ``spark-submit batch/submit.py <same arguments>``. Settings come from ``USERSIGNALS_*``.
 Prints the job's figures as one JSON line last; exits non-zero on failure.
@@ -63,6 +65,19 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--threshold", type=float, default=0.01, help="fail above this mismatch rate")
     q.add_argument("--seed", type=int, default=None)
     sub.add_parser("publish-features", help="latest item features from the lake to the KV layer")
+    r = sub.add_parser("retrain", help="train ALS embeddings, evaluate on a holdout day, gate")
+    r.add_argument("--holdout-day", type=dt.date.fromisoformat, default=None,
+                   help="UTC day to evaluate on (default: yesterday); training uses the days before it")
+    r.add_argument("--train-days", type=int, default=28)
+    r.add_argument("--rank", type=int, default=16)
+    r.add_argument("--iterations", type=int, default=10)
+    r.add_argument("--reg", type=float, default=1.0)
+    r.add_argument("--alpha", type=float, default=1.0)
+    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--margin", type=float, default=0.02, help="relative improvement needed to promote")
+    pm = sub.add_parser("publish-model", help="make a promoted model's item embeddings current in the KV layer")
+    pm.add_argument("--version", default=None, help="default: the newest promoted version")
+    sub.add_parser("model-rollback", help="switch the KV layer back to the previous embedding version")
     return p
 
 
@@ -74,13 +89,18 @@ def make_io(spark, settings: Settings):
     return LakeIO(spark, settings.lake_catalog, settings.lake_namespace,
                   to_kv=lambda df: load_into_kv(df, settings.kv_url, settings.kv_prefix, reg),
                   features_to_kv=lambda df: load_features_into_kv(df, settings.kv_url, settings.kv_prefix),
-                  metrics_dir=settings.data_dir / "metrics")
+                  metrics_dir=settings.data_dir / "metrics", kv_url=settings.kv_url)
 
 
 def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
     from batch import jobs
     from batch.session import spark_session
 
+    if args.job == "model-rollback":  # no Spark needed
+        from usersignals import models
+        from usersignals.kv import connect
+
+        return {"current": models.rollback(connect(settings.kv_url), settings.kv_prefix)}
     registry = load_registry(settings.registry_path)
     own = spark is None
     spark = spark or spark_session(settings, f"usersignals-{args.job}")
@@ -105,6 +125,18 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
             return jobs.parity(io, registry, store, args.sample, wm, args.threshold, seed=args.seed)
         if args.job == "publish-features":
             return jobs.publish_features(io)
+        if args.job == "retrain":
+            from batch.retrain import TrainParams, retrain
+
+            day = args.holdout_day or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
+            return retrain(io, day, TrainParams(train_days=args.train_days, rank=args.rank,
+                                                iterations=args.iterations, reg=args.reg, alpha=args.alpha,
+                                                k=args.k, margin=args.margin))
+        if args.job == "publish-model":
+            from batch.retrain import publish
+            from usersignals.kv import connect
+
+            return publish(io, connect(settings.kv_url), settings.kv_prefix, args.version)
         raise ValueError(f"unknown job {args.job}")
     finally:
         if own:

@@ -35,6 +35,7 @@ class LakeIO:
     to_kv: Callable[[DataFrame], int]
     features_to_kv: Callable[[DataFrame], int] | None = None
     metrics_dir: object = None
+    kv_url: str = ""
     written: list[tuple[str, int]] = field(default_factory=list)
 
     def name(self, table: str) -> str:

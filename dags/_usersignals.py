@@ -26,6 +26,11 @@ def table_asset(table: str) -> Asset:
 
 
 ENRICHED_EVENTS = table_asset(lake.ENRICHED_EVENTS)
+# One per event type, updated by that type's daily re-enrichment: "the day is complete" for it.
+ENRICHED_BY_TYPE = {t: table_asset(f"{lake.ENRICHED_EVENTS}/event_type={t}") for t in REGISTRY.event_types}
+ITEM_EMBEDDINGS = table_asset(lake.ITEM_EMBEDDINGS)
+MODEL_RUNS = table_asset(lake.MODEL_RUNS)
+KV_EMBEDDINGS = Asset(f"redis://{SETTINGS.host}:{SETTINGS.kv_port}/{SETTINGS.kv_prefix}/model/embeddings", group="kv")
 ITEM_FEATURES = table_asset(lake.ITEM_FEATURES)
 KV_ITEM_FEATURES = Asset(f"redis://{SETTINGS.host}:{SETTINGS.kv_port}/{SETTINGS.kv_prefix}/item_features",
                          group="kv")

@@ -11,7 +11,7 @@ import datetime as dt
 
 from airflow.sdk import DAG
 
-from _usersignals import DEFAULT_ARGS, ENRICHED_EVENTS, REGISTRY, START, spark_job
+from _usersignals import DEFAULT_ARGS, ENRICHED_BY_TYPE, ENRICHED_EVENTS, REGISTRY, START, spark_job
 
 for event_type in REGISTRY.event_types:
     dataset = REGISTRY.dataset_for_type(event_type).name
@@ -28,5 +28,5 @@ for event_type in REGISTRY.event_types:
         doc_md=__doc__,
     ) as dag:
         spark_job("reenrich", ["daily", "--day", "{{ data_interval_start | ds }}", "--event-types", event_type],
-                  outlets=[ENRICHED_EVENTS])
+                  outlets=[ENRICHED_EVENTS, ENRICHED_BY_TYPE[event_type]])
     globals()[dag.dag_id] = dag

@@ -18,7 +18,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform, parse_transform
 from pyiceberg.types import (
-    BinaryType, DoubleType, FloatType, IcebergType, IntegerType, ListType, LongType, NestedField, StringType,
+    BinaryType, BooleanType, DoubleType, FloatType, IcebergType, IntegerType, ListType, LongType, NestedField, StringType,
     TimestamptzType,
 )
 
@@ -162,6 +162,24 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                   Column("embedding", FEATURE_TYPES["embedding"]),
                   Column("created_at", TimestamptzType(), True)),
                  (("model_version", "identity"),)),
+        TableDef(lake.USER_EMBEDDINGS, "User embeddings produced by model retraining, one partition per "
+                 "model version.",
+                 (Column("model_version", StringType(), True), Column("user_id", StringType(), True),
+                  Column("embedding", FEATURE_TYPES["embedding"]),
+                  Column("created_at", TimestamptzType(), True)),
+                 (("model_version", "identity"),)),
+        TableDef(lake.MODEL_RUNS, "One row per retraining run: parameters, training window, holdout "
+                 "metrics of the candidate, the popularity baseline and the promoted model, and the gate's "
+                 "decision.",
+                 (Column("model_version", StringType(), True), Column("trained_at", TimestamptzType(), True),
+                  Column("holdout_day", StringType(), True), Column("params", StringType(), doc="JSON"),
+                  Column("interactions", LongType()), Column("users", LongType()), Column("items", LongType()),
+                  Column("k", IntegerType()), Column("recall_at_k", DoubleType()), Column("ndcg_at_k", DoubleType()),
+                  Column("baseline_recall_at_k", DoubleType()), Column("baseline_ndcg_at_k", DoubleType()),
+                  Column("current_version", StringType()), Column("current_recall_at_k", DoubleType()),
+                  Column("current_ndcg_at_k", DoubleType()), Column("promoted", BooleanType(), True),
+                  Column("decision", StringType(), doc="why the gate promoted or rejected")),
+                 ()),
         TableDef(lake.SELECTED_SEQUENCES, "Sequences materialised by event-selection experiments.",
                  (Column("experiment", StringType(), True), Column("dataset", StringType(), True),
                   Column("user_id", StringType(), True), Column("rank", IntegerType(), True),

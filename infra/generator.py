@@ -26,9 +26,10 @@ from typing import Iterator
 
 import orjson
 
+from usersignals.models import EMBEDDING_DIM
+
 log = logging.getLogger("usersignals.generator")
 
-EMBEDDING_DIM = 16
 SURFACES = ("homefeed", "search", "related")
 QUERY_WORDS = ("recipe", "diy", "outfit", "garden", "wedding", "tattoo", "quote", "hair", "nails",
                "kitchen", "bedroom", "art", "travel", "workout", "cake", "cat", "dog", "logo")
@@ -176,6 +177,34 @@ class EventGenerator:
                 if cfg.dup_share and rng.random() < cfg.dup_share:
                     self.counts["dup"] += 1
                     yield key, value
+
+
+def history(cfg: WorkloadConfig, n_events: int, start_ms: int, end_ms: int,
+            catalog: ItemCatalog | None = None) -> list[dict]:
+    """``n_events`` past events spread evenly over [start_ms, end_ms), sessions intact, as
+    enriched-events rows (event time in microseconds, the item's category): engagement
+    history for the lake, with the same planted user interests as the live workload."""
+    catalog = catalog or ItemCatalog(cfg)
+    feats = catalog.features()
+    step = (end_ms - start_ms) / max(1, n_events)
+    t = [float(start_ms)]
+
+    def clock() -> float:
+        return t[0] / 1000.0
+
+    gen = EventGenerator(cfg, catalog, clock=clock)
+    datasets = {"click": "clicks", "repin": "repins", "closeup": "closeups", "view": "views", "search": "searches"}
+    rows: list[dict] = []
+    while len(rows) < n_events:
+        for ev in gen.session():
+            ts = int(t[0])
+            rows.append({"event_id": ev["event_id"], "user_id": ev["user_id"], "event_type": ev["event_type"],
+                         "item_id": ev["item_id"], "event_time": ts * 1000, "surface": ev.get("surface"),
+                         "dwell_ms": ev.get("dwell_ms"), "query": ev.get("query"),
+                         "dataset": datasets[ev["event_type"]], "indexed_at": ts * 1000 + 50,
+                         "enriched_by": "stream", "category": feats[ev["item_id"]]["category"]})
+            t[0] += step
+    return rows[:n_events]
 
 
 def write_features(catalog: ItemCatalog, kv_url: str, prefix: str) -> int:

@@ -5,9 +5,12 @@ cache; items without features keep an empty value and are counted by the caller.
 """
 from __future__ import annotations
 
+import time
+
 import orjson
 
 from usersignals.features import CachedFeatures, item_key
+from usersignals.models import embedding_key, overlay, pointer_key
 from usersignals.registry import Registry, Tenant
 
 from serving.model import UserSequences
@@ -19,6 +22,15 @@ class Enricher:
         self.registry = registry
         self.prefix = prefix
         self.cache = cache
+        self._version: tuple[float, str | None] | None = None
+
+    async def embedding_version(self) -> str | None:
+        """The published model version of item embeddings, re-read at most once a second."""
+        now = time.monotonic()
+        if self._version is None or now - self._version[0] >= 1.0:
+            v = await self.client.hget(pointer_key(self.prefix), "current")
+            self._version = (now, v.decode() if isinstance(v, bytes) else v)
+        return self._version[1]
 
     def fields(self, tenant: Tenant) -> tuple[str, ...]:
         return self.registry.fields_of(tenant.enrichments)
@@ -29,11 +41,18 @@ class Enricher:
         if not fields:
             return 0
         ids = {e["item_id"] for u in users for evs in u.sequences.values() for e in evs}
+        version = await self.embedding_version() if "embedding" in fields else None
+        self.cache.sync_version(version)
         found, missing = self.cache.lookup(ids)
         if missing:
             mget = getattr(self.client, "mget_nonatomic", None) or self.client.mget  # cluster: split by slot
-            raw = await mget([item_key(self.prefix, i) for i in missing])
+            keys = [item_key(self.prefix, i) for i in missing]
+            if version is not None:
+                keys += [embedding_key(self.prefix, version, i) for i in missing]
+            raw = await mget(keys)
             fetched = {i: orjson.loads(r) for i, r in zip(missing, raw) if r is not None}
+            if version is not None:
+                fetched = overlay(fetched, dict(zip(missing, raw[len(missing):])))
             self.cache.fill(missing, fetched, found)
         absent = 0
         for u in users:

@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 import orjson
 
+from usersignals.models import EMBEDDING_DIM
 from usersignals.registry import Registry, Tenant
 
 from serving.model import UserSequences
@@ -69,7 +70,7 @@ def has_embedding(tenant: Tenant, registry: Registry) -> bool:
 
 
 def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, now_ms: int,
-              embedding_dim: int = 16) -> dict[str, np.ndarray]:
+              embedding_dim: int = EMBEDDING_DIM) -> dict[str, np.ndarray]:
     dim = embedding_dim if has_embedding(tenant, registry) else None
     b = len(users)
     arrays = {name: np.zeros((b, *shape), dtype=dtype) for name, dtype, shape in ufr_layout(tenant, registry, dim)}

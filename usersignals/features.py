@@ -19,9 +19,24 @@ def item_key(prefix: str, item_id: str) -> str:
 
 
 class ItemFeatureStore:
-    def __init__(self, client, prefix: str = "us"):
+    """Item features from the KV layer; the current published model version's embedding, if any
+    (``usersignals.models``), replaces the ``embedding`` field."""
+
+    def __init__(self, client, prefix: str = "us", version_ttl_s: float = 1.0, clock=time.monotonic):
         self.client = client
         self.prefix = prefix
+        self.version_ttl_s = version_ttl_s
+        self.clock = clock
+        self._version: tuple[float, str | None] | None = None
+
+    def embedding_version(self) -> str | None:
+        """The published embedding version (re-read at most every ``version_ttl_s``)."""
+        now = self.clock()
+        if self._version is None or now - self._version[0] >= self.version_ttl_s:
+            from usersignals.models import current_version
+
+            self._version = (now, current_version(self.client, self.prefix))
+        return self._version[1]
 
     def key(self, item_id: str) -> str:
         return item_key(self.prefix, item_id)
@@ -39,13 +54,22 @@ class ItemFeatureStore:
         ids = list(item_ids)
         if not ids:
             return {}
+        from usersignals.models import embedding_key, overlay
+
+        version = self.embedding_version()
         pipe = self.client.pipeline(transaction=False)
         for item_id in ids:
             pipe.get(self.key(item_id))
+        if version is not None:
+            for item_id in ids:
+                pipe.get(embedding_key(self.prefix, version, item_id))
+        replies = pipe.execute()
         out = {}
-        for item_id, raw in zip(ids, pipe.execute()):
+        for item_id, raw in zip(ids, replies):
             if raw is not None:
                 out[item_id] = orjson.loads(raw)
+        if version is not None:
+            out = overlay(out, dict(zip(ids, replies[len(ids):])))
         return out
 
 
@@ -94,8 +118,18 @@ class CachedFeatures:
         while len(self._cache) > self.max_items:
             self._cache.popitem(last=False)
 
+    def sync_version(self, version: str | None) -> None:
+        """Forget everything cached when the published embedding version changes, so readers
+        switch to the new version all at once."""
+        if version != getattr(self, "_embedding_version", None):
+            self._cache.clear()
+            self._embedding_version = version
+
     def get_many(self, item_ids: Iterable[str]) -> dict[str, dict | None]:
         """Features of each id (None when the item has none): cache first, one fetch for the rest."""
+        version_of = getattr(self.store, "embedding_version", None)
+        if version_of is not None:
+            self.sync_version(version_of())
         out, missing = self.lookup(item_ids)
         if missing:
             self.fill(missing, self.store.get_many(missing), out)

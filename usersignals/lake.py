@@ -27,6 +27,8 @@ ITEM_FEATURES = "item_features"
 DEAD_LETTERS = "dead_letters"
 SERVED_FEATURES = "served_features"
 ITEM_EMBEDDINGS = "item_embeddings"        # model outputs (retraining), read by enrichment
+USER_EMBEDDINGS = "user_embeddings"        # model outputs (retraining)
+MODEL_RUNS = "model_runs"                  # every training run: params, metrics, gate decision
 SELECTED_SEQUENCES = "selected_sequences"  # event-selection experiments
 
 

@@ -33,7 +33,7 @@ def test_every_dag_file_imports(dagbag):
     registry = load_registry()
     expected = {f"daily_enrichment_{t}" for t in registry.event_types} | {
         "bootstrap_dataset", "backfill_enrichment", "selection_experiment", "lake_maintenance", "parity_check",
-        "publish_item_features"}
+        "publish_item_features", "retrain_model"}
     assert expected <= set(dagbag.dag_ids)
 
 

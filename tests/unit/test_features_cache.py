@@ -30,3 +30,16 @@ def test_size_is_bounded_lru():
     for k in "abcde":
         cache.get_many([k])
     assert len(cache) == 3
+
+
+def test_a_new_embedding_version_empties_the_cache_at_once():
+    src = Source()
+    src.version = "v1"
+    src.embedding_version = lambda: src.version
+    cache = CachedFeatures(src, ttl_s=100)
+    cache.get_many(["a"])
+    cache.get_many(["a"])
+    assert src.calls == 1
+    src.version = "v2"  # published: every cached item refetched, none mixed from v1
+    cache.get_many(["a"])
+    assert src.calls == 2 and len(cache) == 1

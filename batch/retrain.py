@@ -1,0 +1,272 @@
+"""Model retraining: engagement in the lake → ALS item/user embeddings → evaluation → gate → publish.
+
+* **Training data** (``interactions``): deduplicated enriched events strictly before the holdout
+  day D, within the training window; each event weighs by its type (repin > click > close-up
+  > search > view) and, where it has one, its dwell time; weights sum per (user, item). Nothing
+  at or after D is read for training (point-in-time: the model, the popularity baseline and the
+  user/item vocabularies only know the past).
+* **Model**: Spark MLlib ALS with implicit feedback (confidence = 1 + alpha * weight).
+* **Evaluation** on day D: for users active both before and on D, the top K items by score
+  against the items they engaged with (click, repin, close-up) on D: recall@K and NDCG@K, for
+  the candidate, the popularity baseline (top K by training weight) and the currently promoted
+  model, all scored the same way in NumPy on the same users.
+* **Gate**: the candidate is promoted only if it beats both by ``margin`` (relative) on both
+  metrics. Everything is recorded in ``model_runs``; embeddings of every candidate are kept in
+  ``item_embeddings`` / ``user_embeddings`` under its version.
+* **Publish** (``publish``): the newest promoted version's item embeddings go to the KV layer
+  and become current atomically (``usersignals.models``); ``rollback`` switches back.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from batch import transforms as T
+from batch.progress import Progress
+from usersignals import lake
+from usersignals.models import EMBEDDING_DIM
+
+log = logging.getLogger("usersignals.batch.retrain")
+EVENT_WEIGHTS = {"repin": 4.0, "click": 3.0, "closeup": 2.0, "search": 1.0, "view": 0.5}
+RELEVANT_TYPES = ("click", "repin", "closeup")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    train_days: int = 28
+    rank: int = EMBEDDING_DIM
+    iterations: int = 10
+    reg: float = 1.0
+    alpha: float = 1.0
+    k: int = 10
+    margin: float = 0.02
+    max_eval_users: int = 5000
+    seed: int = 7
+
+
+# --- pure parts --------------------------------------------------------------------------
+
+def interactions(events: DataFrame, start: dt.datetime, end: dt.datetime,
+                 weights: dict[str, float] = EVENT_WEIGHTS) -> DataFrame:
+    """(user_id, item_id, weight, events) from events in [start, end)."""
+    w = None
+    for et, v in weights.items():
+        w = F.when(F.col("event_type") == et, F.lit(v)) if w is None else w.when(F.col("event_type") == et, F.lit(v))
+    dwell_boost = F.lit(1.0) + F.log1p(F.coalesce(F.col("dwell_ms"), F.lit(0)) / F.lit(10_000.0))
+    scoped = events.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end)))
+    return (T.dedup_events(scoped, "indexed_at")
+            .withColumn("w", w.otherwise(F.lit(0.0)) * dwell_boost).where("w > 0")
+            .groupBy("user_id", "item_id").agg(F.sum("w").alias("weight"), F.count("*").alias("events")))
+
+
+def relevant_items(events: DataFrame, day: dt.date) -> DataFrame:
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    return (events.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(start + dt.timedelta(days=1)))
+                         & F.col("event_type").isin(list(RELEVANT_TYPES)))
+            .select("user_id", "item_id").distinct())
+
+
+def top_k(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    """Indices of each user's k highest-scoring items (dot product), best first."""
+    k = min(k, item_vecs.shape[0])
+    out = np.empty((user_vecs.shape[0], k), dtype=np.int64)
+    for lo in range(0, user_vecs.shape[0], chunk):
+        scores = user_vecs[lo:lo + chunk] @ item_vecs.T
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(scores, part, 1).argsort(axis=1)[:, ::-1]
+        out[lo:lo + chunk] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def recall_ndcg(recommended: list[list[str]], relevant: list[set[str]], k: int) -> tuple[float, float]:
+    """Mean recall@k (hits / relevant) and binary NDCG@k over users with relevant items."""
+    recalls, ndcgs = [], []
+    for recs, rel in zip(recommended, relevant):
+        if not rel:
+            continue
+        hits = [1.0 if r in rel else 0.0 for r in recs[:k]]
+        recalls.append(sum(hits) / len(rel))
+        dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits))
+        idcg = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), k)))
+        ndcgs.append(dcg / idcg)
+    if not recalls:
+        return 0.0, 0.0
+    return float(np.mean(recalls)), float(np.mean(ndcgs))
+
+
+def gate(candidate: tuple[float, float], baseline: tuple[float, float], current: tuple[float, float] | None,
+         margin: float) -> tuple[bool, str]:
+    """Promote only if the candidate beats the baseline and the current model by ``margin`` on
+    recall and NDCG; returns (promote, why)."""
+    rivals = {"popularity baseline": baseline, **({"current model": current} if current is not None else {})}
+    for name, (r, n) in rivals.items():
+        if candidate[0] < r * (1 + margin) or candidate[1] < n * (1 + margin):
+            return False, (f"rejected: recall {candidate[0]:.4f} / ndcg {candidate[1]:.4f} do not beat the {name} "
+                           f"({r:.4f} / {n:.4f}) by {margin:.0%}")
+    return True, ("promoted: beats " + " and ".join(
+        f"the {n} ({r[0]:.4f} / {r[1]:.4f})" for n, r in rivals.items()) + f" by at least {margin:.0%}")
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+def _factors(df: DataFrame, labels: list[str]) -> dict[str, np.ndarray]:
+    return {labels[int(r["id"])]: np.asarray(r["features"], dtype=np.float32) for r in df.collect()}
+
+
+def _evaluate(user_vecs: dict[str, np.ndarray], item_vecs: dict[str, np.ndarray], users: list[str],
+              relevant: dict[str, set[str]], k: int) -> tuple[float, float]:
+    items = list(item_vecs)
+    if not items:
+        return 0.0, 0.0
+    known = [u for u in users if u in user_vecs]
+    im = np.stack([item_vecs[i] for i in items])
+    recs = {}
+    if known:
+        idx = top_k(np.stack([user_vecs[u] for u in known]), im, k)
+        recs = {u: [items[j] for j in row] for u, row in zip(known, idx)}
+    return recall_ndcg([recs.get(u, []) for u in users], [relevant[u] for u in users], k)
+
+
+def retrain(io, holdout_day: dt.date, params: TrainParams, now: dt.datetime | None = None) -> dict:
+    from pyspark.ml.feature import StringIndexer
+    from pyspark.ml.recommendation import ALS
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    version = "als-" + now.strftime("%Y%m%dT%H%M%S")
+    p = Progress("retrain", io.metrics_dir, version=version, holdout_day=str(holdout_day))
+    end = dt.datetime.combine(holdout_day, dt.time(), tzinfo=dt.timezone.utc)
+    events = io.read(lake.ENRICHED_EVENTS)
+    train = interactions(events, end - dt.timedelta(days=params.train_days), end).localCheckpoint(eager=True)
+    n_inter = train.count()
+    if n_inter == 0:
+        raise ValueError(f"no interactions in the {params.train_days} days before {holdout_day}")
+    n_events = int(train.agg(F.sum("events")).first()[0])
+    p.stage("interactions", n_inter, events=n_events)
+
+    user_ix = StringIndexer(inputCol="user_id", outputCol="u").fit(train)
+    item_ix = StringIndexer(inputCol="item_id", outputCol="i").fit(train)
+    data = item_ix.transform(user_ix.transform(train)).select(
+        F.col("u").cast("int"), F.col("i").cast("int"), F.col("weight").cast("float"))
+    als = ALS(rank=params.rank, maxIter=params.iterations, regParam=params.reg, alpha=params.alpha,
+              implicitPrefs=True, userCol="u", itemCol="i", ratingCol="weight", seed=params.seed,
+              coldStartStrategy="drop", nonnegative=False)
+    model = als.fit(data)
+    users_vec = _factors(model.userFactors, list(user_ix.labelsArray[0]))
+    items_vec = _factors(model.itemFactors, list(item_ix.labelsArray[0]))
+    p.stage("trained", len(items_vec), users=len(users_vec), rank=params.rank)
+
+    rel_rows = relevant_items(events, holdout_day).collect()
+    relevant: dict[str, set[str]] = {}
+    for r in rel_rows:
+        relevant.setdefault(r["user_id"], set()).add(r["item_id"])
+    eval_users = sorted(u for u in relevant if u in users_vec)
+    if len(eval_users) > params.max_eval_users:
+        rng = np.random.default_rng(params.seed)
+        eval_users = sorted(rng.choice(eval_users, params.max_eval_users, replace=False).tolist())
+    if not eval_users:
+        raise ValueError(f"no user active both before and on {holdout_day}: nothing to evaluate on")
+    candidate = _evaluate(users_vec, items_vec, eval_users, relevant, params.k)
+    popular = [r["item_id"] for r in train.groupBy("item_id").agg(F.sum("weight").alias("w"))
+               .orderBy(F.desc("w"), "item_id").limit(params.k).collect()]
+    baseline = recall_ndcg([popular] * len(eval_users), [relevant[u] for u in eval_users], params.k)
+
+    current_version, current = _current_promoted(io), None
+    if current_version is not None:
+        cu = {r["user_id"]: np.asarray(r["embedding"], np.float32) for r in io.read(lake.USER_EMBEDDINGS)
+              .where(F.col("model_version") == current_version).where(F.col("user_id").isin(eval_users)).collect()}
+        ci = {r["item_id"]: np.asarray(r["embedding"], np.float32) for r in io.read(lake.ITEM_EMBEDDINGS)
+              .where(F.col("model_version") == current_version).collect()}
+        current = _evaluate(cu, ci, eval_users, relevant, params.k)
+    promoted, decision = gate(candidate, baseline, current, params.margin)
+    p.stage("evaluated", len(eval_users), recall=f"{candidate[0]:.4f}", ndcg=f"{candidate[1]:.4f}",
+            baseline_recall=f"{baseline[0]:.4f}", baseline_ndcg=f"{baseline[1]:.4f}",
+            current=current_version, current_recall=f"{current[0]:.4f}" if current else None)
+    log.info("gate: %s", decision)
+
+    spark = io.spark
+    ts = F.lit(now)
+    io.append(lake.ITEM_EMBEDDINGS, spark.createDataFrame(
+        [(version, i, v.tolist()) for i, v in items_vec.items()], "model_version string, item_id string, "
+        "embedding array<float>").withColumn("created_at", ts))
+    io.append(lake.USER_EMBEDDINGS, spark.createDataFrame(
+        [(version, u, v.tolist()) for u, v in users_vec.items()], "model_version string, user_id string, "
+        "embedding array<float>").withColumn("created_at", ts))
+    run = {"model_version": version, "trained_at": now, "holdout_day": holdout_day.isoformat(),
+           "params": json.dumps(asdict(params)), "interactions": n_inter, "users": len(users_vec),
+           "items": len(items_vec), "k": params.k, "recall_at_k": candidate[0], "ndcg_at_k": candidate[1],
+           "baseline_recall_at_k": baseline[0], "baseline_ndcg_at_k": baseline[1],
+           "current_version": current_version, "current_recall_at_k": current[0] if current else None,
+           "current_ndcg_at_k": current[1] if current else None, "promoted": promoted, "decision": decision}
+    io.append(lake.MODEL_RUNS, spark.createDataFrame([run], io.read(lake.MODEL_RUNS).schema))
+    _gate_metrics(p, run)
+    figures = p.done()
+    return {**figures, **{k: v for k, v in run.items() if k not in ("params", "trained_at")},
+            "eval_users": len(eval_users), "training_events": n_events}
+
+
+def _gate_metrics(p: Progress, run: dict) -> None:
+    from prometheus_client import Gauge
+
+    g = Gauge("usersignals_model_holdout_metric", "Holdout metrics of the last training run.",
+              ["model", "metric"], registry=p.registry)
+    for model, prefix in (("candidate", ""), ("baseline", "baseline_"), ("current", "current_")):
+        for metric in ("recall_at_k", "ndcg_at_k"):
+            v = run.get(prefix + metric)
+            if v is not None:
+                g.labels(model, metric).set(v)
+    Gauge("usersignals_model_promoted", "1 if the last training run's candidate was promoted.",
+          registry=p.registry).set(1 if run["promoted"] else 0)
+
+
+def _current_promoted(io) -> str | None:
+    rows = (io.read(lake.MODEL_RUNS).where("promoted").orderBy(F.desc("trained_at")).limit(1)
+            .select("model_version").collect())
+    return rows[0]["model_version"] if rows else None
+
+
+def publish(io, kv_client, prefix: str, version: str | None = None) -> dict:
+    """Make a promoted version's item embeddings current in the KV layer (atomic switch-over).
+
+    Default: the newest promoted version. Idempotent: publishing the current version does nothing.
+    Keeps the previous version's keys for rollback; older versions are deleted.
+    """
+    from usersignals import models
+
+    p = Progress("publish_model", io.metrics_dir)
+    version = version or _current_promoted(io)
+    if version is None:
+        p.stage("nothing_promoted")
+        return {**p.done(), "published": None}
+    runs = io.read(lake.MODEL_RUNS).where(F.col("model_version") == version).collect()
+    if not runs or not runs[0]["promoted"]:
+        raise ValueError(f"model version {version!r} was not promoted by the gate; refusing to publish it")
+    if models.current_version(kv_client, prefix) == version:
+        p.stage("already_current")
+        return {**p.done(), "published": version}
+    emb = io.read(lake.ITEM_EMBEDDINGS).where(F.col("model_version") == version).select("item_id", "embedding")
+    dims = {len(r["embedding"]) for r in emb.limit(100).collect()}
+    if dims != {EMBEDDING_DIM}:
+        raise ValueError(f"version {version} has {sorted(dims)}-d embeddings; serving expects {EMBEDDING_DIM}")
+    written = io.spark.sparkContext.accumulator(0)
+    url = io.kv_url
+
+    def write_partition(rows):
+        from usersignals.kv import connect
+        from usersignals.models import write_embeddings
+
+        written.add(write_embeddings(connect(url, socket_timeout=60), prefix, version,
+                                     ((r["item_id"], r["embedding"]) for r in rows)))
+
+    emb.foreachPartition(write_partition)
+    p.stage("written", int(written.value))
+    replaced = models.switch(kv_client, prefix, version)
+    removed = models.drop_versions(kv_client, prefix, keep=[v for v in (version, replaced) if v])
+    p.stage("switched", removed_keys=removed, replaced=replaced)
+    return {**p.done(), "published": version, "replaced": replaced}

@@ -1,0 +1,56 @@
+"""Retrain the item/user embedding model and publish it if it is better.
+
+build training data → train ALS → evaluate on a holdout day against the popularity baseline
+and the promoted model → gate → record (``model_runs``), then publish: the newest promoted
+version's item embeddings become current in the KV layer (atomic switch; ``python -m batch
+model-rollback`` switches back). Runs weekly, and also as soon as every event type's daily
+re-enrichment has refreshed the lake (data-aware: all per-type enriched-events assets).
+The gate's decision and metrics are in the train task's log, in ``model_runs`` and in
+``var/metrics/batch_retrain.prom``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
+
+from _usersignals import (
+    DEFAULT_ARGS, ENRICHED_BY_TYPE, ITEM_EMBEDDINGS, KV_EMBEDDINGS, MODEL_RUNS, START, spark_job,
+)
+
+all_types_refreshed = None
+for asset in ENRICHED_BY_TYPE.values():
+    all_types_refreshed = asset if all_types_refreshed is None else all_types_refreshed & asset
+
+with DAG(
+    dag_id="retrain_model",
+    description="Train, evaluate, gate and publish the ALS item/user embedding model",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 4 * * 1", timezone="UTC"),
+                                 assets=all_types_refreshed),
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=dt.timedelta(hours=4),
+    default_args=DEFAULT_ARGS,
+    tags=["usersignals", "model"],
+    doc_md=__doc__,
+    params={
+        "train_days": Param(28, type="integer", minimum=1, maximum=365,
+                            description="Training window: days before the holdout day"),
+        "rank": Param(16, type="integer", enum=[16], description="Embedding dimension (serving expects 16)"),
+        "iterations": Param(10, type="integer", minimum=1, maximum=50, description="ALS iterations"),
+        "reg": Param(1.0, type="number", minimum=0, description="ALS regularisation"),
+        "alpha": Param(1.0, type="number", minimum=0, description="Implicit-feedback confidence scale"),
+        "k": Param(10, type="integer", minimum=1, maximum=500, description="K of recall@K and NDCG@K"),
+        "margin": Param(0.02, type="number", minimum=-1, maximum=1,
+                        description="Relative improvement over baseline and current model needed to promote"),
+    },
+) as dag:
+    # The holdout day is the day before the run (run_after: set for timed and asset-triggered runs).
+    train = spark_job("train_evaluate_gate", [
+        "retrain", "--holdout-day", "{{ macros.ds_add(dag_run.run_after | ds, -1) }}",
+        "--train-days", "{{ params.train_days }}", "--rank", "{{ params.rank }}", "--iterations", "{{ params.iterations }}", "--reg", "{{ params.reg }}",
+        "--alpha", "{{ params.alpha }}", "--k", "{{ params.k }}", "--margin", "{{ params.margin }}"],
+        outlets=[ITEM_EMBEDDINGS, MODEL_RUNS])
+    publish = spark_job("publish", ["publish-model"], outlets=[KV_EMBEDDINGS])
+    train >> publish
