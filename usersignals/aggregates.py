@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping
 
-from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error
+from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error, run_script_batch
 
 HALF_LIFE_MS = 14 * 24 * 3600 * 1000
 TTL_MS = 90 * 24 * 3600 * 1000
@@ -70,10 +70,8 @@ class AggregateStore:
         if self._single_node:
             self._update_packed(per_user)
             return len(per_user)
-        pipe = self.client.pipeline(transaction=False)
-        for user, args in per_user.items():
-            self._update(keys=[agg_key(self.prefix, user)], args=[HALF_LIFE_MS, TTL_MS, *args], client=pipe)
-        pipe.execute()
+        run_script_batch(self.client, self._update, [([agg_key(self.prefix, user)], [HALF_LIFE_MS, TTL_MS, *args])
+                                                     for user, args in per_user.items()])
         return len(per_user)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from usersignals.registry import Registry
-from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error
+from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error, run_script_batch
 
 DIRTY_BUCKETS = 16
 
@@ -229,15 +229,12 @@ class SequenceStore:
                     pending.append((dataset, user_id))
         if not pending:
             return stats
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for dataset, user_id in pending:
             ds = self.registry.datasets[dataset]
-            self._trim(
-                keys=[self.seq_key(dataset, user_id), self.events_key(dataset, user_id)],
-                args=[ds.retention, ds.ttl_days * 86400],
-                client=pipe,
-            )
-        removed = pipe.execute()
+            calls.append(([self.seq_key(dataset, user_id), self.events_key(dataset, user_id)],
+                          [ds.retention, ds.ttl_days * 86400]))
+        removed = run_script_batch(self.client, self._trim, calls)
         stats.keys_checked = len(pending)
         stats.events_removed = int(sum(removed))
         return stats

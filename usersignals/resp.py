@@ -45,3 +45,32 @@ def raise_first_error(replies: list) -> None:
     for r in replies:
         if isinstance(r, Exception):
             raise r
+
+
+def run_script_batch(client, script, calls: list[tuple[list, list]]) -> list:
+    """Run one registered Lua ``script`` for many ``(keys, args)`` in few round trips.
+
+    Single server: one pipeline. Redis Cluster (whose pipelines refuse scripts): one pipeline
+    per node, each call sent to the node owning its keys (a call's keys share a hash tag, so
+    one slot). Replies come back in the order of ``calls``.
+    """
+    if is_single_node(client):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return pipe.execute()
+    by_node: dict[str, tuple[object, list[int]]] = {}
+    for i, (keys, _) in enumerate(calls):
+        node = client.get_node_from_key(keys[0])
+        by_node.setdefault(node.name, (node, []))[1].append(i)
+    out: list = [None] * len(calls)
+    for node, idxs in by_node.values():
+        conn = client.get_redis_connection(node)
+        conn.script_load(script.script)  # idempotent; a node restarted since still gets it
+        pipe = conn.pipeline(transaction=False)
+        for i in idxs:
+            keys, args = calls[i]
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for i, reply in zip(idxs, pipe.execute()):
+            out[i] = reply
+    return out
