@@ -31,14 +31,19 @@ command -v curl >/dev/null || need+=(curl)
 ls /usr/lib/x86_64-linux-gnu/libopenblas*.so* /usr/lib/aarch64-linux-gnu/libopenblas*.so* >/dev/null 2>&1 \
   || need+=(libopenblas0-pthread)
 command -v chromium >/dev/null || need+=(chromium)
+# Observability: a real Prometheus server (+ promtool) and the node exporter (batch textfile metrics).
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# The Debian service would hold port 6379; the local stack runs its own redis-server.
-if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
-  systemctl stop redis-server || true
+# The Debian services would hold ports 6379/9090/9100; the local stack runs its own.
+if command -v systemctl >/dev/null; then
+  for svc in redis-server prometheus prometheus-node-exporter; do
+    systemctl is-active --quiet $svc 2>/dev/null && systemctl stop $svc || true
+  done
 fi
 
 make_env() {  # make_env DIR LOCKFILE

@@ -1,4 +1,4 @@
-"""The local stack: broker, KV server, indexing job, lake sink, trimmer, API (and the generator).
+"""The local stack: broker, KV server, indexing job, lake sink, trimmer, API, Prometheus (+ generator).
 
 Everything runs on 127.0.0.1 as child processes of one supervisor, each in its own
 process group, logging to ``<data_dir>/logs/<name>.log``. A component is "ready" when
@@ -59,7 +59,8 @@ def private_settings(data_dir: Path, **over) -> Settings:
     """Settings for a stack of one's own (tests, benchmarks): free ports and ``data_dir``,
     so a running `make up` stack is left alone."""
     ports = {name: free_port() for name in
-             ("broker_port", "kv_port", "api_port", "job_metrics_port", "lake_metrics_port")}
+             ("broker_port", "kv_port", "api_port", "job_metrics_port", "lake_metrics_port", "node_exporter_port",
+              "prometheus_port")}
     return load_settings().with_overrides(**{**ports, "data_dir": data_dir, **over})
 
 
@@ -167,6 +168,27 @@ class Stack:
                 ready=lambda: self.http_ok(f"http://{s.host}:{s.api_port}/readyz"), ports=(s.api_port,),
             ),
         ]
+        if shutil.which("prometheus") and shutil.which("prometheus-node-exporter"):
+            metrics_dir = s.data_dir / "metrics"
+            metrics_dir.mkdir(parents=True, exist_ok=True)
+            comps += [
+                Component(
+                    "node-exporter",
+                    ["prometheus-node-exporter", f"--web.listen-address={s.host}:{s.node_exporter_port}",
+                     "--collector.disable-defaults", "--collector.textfile",
+                     f"--collector.textfile.directory={metrics_dir}"],
+                    ready=lambda: port_open(s.host, s.node_exporter_port), ports=(s.node_exporter_port,),
+                ),
+                Component(
+                    "prometheus",
+                    ["prometheus", f"--config.file={s.data_dir / 'prometheus' / 'prometheus.yml'}",
+                     f"--storage.tsdb.path={s.data_dir / 'prometheus' / 'data'}",
+                     f"--web.listen-address={s.host}:{s.prometheus_port}", "--storage.tsdb.retention.time=7d",
+                     "--web.enable-lifecycle", "--log.level=warn"],
+                    ready=lambda: self.http_ok(f"http://{s.host}:{s.prometheus_port}/-/ready"),
+                    ports=(s.prometheus_port,), before_start=lambda: self.write_prometheus_config(trimmer_port),
+                ),
+            ]
         if self.with_generator:
             comps.append(Component(
                 "generator", [str(MAIN_PY), "-m", "infra.generator", "--rate", str(self.generator_rate),
@@ -222,6 +244,24 @@ class Stack:
                             raise
             if time.monotonic() > deadline:
                 raise RuntimeError("could not create topics")
+
+    def write_prometheus_config(self, trimmer_port: int) -> Path:
+        """prometheus.yml scraping every component of this stack, with the alert rules."""
+        s = self.settings
+        targets = {"api": s.api_port, "indexer": s.job_metrics_port, "trimmer": trimmer_port,
+                   "lake-sink": s.lake_metrics_port, "prometheus": s.prometheus_port}
+        jobs = [{"job_name": name, "static_configs": [{"targets": [f"{s.host}:{port}"]}]}
+                for name, port in targets.items()]
+        # The batch jobs' own `job` label must survive: honor it.
+        jobs.append({"job_name": "batch", "honor_labels": True,
+                     "static_configs": [{"targets": [f"{s.host}:{s.node_exporter_port}"]}]})
+        config = {"global": {"scrape_interval": "5s", "evaluation_interval": "15s"},
+                  "rule_files": [str(REPO_ROOT / "infra" / "prometheus" / "alerts.yml")],
+                  "scrape_configs": jobs}
+        path = s.data_dir / "prometheus" / "prometheus.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+        return path
 
     def migrate_lake(self) -> None:
         """Create or evolve the Iceberg tables before anything writes to them."""
@@ -349,6 +389,8 @@ class Stack:
             f" {s.served_topic}",
             f"  lake         {s.catalog_uri}  warehouse {s.warehouse}  (sink metrics :{s.lake_metrics_port})",
             f"  KV (Redis)   {s.kv_url}",
+            f"  Prometheus   http://{s.host}:{s.prometheus_port}  (alerts: infra/prometheus/alerts.yml;"
+            f" dashboard: infra/grafana/usersignals.json)",
             f"  logs         {self.log_dir}/",
         ])
 

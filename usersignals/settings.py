@@ -43,6 +43,8 @@ class Settings:
     enriched_topic: str = "user_events_enriched"
     lake_commit_interval_s: int = 10
     lake_metrics_port: int = 9252
+    node_exporter_port: int = 9253    # serves the batch jobs' textfile metrics
+    prometheus_port: int = 9090
     spark_master: str = "local[2]"
     # Analysts' SQL: a Trino server if a host is set, else the embedded engine (analytics/).
     trino_host: str = ""

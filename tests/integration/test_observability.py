@@ -1,0 +1,79 @@
+"""The whole local stack under a real Prometheus: every component scraped and up, the alert
+rules loaded, every /metrics endpoint clean under `promtool check metrics`, and the batch
+jobs' textfile metrics visible with their own job label."""
+import json
+import shutil
+import subprocess
+import urllib.request
+
+import pytest
+
+from batch.progress import Progress
+from infra.stack import Stack, free_port, private_settings
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian prometheus (make install)")
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    settings = private_settings(tmp_path_factory.mktemp("obs"))
+    trimmer = free_port()
+    import os
+    os.environ["USERSIGNALS_TRIMMER_METRICS_PORT"] = str(trimmer)
+    s = Stack(settings)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        del os.environ["USERSIGNALS_TRIMMER_METRICS_PORT"]
+
+
+def test_prometheus_scrapes_every_component_and_loads_the_rules(stack):
+    s = stack.settings
+    prom = f"http://{s.host}:{s.prometheus_port}"
+
+    def all_up():
+        targets = json.loads(get(f"{prom}/api/v1/targets"))["data"]["activeTargets"]
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        return health if health and all(h == "up" for h in health.values()) else None
+
+    health = wait_until(all_up, 60, 1.0, "every scrape target up")
+    assert set(health) == {"api", "indexer", "trimmer", "lake-sink", "prometheus", "batch"}
+    groups = json.loads(get(f"{prom}/api/v1/rules"))["data"]["groups"]
+    assert sum(len(g["rules"]) for g in groups) >= 10
+
+
+def test_every_metrics_endpoint_passes_promtool(stack):
+    s = stack.settings
+    import os
+    ports = {"api": s.api_port, "indexer": s.job_metrics_port, "lake-sink": s.lake_metrics_port,
+             "trimmer": int(os.environ["USERSIGNALS_TRIMMER_METRICS_PORT"])}
+    for name, port in ports.items():
+        text = get(f"http://{s.host}:{port}/metrics")
+        assert "usersignals_" in text, name
+        out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), (name, out.stdout, out.stderr)
+
+
+def test_batch_textfile_metrics_reach_prometheus_with_their_job_label(stack):
+    s = stack.settings
+    p = Progress("parity", s.data_dir / "metrics")
+    p.stage("compared", 123)
+    p.done()
+    prom = f"http://{s.host}:{s.prometheus_port}"
+
+    def visible():
+        q = urllib.request.quote('usersignals_batch_rows{job="parity",stage="compared"}')
+        res = json.loads(get(f"{prom}/api/v1/query?query={q}"))["data"]["result"]
+        return res or None
+
+    res = wait_until(visible, 60, 1.0, "the batch metric in Prometheus")
+    assert float(res[0]["value"][1]) == 123
