@@ -22,7 +22,8 @@ def render_chart(result: Result, spec: ChartSpec, title: str, out: Path) -> Path
     groups: dict[str, tuple[list, list]] = {}
     for row in result.rows:
         for y in spec.y:
-            label = (f"{row[cols[spec.series]]}" if spec.series else "") + (f" {y}" if len(spec.y) > 1 or not spec.series else "")
+            series = f"{row[cols[spec.series]]}" if spec.series else ""
+            label = series + (f" {y}" if len(spec.y) > 1 or not spec.series else "")
             xs, ys = groups.setdefault(label.strip(), ([], []))
             xs.append(row[cols[spec.x]])
             ys.append(row[cols[y]])

@@ -68,8 +68,8 @@ def interactions(events: DataFrame, start: dt.datetime, end: dt.datetime,
 
 def relevant_items(events: DataFrame, day: dt.date) -> DataFrame:
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
-    return (events.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(start + dt.timedelta(days=1)))
-                         & F.col("event_type").isin(list(RELEVANT_TYPES)))
+    on_day = (F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(start + dt.timedelta(days=1)))
+    return (events.where(on_day & F.col("event_type").isin(list(RELEVANT_TYPES)))
             .select("user_id", "item_id").distinct())
 
 

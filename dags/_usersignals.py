@@ -45,6 +45,18 @@ DEFAULT_ARGS = {
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
+def usersignals_dag(dag_id: str, description: str, schedule, tags: list[str], doc_md: str, timeout_h: float,
+                    params: dict | None = None, **kwargs):
+    """A DAG with the platform's defaults: no catch-up, one run at a time, a run timeout,
+    retries (``DEFAULT_ARGS``, overridable with ``default_args``), tagged ``usersignals``."""
+    from airflow.sdk import DAG
+
+    return DAG(dag_id=dag_id, description=description, schedule=schedule, start_date=START, catchup=False,
+               max_active_runs=kwargs.pop("max_active_runs", 1), dagrun_timeout=dt.timedelta(hours=timeout_h),
+               default_args={**DEFAULT_ARGS, **kwargs.pop("default_args", {})}, tags=["usersignals", *tags],
+               doc_md=doc_md, params=params or {}, **kwargs)
+
+
 def spark_job(task_id: str, args: list[str], **kwargs):
     """A task running ``python -m batch <args>`` on Spark with the lake's catalog mounted."""
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator

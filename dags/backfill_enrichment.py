@@ -7,23 +7,17 @@ values, and every user's retained sequence is rewritten in the KV layer.
 """
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import Param
 
-from airflow.sdk import DAG, Param
+from _usersignals import ENRICHED_EVENTS, REGISTRY, spark_job, usersignals_dag
 
-from _usersignals import DEFAULT_ARGS, ENRICHED_EVENTS, REGISTRY, START, spark_job
-
-with DAG(
+with usersignals_dag(
     dag_id="backfill_enrichment",
     description="Add an enrichment's features to indexed events in the lake and the KV layer",
     schedule=None,
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=dt.timedelta(hours=4),
-    default_args=DEFAULT_ARGS,
-    tags=["usersignals", "offline-indexing", "backfill"],
+    tags=["offline-indexing", "backfill"],
     doc_md=__doc__,
+    timeout_h=4,
     params={
         "enrichment": Param(sorted(REGISTRY.enrichments)[0], type="string", enum=sorted(REGISTRY.enrichments),
                             title="Enrichment", description="A registered enrichment used by at least one dataset"),

@@ -7,24 +7,17 @@ Idempotent: events already in the KV layer are stored once.
 """
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import Param
 
-from airflow.sdk import DAG, Param
+from _usersignals import REGISTRY, spark_job, usersignals_dag
 
-from _usersignals import DEFAULT_ARGS, REGISTRY, START, spark_job
-
-with DAG(
+with usersignals_dag(
     dag_id="bootstrap_dataset",
     description="Load datasets' last-N sequences from the lake into the KV layer",
     schedule="@daily",
-    start_date=START,
-    catchup=False,
-    is_paused_upon_creation=True,
-    max_active_runs=1,
-    dagrun_timeout=dt.timedelta(hours=2),
-    default_args=DEFAULT_ARGS,
-    tags=["usersignals", "offline-indexing", "bootstrap"],
+    tags=["offline-indexing", "bootstrap"],
     doc_md=__doc__,
+    timeout_h=2,
     params={
         "datasets": Param(sorted(REGISTRY.datasets)[:1], type="array",
                           items={"type": "string", "enum": sorted(REGISTRY.datasets)}, minItems=1,
@@ -32,6 +25,7 @@ with DAG(
         "days": Param(30, type="integer", minimum=1, maximum=365, title="Days",
                       description="How many days of raw events to read, ending at the run's data interval end"),
     },
+    is_paused_upon_creation=True,
 ) as dag:
     spark_job("bootstrap", ["bootstrap", "--datasets", "{{ params.datasets | join(',') }}",
                             "--days", "{{ params.days }}", "--as-of", "{{ data_interval_end | ts }}"])

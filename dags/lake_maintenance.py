@@ -6,23 +6,17 @@ are kept, which also keeps the sink's resume positions.
 """
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import Param
 
-from airflow.sdk import DAG, Param
+from _usersignals import spark_job, usersignals_dag
 
-from _usersignals import DEFAULT_ARGS, START, spark_job
-
-with DAG(
+with usersignals_dag(
     dag_id="lake_maintenance",
     description="Compact, rewrite manifests and expire snapshots of the lake's tables",
     schedule="30 3 * * *",
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=dt.timedelta(hours=3),
-    default_args=DEFAULT_ARGS,
-    tags=["usersignals", "maintenance"],
+    tags=["maintenance"],
     doc_md=__doc__,
+    timeout_h=3,
     params={"expire_days": Param(5, type="integer", minimum=1, maximum=90,
                                  description="Expire snapshots older than this many days")},
 ) as dag:

@@ -5,23 +5,18 @@ Scheduled on the enriched-events asset: it runs after each daily re-enrichment o
 """
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import Param
 
-from airflow.sdk import DAG, Param
+from _usersignals import ENRICHED_EVENTS, spark_job, usersignals_dag
 
-from _usersignals import DEFAULT_ARGS, ENRICHED_EVENTS, START, spark_job
-
-with DAG(
+with usersignals_dag(
     dag_id="parity_check",
     description="Compare sampled users' KV sequences with sequences rebuilt from the lake",
     schedule=[ENRICHED_EVENTS],
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=dt.timedelta(hours=1),
-    default_args={**DEFAULT_ARGS, "retries": 0},  # a mismatch is a finding, not a transient error
-    tags=["usersignals", "quality"],
+    tags=["quality"],
     doc_md=__doc__,
+    timeout_h=1,
+    default_args={"retries": 0},  # a mismatch is a finding, not a transient error
     params={
         "sample": Param(500, type="integer", minimum=1, maximum=100000, description="Users to compare"),
         "threshold": Param(0.01, type="number", minimum=0, maximum=1, description="Fail above this mismatch rate"),

@@ -10,30 +10,22 @@ The gate's decision and metrics are in the train task's log, in ``model_runs`` a
 """
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
-
-from _usersignals import (
-    DEFAULT_ARGS, ENRICHED_BY_TYPE, ITEM_EMBEDDINGS, KV_EMBEDDINGS, MODEL_RUNS, START, spark_job,
-)
+from _usersignals import ENRICHED_BY_TYPE, ITEM_EMBEDDINGS, KV_EMBEDDINGS, MODEL_RUNS, spark_job, usersignals_dag
 
 all_types_refreshed = None
 for asset in ENRICHED_BY_TYPE.values():
     all_types_refreshed = asset if all_types_refreshed is None else all_types_refreshed & asset
 
-with DAG(
+with usersignals_dag(
     dag_id="retrain_model",
     description="Train, evaluate, gate and publish the ALS item/user embedding model",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 4 * * 1", timezone="UTC"),
                                  assets=all_types_refreshed),
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=dt.timedelta(hours=4),
-    default_args=DEFAULT_ARGS,
-    tags=["usersignals", "model"],
+    tags=["model"],
     doc_md=__doc__,
+    timeout_h=4,
     params={
         "train_days": Param(28, type="integer", minimum=1, maximum=365,
                             description="Training window: days before the holdout day"),
@@ -49,7 +41,8 @@ with DAG(
     # The holdout day is the day before the run (run_after: set for timed and asset-triggered runs).
     train = spark_job("train_evaluate_gate", [
         "retrain", "--holdout-day", "{{ macros.ds_add(dag_run.run_after | ds, -1) }}",
-        "--train-days", "{{ params.train_days }}", "--rank", "{{ params.rank }}", "--iterations", "{{ params.iterations }}", "--reg", "{{ params.reg }}",
+        "--train-days", "{{ params.train_days }}", "--rank", "{{ params.rank }}",
+        "--iterations", "{{ params.iterations }}", "--reg", "{{ params.reg }}",
         "--alpha", "{{ params.alpha }}", "--k", "{{ params.k }}", "--margin", "{{ params.margin }}"],
         outlets=[ITEM_EMBEDDINGS, MODEL_RUNS])
     publish = spark_job("publish", ["publish-model"], outlets=[KV_EMBEDDINGS])

@@ -6,22 +6,17 @@ or closest to the user's mean item embedding), writes them to ``selected_sequenc
 """
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import Param
 
-from airflow.sdk import DAG, Param
+from _usersignals import REGISTRY, spark_job, usersignals_dag
 
-from _usersignals import DEFAULT_ARGS, REGISTRY, START, spark_job
-
-with DAG(
+with usersignals_dag(
     dag_id="selection_experiment",
     description="Materialise sequences chosen by an alternative selection rule",
     schedule=None,
-    start_date=START,
-    catchup=False,
-    dagrun_timeout=dt.timedelta(hours=2),
-    default_args=DEFAULT_ARGS,
-    tags=["usersignals", "experiments"],
+    tags=["experiments"],
     doc_md=__doc__,
+    timeout_h=2,
     params={
         "experiment": Param("dwell_top", type="string", pattern="^[A-Za-z0-9_]{1,40}$", title="Experiment name",
                             description="Names the partition of selected_sequences and KV dataset exp_<name>"),
@@ -32,6 +27,6 @@ with DAG(
         "n": Param(50, type="integer", minimum=1, maximum=1000, description="Events per user"),
         "days": Param(30, type="integer", minimum=1, maximum=365, description="Days of events to choose from"),
     },
-) as dag:
+    ) as dag:
     spark_job("select", ["select", "--experiment", "{{ params.experiment }}", "--dataset", "{{ params.dataset }}",
                          "--rule", "{{ params.rule }}", "--n", "{{ params.n }}", "--days", "{{ params.days }}"])

@@ -18,8 +18,8 @@ from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform, parse_transform
 from pyiceberg.types import (
-    BinaryType, BooleanType, DoubleType, FloatType, IcebergType, IntegerType, ListType, LongType, NestedField, StringType,
-    TimestamptzType,
+    BinaryType, BooleanType, DoubleType, FloatType, IcebergType, IntegerType, ListType, LongType, NestedField,
+    StringType, TimestamptzType,
 )
 
 from usersignals import lake
