@@ -25,6 +25,7 @@ from usersignals.settings import REPO_ROOT, Settings, load_settings
 
 log = logging.getLogger("usersignals.job")
 HELPERS_JAR = REPO_ROOT / "build" / "usersignals-flink.jar"
+DLQ_MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 def _flink_lib() -> Path:
@@ -123,6 +124,9 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .setRecordSerializer(jvm.usersignals.flink.DeadLetterSerializer(settings.dlq_topic))
         .setDeliveryGuarantee(jvm.org.apache.flink.connector.base.DeliveryGuarantee.AT_LEAST_ONCE)
         .setProperty("linger.ms", "5")
+        # A rejected record goes to the DLQ byte for byte, however large it is (the source
+        # accepts what the broker accepts): Kafka's 1 MiB default would fail the job on it.
+        .setProperty("max.request.size", str(DLQ_MAX_RECORD_BYTES))
         .build()
     )
     indexed.get_side_output(DLQ_TAG).sink_to(KafkaSink(j_sink)).name("kafka:" + settings.dlq_topic) \
@@ -152,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     serve_metrics(settings, multiproc)
 
+    # The JVM's own log (task failures with their Java causes) next to the stack's logs, not
+    # inside the virtual environment.
+    os.environ.setdefault("FLINK_LOG_DIR", str(settings.log_dir / "flink"))
     env = build_environment(settings)
     registry_path = str(settings.registry_path) if settings.registry_path else None
     build_pipeline(env, settings, registry_path, args.kv_cluster)
