@@ -8,6 +8,7 @@ reads one dataset raw. Tenants are listed, changed and versioned at runtime thro
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from contextlib import asynccontextmanager
 import time
@@ -107,7 +108,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def http_error(_request: Request, exc: HTTPException):
         code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
                 429: "too_many_requests", 503: "unavailable", 504: "timeout"}.get(exc.status_code, "error")
-        return ORJSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code)
+        return ORJSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code,
+                              headers=getattr(exc, "headers", None))
 
     def is_admin(key: str | None) -> bool:
         return key_matches(key, admin_sha)
@@ -199,6 +201,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         t = cfg.tenant
         fmt = req.format or t.format
         binary = fmt == "ufr" and featurize.UFR_CONTENT_TYPE in request.headers.get("accept", "")
+        bucket = directory.bucket(cfg)
+        wait = bucket.take() if bucket is not None else 0.0
+        if wait:
+            metrics.tenant_requests.labels(t.name, "throttled").inc()
+            raise HTTPException(429, f"tenant {t.name!r} is over its rate of {t.max_rps:g} requests/s; "
+                                     f"retry in {wait:.2f}s", headers={"Retry-After": str(max(1, math.ceil(wait)))})
         sem = directory.semaphore(cfg)
         if sem.locked():
             metrics.tenant_requests.labels(t.name, "throttled").inc()

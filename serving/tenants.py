@@ -40,6 +40,27 @@ class TenantConfig:
     updated_at: float
 
 
+class TokenBucket:
+    """``rate`` requests per second with bursts of up to ``burst``; ``take`` says how long to wait."""
+
+    def __init__(self, rate: float, burst: float | None = None, clock=time.monotonic):
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self.clock = clock
+        self.tokens = self.burst
+        self.at = clock()
+
+    def take(self) -> float:
+        """0.0 if a request may go now (and counts it), else the seconds until one may."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
 class TenantDirectory:
     def __init__(self, registry: Registry, aclient=None, prefix: str = "us"):
         self.registry = registry
@@ -49,6 +70,7 @@ class TenantDirectory:
         now = time.time()
         self._configs = {n: TenantConfig(t, 1, now) for n, t in registry.tenants.items()}
         self._limits: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._buckets: dict[tuple[str, float], TokenBucket] = {}
         self._lock = asyncio.Lock()
 
     def get(self, name: str) -> TenantConfig | None:
@@ -64,6 +86,16 @@ class TenantDirectory:
         if sem is None:
             sem = self._limits[key] = asyncio.Semaphore(cfg.tenant.max_concurrency)
         return sem
+
+    def bucket(self, cfg: TenantConfig) -> TokenBucket | None:
+        """The tenant's request-rate limit (None when it has none); a changed rate starts afresh."""
+        if not cfg.tenant.max_rps:
+            return None
+        key = (cfg.tenant.name, cfg.tenant.max_rps)
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = TokenBucket(cfg.tenant.max_rps)
+        return b
 
     async def put(self, name: str, body: dict) -> TenantConfig:
         """Validate and apply a tenant config; raises RegistryError with the reason if invalid."""

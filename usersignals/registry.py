@@ -74,6 +74,7 @@ class Tenant:
     filters: Filters = field(default_factory=Filters)
     views: tuple[str, ...] = ()         # aggregate views derived from per-user state
     max_concurrency: int = 32           # in-flight requests before 429
+    max_rps: float = 0.0                # requests per second per API process before 429 (0: no limit)
     timeout_ms: int = 100               # per request, all users of a batch
     log_sample_rate: float = 0.0        # share of responses logged to the served-features topic
     api_key_sha256: str = ""            # sha256 hex of the tenant's API key ("" = no key accepted)
@@ -250,7 +251,7 @@ def _dataset(name, body, event_types, enrichments) -> Dataset:
 
 
 TENANT_KEYS = {"sequences", "enrichments", "format", "description", "filters", "views", "max_concurrency",
-               "timeout_ms", "log_sample_rate", "api_key_sha256"}
+               "max_rps", "timeout_ms", "log_sample_rate", "api_key_sha256"}
 VIEWS = ("category_affinity", "top_category", "activity")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -309,6 +310,9 @@ def _tenant(name, body, datasets, enrichments) -> Tenant:
     rate = body.get("log_sample_rate", 0.0)
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
         raise RegistryError(f"{where}.log_sample_rate: must be a number from 0 to 1, got {rate!r}")
+    max_rps = body.get("max_rps", 0.0)
+    if not isinstance(max_rps, (int, float)) or isinstance(max_rps, bool) or not 0 <= max_rps <= 1_000_000:
+        raise RegistryError(f"{where}.max_rps: must be a number from 0 (no limit) to 1000000, got {max_rps!r}")
     key = body.get("api_key_sha256", "")
     if key and (not isinstance(key, str) or not _SHA256.match(key)):
         raise RegistryError(f"{where}.api_key_sha256: must be 64 lowercase hex characters (sha256 of the key)")
@@ -317,6 +321,7 @@ def _tenant(name, body, datasets, enrichments) -> Tenant:
         filters=_filters(f"{where}.filters", body.get("filters", {}), seqs),
         views=views,
         max_concurrency=_positive_int(f"{where}.max_concurrency", body.get("max_concurrency", 32), 10_000),
+        max_rps=float(max_rps),
         timeout_ms=_positive_int(f"{where}.timeout_ms", body.get("timeout_ms", 100), 60_000),
         log_sample_rate=float(rate),
         api_key_sha256=key,
@@ -333,6 +338,6 @@ def tenant_to_dict(t: Tenant) -> dict[str, Any]:
     return {
         "sequences": dict(t.sequences), "enrichments": list(t.enrichments), "format": t.format,
         "description": t.description, "filters": filters, "views": list(t.views),
-        "max_concurrency": t.max_concurrency, "timeout_ms": t.timeout_ms,
+        "max_concurrency": t.max_concurrency, "max_rps": t.max_rps, "timeout_ms": t.timeout_ms,
         "log_sample_rate": t.log_sample_rate, "api_key_sha256": t.api_key_sha256,
     }

@@ -183,6 +183,18 @@ def test_a_tenant_over_its_timeout_gets_504(api):
     assert r.status_code == 504 and "timeout" in r.json()["message"]
 
 
+def test_a_tenant_over_its_request_rate_gets_429_with_retry_after(api):
+    bad = api.put("/v1/tenants/search_ranking", json={"sequences": {"searches": 2}, "max_rps": -1}, headers=ADMIN)
+    assert bad.status_code == 400 and "max_rps" in bad.json()["message"]
+    api.put("/v1/tenants/search_ranking", json={"sequences": {"searches": 2}, "max_rps": 2}, headers=ADMIN)
+    codes = [post(api, {"tenant": "search_ranking", "user_ids": ["u1"]}, SEARCH) for _ in range(6)]
+    assert [r.status_code for r in codes[:2]] == [200, 200]  # the burst
+    limited = [r for r in codes if r.status_code == 429]
+    assert limited and int(limited[0].headers["Retry-After"]) >= 1
+    assert "rate of 2 requests/s" in limited[0].json()["message"]
+    assert post(api, {"tenant": "homefeed_ranking", "user_ids": ["u1"]}).status_code == 200  # others unaffected
+
+
 def test_python_client(app, seeded):
     with TestClient(app) as tc:
         client = UserSignalsClient("http://testserver", "homefeed_ranking", "homefeed-dev-key", transport=tc._transport)
