@@ -23,7 +23,6 @@ from usersignals.events import decode_stored
 from usersignals.registry import Registry
 
 log = logging.getLogger("usersignals.batch")
-BASE_ENRICHED = set(T.EVENT_COLUMNS) | {"dataset", "indexed_at", "enriched_by"}
 
 
 @dataclass
@@ -53,16 +52,7 @@ class LakeIO:
         df.select(*self.read(table).columns).writeTo(self.name(table)).append()
 
     def feature_fields(self) -> tuple[str, ...]:
-        return tuple(c for c in self.read(lake.ENRICHED_EVENTS).columns if c not in BASE_ENRICHED)
-
-
-def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
-    return start, start + dt.timedelta(days=1)
-
-
-def _in_range(start: dt.datetime, end: dt.datetime):
-    return (F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end))
+        return lake.feature_columns(self.read(lake.ENRICHED_EVENTS).columns)
 
 
 def _types_filter(event_types):
@@ -90,15 +80,15 @@ def daily_reenrich(io: LakeIO, registry: Registry, day: dt.date, event_types: li
     rewrites in the KV layer the events the stream missed or enriched differently.
     """
     p = Progress("daily_reenrich", io.metrics_dir, day=str(day), event_types=",".join(event_types or ["*"]))
-    start, end = day_bounds(day)
+    start, end = T.day_bounds(day)
     fields = io.feature_fields()
-    raw = io.read(lake.RAW_EVENTS).where(_in_range(start, end) & _types_filter(event_types))
+    raw = io.read(lake.RAW_EVENTS).where(T.in_range(start, end) & _types_filter(event_types))
     deduped = T.dedup_events(raw)
     recomputed = T.enrich(deduped, T.latest_features(io.read(lake.ITEM_FEATURES)), registry, fields, "daily") \
         .localCheckpoint(eager=True)
     total = recomputed.count()
     p.stage("recomputed", total)
-    streamed = io.read(lake.ENRICHED_EVENTS).where(_in_range(start, end) & _types_filter(event_types))
+    streamed = io.read(lake.ENRICHED_EVENTS).where(T.in_range(start, end) & _types_filter(event_types))
     # Eager checkpoint: the comparison must see the streamed rows before the overwrite replaces them.
     repair = T.needs_repair(recomputed, streamed, fields).localCheckpoint(eager=True)
     reasons = {r["reason"]: r["n"] for r in repair.groupBy("reason").agg(F.count("*").alias("n")).collect()}
@@ -124,7 +114,7 @@ def bootstrap(io: LakeIO, registry: Registry, datasets: list[str], days: int,
     now = now or dt.datetime.now(dt.timezone.utc)
     p = Progress("bootstrap", io.metrics_dir, datasets=",".join(datasets), days=str(days))
     types = [registry.datasets[d].event_type for d in datasets]
-    raw = io.read(lake.RAW_EVENTS).where(_in_range(now - dt.timedelta(days=days), now) & _types_filter(types))
+    raw = io.read(lake.RAW_EVENTS).where(T.in_range(now - dt.timedelta(days=days), now) & _types_filter(types))
     events = T.dedup_events(raw).withColumn("dataset", T.dataset_of(registry)).where(F.col("dataset").isin(datasets))
     kept = T.last_n(events, {d: registry.datasets[d].retention for d in datasets})
     fields = io.feature_fields()
@@ -159,7 +149,7 @@ def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: i
             io.spark.sql(f"ALTER TABLE {io.name(lake.ENRICHED_EVENTS)} ADD COLUMN {f} {feat_schema[f]}")
             p.stage(f"added_column_{f}")
     fields = io.feature_fields()
-    events = io.read(lake.ENRICHED_EVENTS).where(_in_range(now - dt.timedelta(days=days), now)
+    events = io.read(lake.ENRICHED_EVENTS).where(T.in_range(now - dt.timedelta(days=days), now)
                                                  & F.col("dataset").isin(datasets))
     feats = T.latest_features(io.read(lake.ITEM_FEATURES)).select(
         "item_id", *[F.col(f).alias(f"_n_{f}") for f in e.fields])
@@ -188,7 +178,7 @@ def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: 
     now = now or dt.datetime.now(dt.timezone.utc)
     p = Progress("select_experiment", io.metrics_dir, experiment=experiment, rule=rule)
     events = T.dedup_events(io.read(lake.ENRICHED_EVENTS).where(
-        _in_range(now - dt.timedelta(days=days), now) & (F.col("dataset") == dataset)), "indexed_at")
+        T.in_range(now - dt.timedelta(days=days), now) & (F.col("dataset") == dataset)), "indexed_at")
     if rule == "similarity":
         emb = T.latest_features(io.read(lake.ITEM_FEATURES)).select("item_id", F.col("embedding").alias("_emb"))
         events = events.drop(*[c for c in ("embedding",) if c in events.columns]) \

@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from batch import transforms as T
+from batch.kv_load import write_partitions
 from batch.progress import Progress
 from usersignals import lake
 from usersignals.models import EMBEDDING_DIM
@@ -56,20 +57,15 @@ class TrainParams:
 def interactions(events: DataFrame, start: dt.datetime, end: dt.datetime,
                  weights: dict[str, float] = EVENT_WEIGHTS) -> DataFrame:
     """(user_id, item_id, weight, events) from events in [start, end)."""
-    w = None
-    for et, v in weights.items():
-        w = F.when(F.col("event_type") == et, F.lit(v)) if w is None else w.when(F.col("event_type") == et, F.lit(v))
     dwell_boost = F.lit(1.0) + F.log1p(F.coalesce(F.col("dwell_ms"), F.lit(0)) / F.lit(10_000.0))
-    scoped = events.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end)))
-    return (T.dedup_events(scoped, "indexed_at")
-            .withColumn("w", w.otherwise(F.lit(0.0)) * dwell_boost).where("w > 0")
+    weight = F.coalesce(T.by_event_type(weights), F.lit(0.0)) * dwell_boost
+    return (T.dedup_events(events.where(T.in_range(start, end)), "indexed_at")
+            .withColumn("w", weight).where("w > 0")
             .groupBy("user_id", "item_id").agg(F.sum("w").alias("weight"), F.count("*").alias("events")))
 
 
 def relevant_items(events: DataFrame, day: dt.date) -> DataFrame:
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
-    on_day = (F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(start + dt.timedelta(days=1)))
-    return (events.where(on_day & F.col("event_type").isin(list(RELEVANT_TYPES)))
+    return (events.where(T.in_range(*T.day_bounds(day)) & F.col("event_type").isin(list(RELEVANT_TYPES)))
             .select("user_id", "item_id").distinct())
 
 
@@ -141,7 +137,7 @@ def retrain(io, holdout_day: dt.date, params: TrainParams, now: dt.datetime | No
     now = now or dt.datetime.now(dt.timezone.utc)
     version = "als-" + now.strftime("%Y%m%dT%H%M%S")
     p = Progress("retrain", io.metrics_dir, version=version, holdout_day=str(holdout_day))
-    end = dt.datetime.combine(holdout_day, dt.time(), tzinfo=dt.timezone.utc)
+    end = T.day_bounds(holdout_day)[0]
     events = io.read(lake.ENRICHED_EVENTS)
     train = interactions(events, end - dt.timedelta(days=params.train_days), end).localCheckpoint(eager=True)
     n_inter = train.count()
@@ -254,18 +250,16 @@ def publish(io, kv_client, prefix: str, version: str | None = None) -> dict:
     dims = {len(r["embedding"]) for r in emb.limit(100).collect()}
     if dims != {EMBEDDING_DIM}:
         raise ValueError(f"version {version} has {sorted(dims)}-d embeddings; serving expects {EMBEDDING_DIM}")
-    written = io.spark.sparkContext.accumulator(0)
     url = io.kv_url
 
-    def write_partition(rows):
+    def write(rows) -> int:
         from usersignals.kv import connect
         from usersignals.models import write_embeddings
 
-        written.add(write_embeddings(connect(url, socket_timeout=60), prefix, version,
-                                     ((r["item_id"], r["embedding"]) for r in rows)))
+        return write_embeddings(connect(url, socket_timeout=60), prefix, version,
+                                ((r["item_id"], r["embedding"]) for r in rows))
 
-    emb.foreachPartition(write_partition)
-    p.stage("written", int(written.value))
+    p.stage("written", write_partitions(emb, write))
     replaced = models.switch(kv_client, prefix, version)
     removed = models.drop_versions(kv_client, prefix, keep=[v for v in (version, replaced) if v])
     p.stage("switched", removed_keys=removed, replaced=replaced)

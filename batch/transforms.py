@@ -5,6 +5,7 @@ tested on small in-memory DataFrames in a real local Spark session.
 """
 from __future__ import annotations
 
+import datetime as dt
 from typing import Mapping
 
 from pyspark.sql import Column, DataFrame, Window
@@ -32,14 +33,28 @@ def latest_features(item_features: DataFrame) -> DataFrame:
     return item_features.withColumn("_n", F.row_number().over(w)).where("_n = 1").drop("_n", "updated_at")
 
 
+def by_event_type(values: Mapping[str, object]) -> Column:
+    """A column mapping each row's event_type to ``values[event_type]`` (null for other types)."""
+    expr = None
+    for et, v in values.items():
+        expr = (F.when if expr is None else expr.when)(F.col("event_type") == et, F.lit(v))
+    return expr if expr is not None else F.lit(None)
+
+
 def dataset_of(registry: Registry) -> Column:
     """event_type → the real-time dataset that indexes it (null for unindexed types)."""
-    expr = None
-    for et in registry.event_types:
-        ds = registry.dataset_for_type(et).name
-        expr = F.when(F.col("event_type") == et, F.lit(ds)) if expr is None else expr.when(
-            F.col("event_type") == et, F.lit(ds))
-    return expr if expr is not None else F.lit(None).cast("string")
+    return by_event_type({et: registry.dataset_for_type(et).name for et in registry.event_types}).cast("string")
+
+
+def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) of a UTC day."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    return start, start + dt.timedelta(days=1)
+
+
+def in_range(start: dt.datetime, end: dt.datetime, column: str = "event_time") -> Column:
+    """``start <= column < end``."""
+    return (F.col(column) >= F.lit(start)) & (F.col(column) < F.lit(end))
 
 
 def enrich(events: DataFrame, features: DataFrame, registry: Registry, feature_fields: tuple[str, ...],

@@ -29,14 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", type=Path, default=None, help="data dir of an earlier run: skip generation")
     args = p.parse_args(argv)
 
-    from pyspark.sql import functions as F
-
     from analytics.engine import EmbeddedEngine
     from analytics.library import load_library
-    from batch import transforms as T
-    from batch.__main__ import make_io
-    from batch.session import spark_session
-    from bench.offline import generate
     from iceberg_schemas.migrate import migrate
     from usersignals import lake
     from usersignals.registry import load_registry
@@ -48,35 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_registry(settings.registry_path)
     catalog = lake.load_catalog(settings)
     migrate(catalog, settings, registry)
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    day = (now - dt.timedelta(days=1)).date()
-    spark = None if args.reuse else spark_session(settings, "bench-analytics", {"spark.driver.memory": "4g"})
-    try:
-        if spark is None:
-            raise _Reused()
-        io = make_io(spark, settings)
-        started = time.monotonic()
-        generate(spark, io, registry, args.events, args.events // 10, 200_000, 100_000, day, now)
-        raw = io.read(lake.RAW_EVENTS)
-        other_days = raw.where(F.col("event_time") < F.lit(dt.datetime.combine(day, dt.time(), dt.timezone.utc)))
-        enriched = T.enrich(other_days.dropDuplicates(["event_id"]), T.latest_features(io.read(lake.ITEM_FEATURES)),
-                            registry, io.feature_fields(), "stream")
-        io.append(lake.ENRICHED_EVENTS, enriched.withColumn(
-            "indexed_at", F.expr("timestamp_micros(unix_micros(event_time) + CAST(rand(3) * 2000000 AS BIGINT))")))
-        reasons = F.element_at(F.array(*[F.lit(r) for r in ("not_json", "bad_type", "ts_out_of_range",
-                                                           "missing_field", "key_mismatch")]),
-                               (F.pmod(F.col("id"), F.lit(5)) + 1).cast("int"))
-        io.append(lake.DEAD_LETTERS, spark.range(20_000).select(
-            F.lit(b"u").alias("key"), F.lit(b"{").alias("value"), reasons.alias("reason"), F.lit("d").alias("detail"),
-            F.lit("user_events").alias("source_topic"), F.lit(0).alias("source_partition"),
-            F.col("id").alias("source_offset"),
-            F.timestamp_seconds(F.lit(now.timestamp()) - F.rand(9) * 48 * 3600).alias("received_at")))
-        log(f"generated in {time.monotonic() - started:.0f}s")
-    except _Reused:
-        pass
-    finally:
-        if spark is not None:
-            spark.stop()
+    if not args.reuse:
+        generate_lake(settings, registry, args.events)
 
     engine = EmbeddedEngine(settings, catalog, threads=2)
     rows = {t: engine.run(f"SELECT count(*) FROM {t}").rows[0][0]
@@ -109,8 +76,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _Reused(Exception):
-    pass
+def generate_lake(settings, registry, events: int) -> None:
+    """Raw events as in bench.offline, enriched events for all of them, 20k dead letters (Spark)."""
+    from pyspark.sql import functions as F
+
+    from batch import transforms as T
+    from batch.__main__ import make_io
+    from batch.session import spark_session
+    from bench.offline import generate
+    from usersignals import lake
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    day = (now - dt.timedelta(days=1)).date()
+    spark = spark_session(settings, "bench-analytics", {"spark.driver.memory": "4g"})
+    try:
+        io = make_io(spark, settings)
+        started = time.monotonic()
+        generate(spark, io, registry, events, events // 10, 200_000, 100_000, day, now)
+        raw = io.read(lake.RAW_EVENTS)
+        other_days = raw.where(F.col("event_time") < F.lit(T.day_bounds(day)[0]))
+        enriched = T.enrich(other_days.dropDuplicates(["event_id"]), T.latest_features(io.read(lake.ITEM_FEATURES)),
+                            registry, io.feature_fields(), "stream")
+        io.append(lake.ENRICHED_EVENTS, enriched.withColumn(
+            "indexed_at", F.expr("timestamp_micros(unix_micros(event_time) + CAST(rand(3) * 2000000 AS BIGINT))")))
+        reasons = F.element_at(F.array(*[F.lit(r) for r in ("not_json", "bad_type", "ts_out_of_range",
+                                                           "missing_field", "key_mismatch")]),
+                               (F.pmod(F.col("id"), F.lit(5)) + 1).cast("int"))
+        io.append(lake.DEAD_LETTERS, spark.range(20_000).select(
+            F.lit(b"u").alias("key"), F.lit(b"{").alias("value"), reasons.alias("reason"), F.lit("d").alias("detail"),
+            F.lit("user_events").alias("source_topic"), F.lit(0).alias("source_partition"),
+            F.col("id").alias("source_offset"),
+            F.timestamp_seconds(F.lit(now.timestamp()) - F.rand(9) * 48 * 3600).alias("received_at")))
+        log(f"generated in {time.monotonic() - started:.0f}s")
+    finally:
+        spark.stop()
 
 
 def _widest(param) -> str | None:

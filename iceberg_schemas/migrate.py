@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.transforms import IdentityTransform
 
 from iceberg_schemas.tables import TableDef, partition_name, table_defs
 from usersignals import lake
@@ -80,7 +81,7 @@ def _apply(catalog, ident: str, tdef: TableDef, dry_run: bool) -> list[str]:
         if not dry_run:
             with table.update_sort_order() as update:
                 for c, d in tdef.sort:
-                    (update.asc if d == "asc" else update.desc)(c, _identity())
+                    (update.asc if d == "asc" else update.desc)(c, IdentityTransform())
 
     props = {k: v for k, v in tdef.all_properties().items()
              if k != "format-version" and table.properties.get(k) != v}
@@ -91,8 +92,3 @@ def _apply(catalog, ident: str, tdef: TableDef, dry_run: bool) -> list[str]:
                 tx.set_properties(**props)
     return changes
 
-
-def _identity():
-    from pyiceberg.transforms import IdentityTransform
-
-    return IdentityTransform()

@@ -119,6 +119,14 @@ def enrichment_fields(registry: Registry) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _embeddings(name: str, key: str, what: str) -> TableDef:
+    """A model output table: one embedding per ``key`` and model version."""
+    return TableDef(name, f"{what} embeddings produced by model retraining, one partition per model version.",
+                    (Column("model_version", StringType(), True), Column(key, StringType(), True),
+                     Column("embedding", FEATURE_TYPES["embedding"]), Column("created_at", TimestamptzType(), True)),
+                    (("model_version", "identity"),))
+
+
 def table_defs(registry: Registry) -> dict[str, TableDef]:
     day_and_type = (("event_time", "day"), ("event_type", "identity"))
     by_user = (("user_id", "asc"), ("event_time", "asc"))
@@ -156,18 +164,8 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                   Column("user_id", StringType(), True), Column("format", StringType()),
                   Column("features", StringType(), doc="JSON, as served")),
                  (("served_at", "day"), ("tenant", "identity"))),
-        TableDef(lake.ITEM_EMBEDDINGS, "Item embeddings produced by model retraining, one partition per "
-                 "model version.",
-                 (Column("model_version", StringType(), True), Column("item_id", StringType(), True),
-                  Column("embedding", FEATURE_TYPES["embedding"]),
-                  Column("created_at", TimestamptzType(), True)),
-                 (("model_version", "identity"),)),
-        TableDef(lake.USER_EMBEDDINGS, "User embeddings produced by model retraining, one partition per "
-                 "model version.",
-                 (Column("model_version", StringType(), True), Column("user_id", StringType(), True),
-                  Column("embedding", FEATURE_TYPES["embedding"]),
-                  Column("created_at", TimestamptzType(), True)),
-                 (("model_version", "identity"),)),
+        _embeddings(lake.ITEM_EMBEDDINGS, "item_id", "Item"),
+        _embeddings(lake.USER_EMBEDDINGS, "user_id", "User"),
         TableDef(lake.MODEL_RUNS, "One row per retraining run: parameters, training window, holdout "
                  "metrics of the candidate, the popularity baseline and the promoted model, and the gate's "
                  "decision.",

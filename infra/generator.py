@@ -180,7 +180,7 @@ class EventGenerator:
 
 
 def history(cfg: WorkloadConfig, n_events: int, start_ms: int, end_ms: int,
-            catalog: ItemCatalog | None = None) -> list[dict]:
+            catalog: ItemCatalog | None = None, registry=None) -> list[dict]:
     """``n_events`` past events spread evenly over [start_ms, end_ms), sessions intact, as
     enriched-events rows (event time in microseconds, the item's category): engagement
     history for the lake, with the same planted user interests as the live workload."""
@@ -193,7 +193,10 @@ def history(cfg: WorkloadConfig, n_events: int, start_ms: int, end_ms: int,
         return t[0] / 1000.0
 
     gen = EventGenerator(cfg, catalog, clock=clock)
-    datasets = {"click": "clicks", "repin": "repins", "closeup": "closeups", "view": "views", "search": "searches"}
+    from usersignals.registry import load_registry
+
+    registry = registry or load_registry()
+    datasets = {et: registry.dataset_for_type(et).name for et in registry.event_types}
     rows: list[dict] = []
     while len(rows) < n_events:
         for ev in gen.session():
@@ -220,19 +223,11 @@ def write_features_to_lake(catalog: ItemCatalog, settings) -> int:
     """Append the items' features to the lake's item_features table (the offline source of truth)."""
     import datetime as dt
 
-    import pyarrow as pa
-
     from usersignals import lake
 
-    ident = lake.table_id(settings, lake.ITEM_FEATURES)
     now = dt.datetime.now(dt.timezone.utc)
     rows = [{"item_id": item_id, **f, "updated_at": now} for item_id, f in catalog.features().items()]
-
-    def append():
-        table = lake.load_catalog(settings).load_table(ident)
-        table.append(pa.Table.from_pylist(rows, schema=table.schema().as_arrow()))
-
-    lake.with_retries(append, f"append {ident}")
+    lake.append_rows(lake.load_catalog(settings), lake.table_id(settings, lake.ITEM_FEATURES), rows)
     return len(rows)
 
 

@@ -247,9 +247,7 @@ class LakeSink:
         self.catalog = catalog
         self.metrics = metrics or SinkMetrics()
         enriched = catalog.load_table(lake.table_id(settings, lake.ENRICHED_EVENTS))
-        base = {"event_id", "user_id", "event_type", "item_id", "event_time", "surface", "dwell_ms", "query",
-                "dataset", "indexed_at", "enriched_by"}
-        feature_fields = [f.name for f in enriched.schema().fields if f.name not in base]
+        feature_fields = lake.feature_columns(f.name for f in enriched.schema().fields)
         self.writers = {w.topic: w for w in writers_for(settings, registry, feature_fields, self.metrics)}
         self.consumer = None
 

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 
+from usersignals.models import current_version, embedding_key, overlay
+
 
 def item_key(prefix: str, item_id: str) -> str:
     return f"{prefix}:item:{item_id}"
@@ -33,8 +35,6 @@ class ItemFeatureStore:
         """The published embedding version (re-read at most every ``version_ttl_s``)."""
         now = self.clock()
         if self._version is None or now - self._version[0] >= self.version_ttl_s:
-            from usersignals.models import current_version
-
             self._version = (now, current_version(self.client, self.prefix))
         return self._version[1]
 
@@ -54,8 +54,6 @@ class ItemFeatureStore:
         ids = list(item_ids)
         if not ids:
             return {}
-        from usersignals.models import embedding_key, overlay
-
         version = self.embedding_version()
         pipe = self.client.pipeline(transaction=False)
         for item_id in ids:

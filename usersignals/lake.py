@@ -32,6 +32,16 @@ MODEL_RUNS = "model_runs"                  # every training run: params, metrics
 SELECTED_SEQUENCES = "selected_sequences"  # event-selection experiments
 
 
+# Columns of enriched_events that are not item features; every other column is one.
+ENRICHED_BASE_COLUMNS = frozenset({"event_id", "user_id", "event_type", "item_id", "event_time", "surface",
+                                   "dwell_ms", "query", "dataset", "indexed_at", "enriched_by"})
+
+
+def feature_columns(enriched_columns) -> tuple[str, ...]:
+    """The item-feature columns of enriched_events, given its column names (in table order)."""
+    return tuple(c for c in enriched_columns if c not in ENRICHED_BASE_COLUMNS)
+
+
 def table_id(settings: Settings, name: str) -> str:
     return f"{settings.lake_namespace}.{name}"
 
@@ -111,6 +121,18 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     else:
         conf.update({f"{cat}.type": "rest", f"{cat}.uri": settings.catalog_uri})
     return conf
+
+
+def append_rows(catalog, ident: str, rows: list[dict], snapshot_properties: dict[str, str] | None = None) -> None:
+    """Append Python rows (dicts by column name) to a table, in its own Arrow schema; one retried commit."""
+    import pyarrow as pa
+
+    def commit():
+        table = catalog.load_table(ident)
+        table.append(pa.Table.from_pylist(rows, schema=table.schema().as_arrow()),
+                     snapshot_properties=snapshot_properties or {})
+
+    with_retries(commit, f"append {ident}")
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 8, base_s: float = 0.2) -> T:

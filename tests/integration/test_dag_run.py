@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 
 from iceberg_schemas.migrate import migrate
@@ -28,8 +27,7 @@ print("DAG_RUN_STATE", dr.state)
 
 
 def append(settings, table, rows):
-    t = lake.load_catalog(settings).load_table(lake.table_id(settings, table))
-    t.append(pa.Table.from_pylist(rows, schema=t.schema().as_arrow()))
+    lake.append_rows(lake.load_catalog(settings), lake.table_id(settings, table), rows)
 
 
 @pytest.fixture(scope="module")

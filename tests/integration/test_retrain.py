@@ -5,7 +5,6 @@ import asyncio
 import datetime as dt
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from batch.__main__ import make_io
@@ -34,8 +33,7 @@ def env(tmp_path_factory, kv_server):
     for r in rows:
         r["event_time"] = dt.datetime.fromtimestamp(r["event_time"] / 1e6, UTC)
         r["indexed_at"] = dt.datetime.fromtimestamp(r["indexed_at"] / 1e6, UTC)
-    t = catalog.load_table(lake.table_id(settings, lake.ENRICHED_EVENTS))
-    t.append(pa.Table.from_pylist(rows, schema=t.schema().as_arrow()))
+    lake.append_rows(catalog, lake.table_id(settings, lake.ENRICHED_EVENTS), rows)
     spark = spark_session(settings, "test-retrain")
     yield settings, make_io(spark, settings)
     spark.stop()
