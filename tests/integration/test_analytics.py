@@ -12,7 +12,6 @@ import statistics
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 
 from analytics.engine import EmbeddedEngine
@@ -79,11 +78,18 @@ def engine(tmp_path_factory):
     catalog = lake.load_catalog(settings)
     migrate(catalog, settings, load_registry())
     for table, rows in DATA.items():
-        t = catalog.load_table(lake.table_id(settings, table))
-        t.append(pa.Table.from_pylist(rows, schema=t.schema().as_arrow()))
+        lake.append_rows(catalog, lake.table_id(settings, table), rows)
     eng = EmbeddedEngine(settings, catalog)
     yield settings, eng
     eng.close()
+
+
+def sql_round(x: float, digits: int) -> float:
+    """SQL's ROUND: halves away from zero (Python's round() rounds halves to even)."""
+    import decimal
+
+    q = decimal.Decimal(1).scaleb(-digits)
+    return float(decimal.Decimal(repr(x)).quantize(q, rounding=decimal.ROUND_HALF_UP))
 
 
 def run(engine, name, **params):
@@ -119,7 +125,7 @@ def test_event_mix_by_surface(engine):
     totals = collections.Counter()
     for (s, _), v in ids.items():
         totals[s] += len(v)
-    assert got == {k: (len(v), round(len(v) / totals[k[0]], 4)) for k, v in ids.items()}
+    assert got == {k: (len(v), sql_round(len(v) / totals[k[0]], 4)) for k, v in ids.items()}
 
 
 def test_sequence_length_distribution(engine):
@@ -134,7 +140,7 @@ def test_sequence_length_distribution(engine):
     for ds, ns in by_ds.items():
         r = got[ds]
         assert (r["users"], r["min_events"], r["max_events"]) == (len(ns), min(ns), max(ns))
-        assert r["mean_events"] == round(statistics.mean(ns), 2)
+        assert r["mean_events"] == sql_round(statistics.mean(ns), 2)
         assert min(ns) <= r["p50"] <= r["p90"] <= r["p99"] <= max(ns)
         assert abs(r["p50"] - statistics.median(ns)) <= 1
 
@@ -148,8 +154,8 @@ def test_enrichment_coverage(engine):
     assert set(got) == set(groups)
     for k, rows in groups.items():
         assert got[k]["events"] == len(rows)
-        assert got[k]["category_coverage"] == round(sum(r["category"] is not None for r in rows) / len(rows), 4)
-        assert got[k]["popularity_coverage"] == round(sum(r["popularity"] is not None for r in rows) / len(rows), 4)
+        assert got[k]["category_coverage"] == sql_round(sum(r["category"] is not None for r in rows) / len(rows), 4)
+        assert got[k]["popularity_coverage"] == sql_round(sum(r["popularity"] is not None for r in rows) / len(rows), 4)
 
 
 def test_realtime_vs_offline(engine):
