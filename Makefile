@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
-	bench-offline bench-analytics bench-retrain airflow lake-migrate lock clean
+	bench-offline bench-analytics bench-retrain test-faults airflow lake-migrate lock clean
 
 install:
 	@bash infra/install.sh
@@ -29,6 +29,10 @@ test-unit: install
 
 test-integration: install
 	@$(PY) -m pytest -q tests/integration
+
+# kill -9 each part of the running stack under load; last line {"bench": "faults", ...}
+test-faults: install
+	@$(PY) -m bench.faults
 
 bench-indexing: install
 	@$(PY) -m bench.indexing

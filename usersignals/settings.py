@@ -25,6 +25,10 @@ class Settings:
     dlq_topic: str = "user_events_dlq"
     served_topic: str = "served_features"
     topic_partitions: int = 4
+    # The local broker's storage: "memory" (fast, gone when it stops) or "s3" (durable: an
+    # S3-compatible object store, SeaweedFS, on objstore_port, holds every acked record).
+    broker_storage: str = "memory"
+    objstore_port: int = 8333
     consumer_group: str = "usersignals-indexer"
     kv_prefix: str = "us"
     # Flink job tuning; the defaults favour latency (see README "Tuning").
@@ -33,6 +37,7 @@ class Settings:
     bundle_size: int = 1000
     bundle_time_ms: int = 20
     python_worker_mode: str = "process"
+    source_fetch_wait_ms: int = 20      # the job's Kafka fetch wait: lower is fresher, higher is lighter
     # Lakehouse (Iceberg). Catalog type "sql" (SQLite locally, PostgreSQL in production) or
     # "rest"; empty URI/warehouse mean the local defaults under data_dir/lake.
     lake_catalog: str = "lake"
@@ -112,6 +117,8 @@ def load_settings() -> Settings:
     if settings.python_worker_mode not in ("process", "loopback"):
         raise ValueError(f"USERSIGNALS_PYTHON_WORKER_MODE={settings.python_worker_mode!r}: "
                          "expected 'process' or 'loopback'")
+    if settings.broker_storage not in ("memory", "s3"):
+        raise ValueError(f"USERSIGNALS_BROKER_STORAGE={settings.broker_storage!r}: expected 'memory' or 's3'")
     if settings.lake_catalog_type not in ("sql", "rest"):
         raise ValueError(f"USERSIGNALS_LAKE_CATALOG_TYPE={settings.lake_catalog_type!r}: expected 'sql' or 'rest'")
     return settings

@@ -1,0 +1,175 @@
+"""make soak: the whole local stack under steady load for 10 minutes; errors, p99 drift, RSS drift.
+
+A private stack (broker, KV, indexing job, lake sink, trimmer, API) on free ports takes
+generated events at ``--events`` per second (2,000) while an open-loop client sends
+``--rps`` (1,000) POST /v1/features requests a second for random users of the same
+population, through a tenant shaped like the home-feed one (three sequences, serving-time
+embeddings) but answering JSON. Latency is measured from each request's scheduled send
+time, so a stall is charged in full. Every minute the harness logs p50/p99, errors, the
+indexing lag and each process's RSS (the job counts its JVM and Python workers).
+
+Errors are responses other than 200, broken connections, and restarts of any component.
+Last line: {"bench": "soak", "errors": …, "p99_ms_first_min": …, "p99_ms_last_min": …,
+"rss_mb_start": …, "rss_mb_end": …, ...}  (RSS: the API process, after the first minute
+and at the end; other processes' figures follow under "rss_mb").
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import shutil
+import time
+
+import orjson
+
+from bench.common import bench_settings, emit, log, metric_total, percentile
+
+TENANT, KEY = "soak", "soak-dev-key"
+_LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
+
+
+def group_rss_mb(pid: int) -> float:
+    """RSS of a process and everything in its process group (the job: driver, JVM, workers)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(entry) != pid and os.getpgid(int(entry)) != pid:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except (OSError, ProcessLookupError):
+            continue
+    return round(total / 1024, 1)
+
+
+def request_bytes(user: str) -> bytes:
+    body = orjson.dumps({"tenant": TENANT, "user_ids": [user]})
+    return (f"POST /v1/features HTTP/1.1\r\nHost: soak\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def load(host: str, port: int, requests: list[bytes], rate: float, seconds: float,
+               results: list[tuple[float, float, bool]], conns: int = 32) -> None:
+    """Open loop: request i is due at start + i/rate on connection i % conns. Appends
+    (seconds since start, latency, ok) per request; a broken connection is reopened."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+    total = int(rate * seconds)
+
+    async def worker(k: int) -> None:
+        reader = writer = None
+        for i in range(k, total, conns):
+            due = start + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                writer.write(requests[i % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = _LENGTH.search(head)
+                await reader.readexactly(int(m.group(1)) if m else 0)
+                results.append((due - start, loop.time() - due, head[9:12] == b"200"))
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                results.append((due - start, loop.time() - due, False))
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(worker(k) for k in range(conns)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--rps", type=float, default=1000.0, help="API requests per second")
+    ap.add_argument("--events", type=float, default=2000.0, help="events per second produced")
+    args = ap.parse_args(argv)
+    import threading
+
+    import httpx
+
+    from infra.stack import Stack
+    from usersignals.registry import load_registry
+
+    registry = load_registry()
+    settings = bench_settings("soak")
+    stack = Stack(settings, with_generator=True, generator_rate=args.events,
+                  components=("broker", "kv", "job", "lake-sink", "trimmer", "api", "generator"))
+    results: list[tuple[float, float, bool]] = []
+    samples: list[dict] = []
+    try:
+        stack.start()
+        base = f"http://{settings.host}:{settings.api_port}"
+        home = registry.tenants["homefeed_ranking"]
+        tenant = {"sequences": dict(home.sequences), "enrichments": list(home.enrichments), "format": "json",
+                  "filters": {"dedup_items": True}, "max_concurrency": 256, "timeout_ms": 1000, "api_key": KEY}
+        httpx.put(f"{base}/v1/tenants/{TENANT}", json=tenant,
+                  headers={"X-Admin-Key": os.environ.get("USERSIGNALS_ADMIN_KEY", "admin-dev-key")}).raise_for_status()
+        time.sleep(5)  # the generator's first sessions land; every API worker sees the tenant
+        rng = random.Random(5)
+        requests = [request_bytes(f"u{rng.randrange(2000)}") for _ in range(5000)]
+        names = [c.name for c in stack.components if c.name != "generator"]
+        stop = threading.Event()
+
+        def watch() -> None:  # the supervisor's loop (restarts count as errors) + per-minute samples
+            next_sample = time.monotonic() + 60
+            while not stop.is_set():
+                stack.watch_once()
+                if time.monotonic() >= next_sample:
+                    next_sample += 60
+                    samples.append({"rss": {n: group_rss_mb(stack.component(n).proc.pid) for n in names},
+                                    "indexed": metric_total(settings.job_metrics_port,
+                                                            "usersignals_indexer_events_in_total")})
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        rss_at_start = {n: group_rss_mb(stack.component(n).proc.pid) for n in names}
+        watcher.start()
+        seconds = args.minutes * 60
+        log(f"soak: {args.rps:.0f} requests/s and {args.events:.0f} events/s for {seconds:.0f} s")
+        asyncio.run(load(settings.host, settings.api_port, requests, args.rps, seconds, results))
+        stop.set()
+        watcher.join(5)
+        restarts = {c.name: c.restarts for c in stack.components if c.restarts}
+        rss_at_end = {n: group_rss_mb(stack.component(n).proc.pid) for n in names}
+        lag = metric_total(settings.job_metrics_port, "usersignals_indexer_end_to_end_lag_seconds_sum")
+        lag_n = metric_total(settings.job_metrics_port, "usersignals_indexer_end_to_end_lag_seconds_count")
+
+        minutes = int(seconds // 60) or 1
+        per_min = []
+        for m in range(minutes):
+            lat = [x * 1000 for t, x, ok in results if m * 60 <= t < (m + 1) * 60]
+            errs = sum(1 for t, _, ok in results if m * 60 <= t < (m + 1) * 60 and not ok)
+            per_min.append({"p50": round(percentile(lat, 50), 2), "p99": round(percentile(lat, 99), 2),
+                            "requests": len(lat), "errors": errs})
+            log(f"minute {m + 1}: {per_min[-1]}"
+                + (f", rss {samples[m]['rss']}, indexed {samples[m]['indexed']:.0f}" if m < len(samples) else ""))
+        http_errors = sum(1 for _, _, ok in results if not ok)
+        api_rss_start = samples[0]["rss"]["api"] if samples else rss_at_start["api"]
+        emit({"bench": "soak", "errors": http_errors + sum(restarts.values()),
+              "p99_ms_first_min": per_min[0]["p99"], "p99_ms_last_min": per_min[-1]["p99"],
+              "rss_mb_start": api_rss_start, "rss_mb_end": rss_at_end["api"],
+              "requests": len(results), "rps": round(len(results) / seconds), "http_errors": http_errors,
+              "restarts": restarts, "p99_ms_by_min": [m["p99"] for m in per_min],
+              "events_indexed": metric_total(settings.job_metrics_port, "usersignals_indexer_events_in_total"),
+              "index_lag_mean_s": round(lag / lag_n, 2) if lag_n else None,
+              "rss_mb": {"after_first_min": samples[0]["rss"] if samples else rss_at_start, "end": rss_at_end}})
+        return 0
+    finally:
+        stack.stop()
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
