@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
-	bench-offline bench-analytics bench-retrain test-faults airflow lake-migrate lock clean
+	bench-offline bench-analytics bench-retrain test-faults soak airflow lake-migrate lock clean
 
 install:
 	@bash infra/install.sh
@@ -33,6 +33,10 @@ test-integration: install
 # kill -9 each part of the running stack under load; last line {"bench": "faults", ...}
 test-faults: install
 	@$(PY) -m bench.faults
+
+# 10 minutes at 1k requests/s + 2k events/s; last line {"bench": "soak", ...}
+soak: install
+	@$(PY) -m bench.soak
 
 bench-indexing: install
 	@$(PY) -m bench.indexing

@@ -8,7 +8,8 @@ embeddings) but answering JSON. Latency is measured from each request's schedule
 time, so a stall is charged in full. Every minute the harness logs p50/p99, errors, the
 indexing lag and each process's RSS (the job counts its JVM and Python workers).
 
-Errors are responses other than 200, broken connections, and restarts of any component.
+Errors are responses other than 200, broken connections, requests that fell so far behind
+schedule that they were never sent before the end, and restarts of any component.
 Last line: {"bench": "soak", "errors": …, "p99_ms_first_min": …, "p99_ms_last_min": …,
 "rss_mb_start": …, "rss_mb_end": …, ...}  (RSS: the API process, after the first minute
 and at the end; other processes' figures follow under "rss_mb").
@@ -56,17 +57,25 @@ def request_bytes(user: str) -> bytes:
 
 
 async def load(host: str, port: int, requests: list[bytes], rate: float, seconds: float,
-               results: list[tuple[float, float, bool]], conns: int = 32) -> None:
+               results: list[tuple[float, float, bool]], conns: int = 64) -> int:
     """Open loop: request i is due at start + i/rate on connection i % conns. Appends
-    (seconds since start, latency, ok) per request; a broken connection is reopened."""
+    (seconds since start, latency, ok) per request; a broken connection is reopened. Sending
+    stops at the end of the run: returns how many due requests were never sent because the
+    stack answered too slowly to keep up."""
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.2
     total = int(rate * seconds)
+    end = start + seconds
+    unsent = 0
 
     async def worker(k: int) -> None:
+        nonlocal unsent
         reader = writer = None
         for i in range(k, total, conns):
             due = start + i / rate
+            if loop.time() > end:
+                unsent += len(range(i, total, conns))
+                break
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -87,6 +96,7 @@ async def load(host: str, port: int, requests: list[bytes], rate: float, seconds
             writer.close()
 
     await asyncio.gather(*(worker(k) for k in range(conns)))
+    return unsent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                   components=("broker", "kv", "job", "lake-sink", "trimmer", "api", "generator"))
     results: list[tuple[float, float, bool]] = []
     samples: list[dict] = []
+    stop = threading.Event()
     try:
         stack.start()
         base = f"http://{settings.host}:{settings.api_port}"
@@ -120,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(5)
         requests = [request_bytes(f"u{rng.randrange(2000)}") for _ in range(5000)]
         names = [c.name for c in stack.components if c.name != "generator"]
-        stop = threading.Event()
 
         def watch() -> None:  # the supervisor's loop (restarts count as errors) + per-minute samples
             next_sample = time.monotonic() + 60
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         watcher.start()
         seconds = args.minutes * 60
         log(f"soak: {args.rps:.0f} requests/s and {args.events:.0f} events/s for {seconds:.0f} s")
-        asyncio.run(load(settings.host, settings.api_port, requests, args.rps, seconds, results))
+        unsent = asyncio.run(load(settings.host, settings.api_port, requests, args.rps, seconds, results))
         stop.set()
         watcher.join(5)
         restarts = {c.name: c.restarts for c in stack.components if c.restarts}
@@ -157,16 +167,20 @@ def main(argv: list[str] | None = None) -> int:
                 + (f", rss {samples[m]['rss']}, indexed {samples[m]['indexed']:.0f}" if m < len(samples) else ""))
         http_errors = sum(1 for _, _, ok in results if not ok)
         api_rss_start = samples[0]["rss"]["api"] if samples else rss_at_start["api"]
-        emit({"bench": "soak", "errors": http_errors + sum(restarts.values()),
+        if unsent:
+            log(f"{unsent} requests were due but never sent: the stack answered too slowly to keep {args.rps:.0f}/s")
+        emit({"bench": "soak", "errors": http_errors + unsent + sum(restarts.values()),
               "p99_ms_first_min": per_min[0]["p99"], "p99_ms_last_min": per_min[-1]["p99"],
               "rss_mb_start": api_rss_start, "rss_mb_end": rss_at_end["api"],
               "requests": len(results), "rps": round(len(results) / seconds), "http_errors": http_errors,
+              "unsent": unsent,
               "restarts": restarts, "p99_ms_by_min": [m["p99"] for m in per_min],
               "events_indexed": metric_total(settings.job_metrics_port, "usersignals_indexer_events_in_total"),
               "index_lag_mean_s": round(lag / lag_n, 2) if lag_n else None,
               "rss_mb": {"after_first_min": samples[0]["rss"] if samples else rss_at_start, "end": rss_at_end}})
         return 0
     finally:
+        stop.set()
         stack.stop()
         shutil.rmtree(settings.data_dir, ignore_errors=True)
 

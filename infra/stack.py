@@ -117,6 +117,7 @@ class Stack:
         self.only = components
         self.job_env = job_env or {}
         self.components: list[Component] = []
+        self.stopping = False
         self.log_dir = self.settings.log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -369,6 +370,7 @@ class Stack:
         log.close()
 
     def start(self) -> None:
+        self.stopping = False
         self.components = self.define()
         for c in self.components:
             for port in c.ports:
@@ -399,7 +401,7 @@ class Stack:
         """Restart components that died (with backoff); called by the supervisor loop."""
         now = time.monotonic()
         for c in self.components:
-            if c.proc is None or c.proc.poll() is None or not c.restart:
+            if self.stopping or c.proc is None or c.proc.poll() is None or not c.restart:
                 continue
             if c.next_restart_at == 0.0:
                 delay = min(30.0, 2.0 ** min(c.restarts, 5))
@@ -411,6 +413,7 @@ class Stack:
                 self._spawn(c)
 
     def stop(self, timeout_s: float = 20.0) -> None:
+        self.stopping = True  # a supervisor thread still calling watch_once() must not restart anything
         for c in reversed(self.components):
             if c.proc is None or c.proc.poll() is not None:
                 continue
