@@ -236,7 +236,8 @@ class Stack:
                 "-volume.preStopSeconds=1", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
                 "-s3", f"-s3.port={s.objstore_port}", f"-s3.port.grpc={ports['s3_grpc']}", "-s3.port.iceberg=0",
                 "-s3.port.lance=0"]
-        # Its graceful stop takes ~16 s; what it stores is on disk once acknowledged, so 3 s will do.
+        # Its graceful stop takes ~16 s; it is stopped last (the broker, its only client, is already
+        # down), so after 3 s it is killed.
         return Component("objstore", argv, ready=self.bucket_ready, ports=(s.objstore_port, *ports.values()),
                          ready_timeout_s=60.0, stop_timeout_s=3.0)
 
