@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from infra.stack import metric_total, private_settings
 from usersignals.settings import Settings
 
-__all__ = ["bench_settings", "emit", "log", "metric_total", "percentile"]
+__all__ = ["bench_settings", "emit", "group_pids", "group_rss_mb", "log", "metric_total", "percentile", "rss_mb"]
 
 
 def bench_settings(name: str, **over) -> Settings:
@@ -32,3 +33,35 @@ def log(msg: str) -> None:
 def emit(result: dict) -> None:
     """The last line of every benchmark: one JSON object (a public contract)."""
     print(json.dumps(result), flush=True)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, MB (nan if /proc has no figure)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The processes of a process group (a stack component and its children: the job's JVM, workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    pids.append(int(entry))
+            except ProcessLookupError:
+                continue
+    return pids
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of a whole process group, MB; processes that exit meanwhile count 0."""
+    total = 0.0
+    for pid in group_pids(pgid):
+        try:
+            total += rss_mb(pid)
+        except OSError:
+            continue
+    return round(total, 1)

@@ -38,7 +38,7 @@ from typing import Iterable, Mapping
 
 import orjson
 
-from bench.common import bench_settings, emit, log, percentile
+from bench.common import bench_settings, emit, group_pids, log, percentile
 
 TENANT = "faults"
 TENANT_KEY = "faults-dev-key"
@@ -191,17 +191,13 @@ def read(settings, ledger: Ledger, stats: ReaderStats, rate: float, stop: thread
 def job_workers(job_pid: int) -> list[int]:
     """PIDs of the job's Python UDF workers (in the job's process group, not the driver)."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == job_pid:
-            continue
+    for pid in group_pids(job_pid):
         try:
-            if os.getpgid(int(entry)) != job_pid:
-                continue
-            cmd = open(f"/proc/{entry}/cmdline", "rb").read()
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if b"python" in cmd and b"fn_execution" in cmd:
-            pids.append(int(entry))
+        if pid != job_pid and b"python" in cmd and b"fn_execution" in cmd:
+            pids.append(pid)
     return pids
 
 

@@ -22,7 +22,7 @@ import time
 
 import orjson
 
-from bench.common import bench_settings, emit, log, percentile
+from bench.common import bench_settings, emit, log, percentile, rss_mb
 from infra.stack import Stack
 
 USER = "bench-user"
@@ -105,13 +105,6 @@ async def raw_load(settings, registry, rate: float, seconds: float, conns: int =
     await asyncio.gather(*(worker(k) for k in range(conns)))
     await client.aclose()
     return latencies
-
-
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main(argv=None) -> int:

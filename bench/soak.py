@@ -26,28 +26,10 @@ import time
 
 import orjson
 
-from bench.common import bench_settings, emit, log, metric_total, percentile
+from bench.common import bench_settings, emit, group_rss_mb, log, metric_total, percentile
 
 TENANT, KEY = "soak", "soak-dev-key"
 _LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
-
-
-def group_rss_mb(pid: int) -> float:
-    """RSS of a process and everything in its process group (the job: driver, JVM, workers)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if int(entry) != pid and os.getpgid(int(entry)) != pid:
-                continue
-            with open(f"/proc/{entry}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except (OSError, ProcessLookupError):
-            continue
-    return round(total / 1024, 1)
 
 
 def request_bytes(user: str) -> bytes:
