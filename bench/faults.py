@@ -281,6 +281,20 @@ def in_topic(settings, topic: str, event_ids: set[str], timeout_s: float = 180.0
     return found
 
 
+def job_counters(settings) -> dict[str, float | None]:
+    """The indexing job's record counters since it last started: read, rejected, written.
+
+    ``read - rejected - written`` above 0 once traffic has stopped means events the job
+    accepted and holds unwritten, or dropped with a killed or failed worker (replays count
+    on both sides)."""
+    from infra.stack import metric_total
+
+    read, rejected, written = (metric_total(settings.job_metrics_port, f"usersignals_indexer_{m}_total",
+                                            settings.host) for m in ("events_in", "dlq", "kv_writes"))
+    unwritten = read - rejected - written if None not in (read, rejected, written) else None
+    return {"read": read, "rejected": rejected, "written": written, "unwritten": unwritten}
+
+
 def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps: float = 40.0,
         faults: Iterable[str] = FAULTS, settle_timeout_s: float = 180.0, seed: int = 11,
         idempotent: bool = True) -> dict:
@@ -363,6 +377,16 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         # Whose loss: an acked event the broker no longer holds was lost by the broker; one it
         # holds but KV or lake lacks was lost by the platform.
         kept_by_broker = in_topic(settings, settings.events_topic, lost)
+        # Where the platform's losses stopped: the job produces an event to the enriched topic
+        # only after its KV write succeeded, and a rejected one to the DLQ; neither means the
+        # job never wrote it (not read, or read and never flushed: see the job's counters).
+        platform_lost = kept_by_broker & missing_kv
+        trail = {}
+        if platform_lost:
+            trail = {"in_enriched_topic": len(in_topic(settings, settings.enriched_topic, platform_lost)),
+                     "in_dlq": len(in_topic(settings, settings.dlq_topic, platform_lost)),
+                     "job_counters": job_counters(settings)}
+            log(f"platform losses missing from KV: {sorted(platform_lost)}; trail {trail}")
         dup_lake = sum(max(0, n - sent[e]) for e, n in lake.items())  # rows beyond what was sent
         if lost:
             log(f"LOST {len(lost)}: e.g. {sorted(lost)[:5]} (missing in KV {len(missing_kv)}, in lake "
@@ -389,6 +413,8 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
             "recovery_s": recovery,
             "acks_beyond_one": sum(1 for e, n in ack_count.items() if n > sent[e]),
         }
+        if trail:
+            result["platform_loss_trail"] = trail
         return result
     finally:
         stop_produce.set()
@@ -397,7 +423,9 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         for t in threads:
             t.join(5)
         stack.stop()
-        if os.environ.get("USERSIGNALS_KEEP_DATA") != "1":
+        if os.environ.get("USERSIGNALS_KEEP_DATA") == "1":
+            log(f"data kept in {settings.data_dir}")
+        else:
             shutil.rmtree(settings.data_dir, ignore_errors=True)
 
 
