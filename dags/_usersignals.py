@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import sys
 
 from airflow.sdk import Asset
 
@@ -63,8 +62,11 @@ def spark_job(task_id: str, args: list[str], **kwargs):
 
     conf = lake.spark_conf(SETTINGS)
     jars = conf.pop("spark.jars")
-    env = {**SETTINGS.to_env(), "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+    # spark-submit and the job's Python come from the environment that has Spark and the batch
+    # jobs' libraries (the main one locally), not from Airflow's.
+    python = SETTINGS.batch_python
+    env = {**SETTINGS.to_env(), "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
+           "PATH": os.pathsep.join([os.path.dirname(python), os.environ.get("PATH", "")]),
            "PYTHONPATH": str(REPO_ROOT)}
     return SparkSubmitOperator(
         task_id=task_id,

@@ -1,4 +1,4 @@
-"""Airflow for the local stack: one environment for the CLI, standalone server and tests.
+"""Airflow for the local stack, from its own environment (``.venv-airflow``).
 
     python -m infra.airflow env          # print the variables (eval "$(...)" in a shell)
     python -m infra.airflow standalone   # scheduler + API server + UI on USERSIGNALS_AIRFLOW_PORT (8080)
@@ -6,7 +6,9 @@
 
 ``AIRFLOW_HOME`` is ``<data_dir>/airflow`` (SQLite metadata DB); the DAGs are ``dags/``;
 ``spark_default`` points at ``settings.spark_master``. Parallelism is capped at 4
-(Airflow's default spawns 32 workers).
+(Airflow's default spawns 32 workers). Airflow runs from ``.venv-airflow`` (it pins FastAPI
+below what the serving API wants); its Spark tasks run ``spark-submit`` with the main
+environment's Python (``settings.batch_python``). This module runs in either environment.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from pathlib import Path
 
 from usersignals.settings import REPO_ROOT, Settings, load_settings
 
-AIRFLOW = Path(sys.executable).parent / "airflow"
+AIRFLOW_ENV = REPO_ROOT / ".venv-airflow"
+AIRFLOW = AIRFLOW_ENV / "bin" / "airflow"
+AIRFLOW_PYTHON = AIRFLOW_ENV / "bin" / "python"
 
 # SQLite metadata DB: wait up to 60 s for a lock instead of failing ("database is locked", which the
 # API answers with 503) while the scheduler and DAG processor write. Production uses PostgreSQL.
@@ -28,7 +32,7 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     home = settings.data_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     port = port or int(os.environ.get("USERSIGNALS_AIRFLOW_PORT", "8080"))
-    venv_bin = str(Path(sys.executable).parent)
+    batch_python = settings.batch_python
     return {
         **settings.to_env(),
         "AIRFLOW_HOME": str(home),
@@ -44,9 +48,10 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "infra.airflow.SQLITE_CONNECT_ARGS",
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": settings.spark_master}),
-        "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
+        # Airflow's own commands first (standalone starts `airflow` subcommands), then spark-submit's.
+        "PATH": os.pathsep.join([str(AIRFLOW.parent), os.path.dirname(batch_python), os.environ.get("PATH", "")]),
         "PYTHONPATH": str(REPO_ROOT),
-        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_PYTHON": batch_python,
     }
 
 

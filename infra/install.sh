@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine of this kind (Debian, Python 3.11,
-# root): Debian packages, the two Python environments from their lock files, and the
-# Flink helper jar. Idempotent and quick when nothing changed (a stamp records the inputs).
+# root): Debian packages, the three Python environments from their lock files (main,
+# streaming for PyFlink, airflow), and the Flink helper jar. Idempotent and quick when nothing changed (a stamp records the inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -14,7 +14,8 @@ inputs_hash() {
 }
 want=$(inputs_hash)
 if [[ -f $STAMP && $(cat $STAMP) == "$want" && -x .venv/bin/python && -x .venv-streaming/bin/python \
-      && -f build/usersignals-flink.jar && -f build/iceberg-shaded-jackson.jar ]] \
+      && -x .venv-airflow/bin/airflow \
+      && -f build/usersignals-flink.jar && -f build/iceberg-shaded-jackson.jar && -f build/iceberg-spark-runtime.jar ]] \
    && command -v redis-server >/dev/null; then
   exit 0
 fi
@@ -57,6 +58,8 @@ echo "==> main environment (.venv)"
 make_env .venv requirements/main.lock
 echo "==> streaming environment (.venv-streaming)"
 make_env .venv-streaming requirements/streaming.lock
+echo "==> Airflow environment (.venv-airflow)"
+make_env .venv-airflow requirements/airflow.lock
 
 echo "==> Flink helper jar"
 PYFLINK_LIB=$(.venv-streaming/bin/python -c 'import pyflink, os; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')
@@ -67,7 +70,10 @@ rm -rf build/java-classes && mkdir -p build/java-classes
 javac -nowarn -d build/java-classes -cp "$PYFLINK_LIB/*" streaming/java/src/usersignals/flink/*.java
 jar cf build/usersignals-flink.jar -C build/java-classes usersignals
 
-echo "==> Iceberg runtime's shaded Jackson jar"
+echo "==> Spark's Iceberg jars (build/): the runtime and its shaded Jackson"
+ln -sf "$(.venv/bin/python -c 'import os, snowpark_connect_deps_iceberg as d
+print(os.path.join(os.path.dirname(d.__file__), "jars", "iceberg-spark-runtime-3.5_2.12-1.10.2.jar"))')" \
+  build/iceberg-spark-runtime.jar
 .venv/bin/python infra/shade_jackson.py build/iceberg-shaded-jackson.jar
 
 echo "$want" > $STAMP

@@ -2,7 +2,7 @@
 # Resolve requirements/*.in into requirements/*.lock in throwaway environments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for name in main streaming; do
+for name in main streaming airflow; do
   tmp=$(mktemp -d)
   python3 -m venv "$tmp/env"
   "$tmp/env/bin/pip" install -q --upgrade pip

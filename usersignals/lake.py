@@ -81,10 +81,11 @@ def _jdbc_uri(uri: str) -> str:
 
 
 def spark_jars() -> list[Path]:
-    """The jars Spark needs for the catalog: Iceberg runtime, its shaded Jackson, SQLite JDBC."""
-    import snowpark_connect_deps_iceberg as deps
+    """The jars Spark needs for the catalog: Iceberg runtime, its shaded Jackson, SQLite JDBC.
 
-    jars = [Path(deps.__file__).parent / "jars" / "iceberg-spark-runtime-3.5_2.12-1.10.2.jar",
+    `make install` puts the first two in build/ (the runtime is a link into the main environment's
+    wheel ``snowpark-connect-deps-iceberg``), so Airflow's environment finds them too."""
+    jars = [REPO_ROOT / "build" / "iceberg-spark-runtime.jar",
             REPO_ROOT / "build" / "iceberg-shaded-jackson.jar",
             Path("/usr/share/java/sqlite-jdbc.jar")]
     missing = [str(j) for j in jars if not j.exists()]

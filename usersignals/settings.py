@@ -6,6 +6,7 @@ takes its addresses and limits from here, so one variable moves them all.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class Settings:
     node_exporter_port: int = 9253    # serves the batch jobs' textfile metrics
     prometheus_port: int = 9090
     spark_master: str = "local[2]"
+    # The Python that runs the batch jobs under spark-submit (driver and executors); spark-submit
+    # is taken from its bin/. Empty: the main environment's (<repo>/.venv), else the running one.
+    spark_python: str = ""
     # Analysts' SQL: a Trino server if a host is set, else the embedded engine (analytics/).
     trino_host: str = ""
     trino_port: int = 8080
@@ -71,6 +75,14 @@ class Settings:
     @property
     def warehouse(self) -> str:
         return self.lake_warehouse or f"file://{self.data_dir / 'lake' / 'warehouse'}"
+
+    @property
+    def batch_python(self) -> str:
+        """``spark_python``, or its default: Airflow's tasks run in another environment than Spark's."""
+        if self.spark_python:
+            return self.spark_python
+        main = REPO_ROOT / ".venv" / "bin" / "python"
+        return str(main) if main.exists() else sys.executable
 
     @property
     def log_dir(self) -> Path:

@@ -1,4 +1,7 @@
-"""The DAGs: every file imports, no cycles, params valid and documented, thin tasks."""
+"""The DAGs: every file imports, no cycles, params valid and documented, thin tasks.
+
+Runs in Airflow's environment: `.venv-airflow/bin/python -m pytest tests/dags` (tests/integration/test_dags.py
+does that as part of the suite)."""
 import os
 import sys
 
@@ -77,3 +80,15 @@ def test_templated_arguments_render_to_the_batch_cli(dagbag):
             for a in dag.get_task("bootstrap").application_args]
     ns = parser().parse_args(args)
     assert ns.datasets == ["clicks", "views"] and ns.days == 3 and ns.as_of.year == 2026
+
+
+def test_spark_tasks_run_in_the_batch_environment_not_airflows(dagbag):
+    from usersignals.settings import load_settings
+
+    python = load_settings().batch_python
+    assert os.path.dirname(python) != os.path.dirname(sys.executable)  # not Airflow's environment
+    assert os.access(os.path.join(os.path.dirname(python), "spark-submit"), os.X_OK)
+    for dag_id, dag in dagbag.dags.items():
+        for t in dag.tasks:
+            env = t.env_vars
+            assert env["PYSPARK_PYTHON"] == python and env["PATH"].startswith(os.path.dirname(python)), (dag_id, t)

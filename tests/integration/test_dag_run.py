@@ -2,12 +2,11 @@
 import datetime as dt
 import os
 import subprocess
-import sys
 
 import pytest
 
 from iceberg_schemas.migrate import migrate
-from infra.airflow import airflow_env
+from infra.airflow import AIRFLOW, AIRFLOW_PYTHON, airflow_env
 from infra.stack import private_settings
 from usersignals import lake
 from usersignals.events import decode_stored
@@ -53,10 +52,9 @@ def lake_with_events(tmp_path_factory, kv_server):
 
 def run_dag(settings, dag_id, conf, timeout=600):
     env = {**os.environ, **airflow_env(settings)}
-    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     script = RUN_DAG.format(dags=str(REPO_ROOT / "dags"), dag_id=dag_id, conf=conf)
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run([str(AIRFLOW_PYTHON), "-c", script], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=REPO_ROOT)
     return proc
 
