@@ -1,8 +1,11 @@
-"""Helpers shared by the benchmarks: a private stack on free ports, metrics, percentiles."""
+"""Helpers shared by the benchmarks: a private stack on free ports, metrics, percentiles,
+an open-loop HTTP client."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -10,7 +13,10 @@ from pathlib import Path
 from infra.stack import metric_total, private_settings
 from usersignals.settings import Settings
 
-__all__ = ["bench_settings", "emit", "group_pids", "group_rss_mb", "log", "metric_total", "percentile", "rss_mb"]
+__all__ = ["bench_settings", "emit", "group_pids", "group_rss_mb", "log", "metric_total", "open_loop", "percentile",
+           "rss_mb"]
+
+_LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
 
 
 def bench_settings(name: str, **over) -> Settings:
@@ -65,3 +71,48 @@ def group_rss_mb(pgid: int) -> float:
         except OSError:
             continue
     return round(total, 1)
+
+
+async def open_loop(host: str, port: int, requests: list[bytes], rate: float, seconds: float,
+                    results: list[tuple[float, float, bool]], conns: int = 8) -> int:
+    """Open-loop HTTP/1.1 load: request i (``requests[i % len]``, raw bytes) is due at
+    start + i/rate on connection i % conns; its latency counts from when it was due, so a
+    slow server's queueing shows (no coordinated omission). Appends (seconds since start,
+    latency, ok: status 200) per request; a broken connection is reopened. Sending stops at
+    the end of the run: returns how many due requests were never sent because the server
+    answered too slowly to keep up (callers count them as errors)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+    total = int(rate * seconds)
+    end = start + seconds
+    unsent = 0
+
+    async def worker(k: int) -> None:
+        nonlocal unsent
+        reader = writer = None
+        for i in range(k, total, conns):
+            due = start + i / rate
+            if loop.time() > end:
+                unsent += len(range(i, total, conns))
+                break
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                writer.write(requests[i % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = _LENGTH.search(head)
+                await reader.readexactly(int(m.group(1)) if m else 0)
+                results.append((due - start, loop.time() - due, head[9:12] == b"200"))
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                results.append((due - start, loop.time() - due, False))
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(worker(k) for k in range(conns)))
+    return unsent

@@ -115,10 +115,10 @@ def produce(settings, registry, ledger: Ledger, rate: float, users: int, stop: t
                 ledger.failed += 1
 
     n, start = 0, time.monotonic()
-    last: bytes | None = None
+    last: tuple[bytes, Acked] | None = None
     while not stop.is_set():
         if last is not None and rng.random() < 0.02:  # the same record again, as a retrying client would
-            value, a = last, last_a
+            value, a = last
         else:
             etype = rng.choice(types)
             user = f"f{run}-{rng.randrange(users)}"
@@ -129,7 +129,7 @@ def produce(settings, registry, ledger: Ledger, rate: float, users: int, stop: t
                 ev["dwell_ms"] = rng.randrange(500, 30_000)
             value = orjson.dumps(ev)
             a = Acked(ev["event_id"], user, registry.dataset_for_type(etype).name, ts)
-        last, last_a = value, a
+        last = value, a
         while True:
             try:
                 p.produce(settings.events_topic, key=a.user_id.encode(), value=value,
@@ -360,13 +360,16 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         prefix = next(iter(acked.values())).user_id.split("-")[0] + "-" if acked else "none-"
         deadline = time.monotonic() + settle_timeout_s
         found_kv: set[str] = set()
+        waiting = expected  # the (user, dataset) groups not yet complete in KV
         lake: collections.Counter = collections.Counter()
         while time.monotonic() < deadline:
-            found_kv = verify_kv(settings, registry, expected)
+            found_kv |= verify_kv(settings, registry, waiting)
+            waiting = {k: ids for k, ids in waiting.items() if not ids <= found_kv}
             lake = lake_counts(settings, prefix)
-            if len(found_kv) == n_expected and all(e in lake for e in acked):
+            if not waiting and all(e in lake for e in acked):
                 break
             time.sleep(3)
+        found_kv = verify_kv(settings, registry, expected)  # the count: one full pass at the end
         time.sleep(2)  # a last look with the reader after everything landed
         stop_read.set()
         threads[2].join(10)

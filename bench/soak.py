@@ -20,65 +20,20 @@ import argparse
 import asyncio
 import os
 import random
-import re
 import shutil
 import time
 
 import orjson
 
-from bench.common import bench_settings, emit, group_rss_mb, log, metric_total, percentile
+from bench.common import bench_settings, emit, group_rss_mb, log, metric_total, open_loop, percentile
 
 TENANT, KEY = "soak", "soak-dev-key"
-_LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
 
 
 def request_bytes(user: str) -> bytes:
     body = orjson.dumps({"tenant": TENANT, "user_ids": [user]})
     return (f"POST /v1/features HTTP/1.1\r\nHost: soak\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-async def load(host: str, port: int, requests: list[bytes], rate: float, seconds: float,
-               results: list[tuple[float, float, bool]], conns: int = 64) -> int:
-    """Open loop: request i is due at start + i/rate on connection i % conns. Appends
-    (seconds since start, latency, ok) per request; a broken connection is reopened. Sending
-    stops at the end of the run: returns how many due requests were never sent because the
-    stack answered too slowly to keep up."""
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.2
-    total = int(rate * seconds)
-    end = start + seconds
-    unsent = 0
-
-    async def worker(k: int) -> None:
-        nonlocal unsent
-        reader = writer = None
-        for i in range(k, total, conns):
-            due = start + i / rate
-            if loop.time() > end:
-                unsent += len(range(i, total, conns))
-                break
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                writer.write(requests[i % len(requests)])
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = _LENGTH.search(head)
-                await reader.readexactly(int(m.group(1)) if m else 0)
-                results.append((due - start, loop.time() - due, head[9:12] == b"200"))
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                results.append((due - start, loop.time() - due, False))
-                if writer is not None:
-                    writer.close()
-                reader = writer = None
-        if writer is not None:
-            writer.close()
-
-    await asyncio.gather(*(worker(k) for k in range(conns)))
-    return unsent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         watcher.start()
         seconds = args.minutes * 60
         log(f"soak: {args.rps:.0f} requests/s and {args.events:.0f} events/s for {seconds:.0f} s")
-        unsent = asyncio.run(load(settings.host, settings.api_port, requests, args.rps, seconds, results))
+        unsent = asyncio.run(open_loop(settings.host, settings.api_port, requests, args.rps, seconds, results,
+                                           conns=64))
         stop.set()
         watcher.join(5)
         restarts = {c.name: c.restarts for c in stack.components if c.restarts}

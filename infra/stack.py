@@ -110,12 +110,13 @@ class Stack:
 
     def __init__(self, settings: Settings | None = None, with_generator: bool = False,
                  generator_rate: float = 1000.0, components: tuple[str, ...] | None = None,
-                 job_env: dict[str, str] | None = None):
+                 env: dict[str, dict[str, str]] | None = None):
+        """``env``: extra environment variables by component name (e.g. ``{"api": {...}}``)."""
         self.settings = settings or load_settings()
         self.with_generator = with_generator
         self.generator_rate = generator_rate
         self.only = components
-        self.job_env = job_env or {}
+        self.extra_env = env or {}
         self.components: list[Component] = []
         self.stopping = False
         self.log_dir = self.settings.log_dir
@@ -163,7 +164,6 @@ class Stack:
             Component(
                 "job", [str(STREAMING_PY), "-m", "streaming.job"],
                 ready=self.canary_visible, ports=(s.job_metrics_port,), ready_timeout_s=120.0,
-                env=self.job_env,
             ),
             Component(
                 "lake-sink", [str(MAIN_PY), "-m", "streaming.lake_sink"],
@@ -366,7 +366,7 @@ class Stack:
     def _spawn(self, c: Component) -> None:
         log = open(self.log_dir / f"{c.name}.log", "ab", buffering=0)
         log.write(f"\n=== {time.strftime('%F %T')} start {' '.join(c.argv)}\n".encode())
-        c.proc = subprocess.Popen(c.argv, cwd=REPO_ROOT, env=self.child_env(c.env), stdout=log,
+        c.proc = subprocess.Popen(c.argv, cwd=REPO_ROOT, env=self.child_env({**c.env, **self.extra_env.get(c.name, {})}), stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 

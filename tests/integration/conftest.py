@@ -9,7 +9,7 @@ import uuid
 import orjson
 import pytest
 
-from infra.stack import Stack, free_port, private_settings
+from infra.stack import Stack, private_settings
 from usersignals.kv import SequenceStore, connect
 from usersignals.registry import load_registry
 
@@ -39,8 +39,7 @@ def pipeline(tmp_path_factory):
     """Broker + KV + the real PyFlink job (checkpoints every second), module-scoped."""
     settings = private_settings(tmp_path_factory.mktemp("pipeline"), checkpoint_interval_ms=1000,
                              bundle_time_ms=20)
-    stack = Stack(settings, components=("broker", "kv", "job"),
-                  job_env={"USERSIGNALS_TRIMMER_METRICS_PORT": str(free_port())})
+    stack = Stack(settings, components=("broker", "kv", "job"))
     stack.start()
     yield stack
     stack.stop()

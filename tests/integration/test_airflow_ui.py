@@ -6,7 +6,6 @@ driven by Playwright, real spark-submit tasks, a real lake and KV server.
 import datetime as dt
 import json
 import os
-import time
 import urllib.request
 
 import pytest

@@ -1,7 +1,6 @@
 """API fuzzing from the OpenAPI spec (schemathesis): valid and invalid requests to every route, with
 and without keys, on a real API process over a real KV server. No 5xx, and the API still serves
 after. Then: no key, admin or tenant, right or wrong, appears in any log or in the stored config."""
-import os
 import subprocess
 import sys
 import uuid
@@ -20,16 +19,9 @@ WRONG_KEY = f"wrong-{uuid.uuid4().hex}"
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    old = os.environ.get("USERSIGNALS_ADMIN_KEY")
-    os.environ["USERSIGNALS_ADMIN_KEY"] = ADMIN_KEY  # the API process inherits it
-    try:
-        stack = Stack(private_settings(tmp_path_factory.mktemp("fuzz")), components=("kv", "api"))
-        stack.start()
-    finally:
-        if old is None:
-            del os.environ["USERSIGNALS_ADMIN_KEY"]
-        else:
-            os.environ["USERSIGNALS_ADMIN_KEY"] = old
+    stack = Stack(private_settings(tmp_path_factory.mktemp("fuzz")), components=("kv", "api"),
+                  env={"api": {"USERSIGNALS_ADMIN_KEY": ADMIN_KEY}})
+    stack.start()
     base = f"http://{stack.settings.host}:{stack.settings.api_port}"
     r = httpx.put(f"{base}/v1/tenants/fuzz", headers={"X-Admin-Key": ADMIN_KEY},
                   json={"sequences": {"clicks": 5}, "api_key": TENANT_KEY})

@@ -11,7 +11,7 @@ from iceberg_schemas.migrate import migrate
 from infra.stack import private_settings
 from usersignals import lake
 from usersignals.events import decode_stored
-from usersignals.kv import SequenceStore, connect
+from usersignals.kv import SequenceStore
 from usersignals.registry import load_registry, parse_registry
 from usersignals.settings import REPO_ROOT
 

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from infra.stack import Stack, free_port, private_settings
+from infra.stack import Stack, private_settings
 from tests.integration.conftest import Producer, event, now_ms, wait_until
 from usersignals import lake
 
@@ -14,8 +14,7 @@ from usersignals import lake
 def lake_stack(tmp_path_factory):
     settings = private_settings(tmp_path_factory.mktemp("lake"), checkpoint_interval_ms=1000,
                                 lake_commit_interval_s=1)
-    stack = Stack(settings, components=("broker", "kv", "job", "lake-sink"),
-                  job_env={"USERSIGNALS_TRIMMER_METRICS_PORT": str(free_port())})
+    stack = Stack(settings, components=("broker", "kv", "job", "lake-sink"))
     stack.start()
     yield stack
     stack.stop()
