@@ -90,6 +90,8 @@ class Ledger:
     sent: collections.Counter = field(default_factory=collections.Counter)
     acked: dict[str, Acked] = field(default_factory=dict)
     ack_count: collections.Counter = field(default_factory=collections.Counter)
+    first_sent_at: dict[str, float] = field(default_factory=dict)  # monotonic seconds
+    acked_at: dict[str, float] = field(default_factory=dict)
     failed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -102,15 +104,15 @@ def produce(settings, registry, ledger: Ledger, rate: float, users: int, stop: t
     catalog = ItemCatalog(WorkloadConfig(seed=seed))
     types = sorted(registry.event_types)
     run = uuid.uuid4().hex[:6]
-    # acks=all, idempotent; a record is retried for up to 2 minutes across a broker restart.
-    p = make_producer(settings.broker, acks="all", **{"message.timeout.ms": 120_000, "linger.ms": 100,
-                                                      "enable.idempotence": idempotent})
+    # acks=all; a record is retried for up to 2 minutes across a broker restart.
+    p = make_producer(settings.broker, idempotent, acks="all", **{"message.timeout.ms": 120_000, "linger.ms": 100})
 
     def delivered(err, msg, a: Acked) -> None:
         with ledger.lock:
             if err is None:
                 ledger.acked[a.event_id] = a
                 ledger.ack_count[a.event_id] += 1
+                ledger.acked_at.setdefault(a.event_id, time.monotonic())
             else:
                 ledger.failed += 1
 
@@ -139,6 +141,7 @@ def produce(settings, registry, ledger: Ledger, rate: float, users: int, stop: t
                 p.poll(0.05)
         with ledger.lock:
             ledger.sent[a.event_id] += 1
+            ledger.first_sent_at.setdefault(a.event_id, time.monotonic())
         n += 1
         p.poll(0)
         ahead = n / rate - (time.monotonic() - start)
@@ -281,6 +284,15 @@ def in_topic(settings, topic: str, event_ids: set[str], timeout_s: float = 180.0
     return found
 
 
+def describe_timing(sent_at: float, acked_at: float, kills: list[tuple[str, float]]) -> str:
+    """When an event was first sent and acked, relative to the nearest fault before its ack."""
+    before = [(name, t) for name, t in kills if t <= acked_at]
+    if not before:
+        return f"sent, acked {acked_at - sent_at:.2f} s later, before any fault"
+    name, t = before[-1]
+    return f"sent {sent_at - t:+.2f} s, acked {acked_at - t:+.2f} s from the kill of {name}"
+
+
 def job_counters(settings) -> dict[str, float | None]:
     """The indexing job's record counters since it last started: read, rejected, written.
 
@@ -297,7 +309,7 @@ def job_counters(settings) -> dict[str, float | None]:
 
 def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps: float = 40.0,
         faults: Iterable[str] = FAULTS, settle_timeout_s: float = 180.0, seed: int = 11,
-        idempotent: bool = True) -> dict:
+        idempotence: str = "auto") -> dict:
     import httpx
 
     from infra.generator import ItemCatalog, WorkloadConfig, write_features
@@ -309,7 +321,10 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
     # slow down as a partition grows: fewer, larger batches and a longer fetch wait keep a
     # restarted job's catch-up faster than the producer.
     settings = bench_settings("faults", broker_storage="s3", checkpoint_interval_ms=2000, lake_commit_interval_s=3,
-                              source_fetch_wait_ms=250)
+                              source_fetch_wait_ms=250, producer_idempotence=idempotence)
+    # The harness's producer is configured like the platform's own ("auto": not idempotent on
+    # the durable local broker, whose tansu acks an idempotent retry across a restart unstored).
+    idempotent = settings.idempotent_producers
     stack = Stack(settings, components=("objstore", "broker", "kv", "job", "lake-sink", "trimmer", "api"))
     ledger, stats = Ledger(), ReaderStats()
     stop_produce, stop_read, stop_watch = threading.Event(), threading.Event(), threading.Event()
@@ -339,7 +354,9 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         time.sleep(steady_s)
         recovery: dict[str, float] = {}
         everything = [c.name for c in stack.components]
+        kills: list[tuple[str, float]] = []
         for fault in faults:
+            kills.append((fault, time.monotonic()))
             what = inject(stack, fault)
             log(f"kill -9 {what}")
             time.sleep(1.0)  # the supervisor sees it die
@@ -394,6 +411,8 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         if lost:
             log(f"LOST {len(lost)}: e.g. {sorted(lost)[:5]} (missing in KV {len(missing_kv)}, in lake "
                 f"{len(missing_lake)}; {len(lost) - len(kept_by_broker)} of them acked but no longer held by the broker)")
+            for e in sorted(lost, key=lambda e: ledger.acked_at[e])[:20]:
+                log(f"  {e}: {describe_timing(ledger.first_sent_at[e], ledger.acked_at[e], kills)}")
         lat = [x * 1000 for x in stats.latencies]
         result = {
             "bench": "faults",
@@ -415,6 +434,7 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
             "serve_p99_ms": round(percentile(lat, 99), 1) if lat else None,
             "recovery_s": recovery,
             "acks_beyond_one": sum(1 for e, n in ack_count.items() if n > sent[e]),
+            "idempotent_producers": idempotent,
         }
         if trail:
             result["platform_loss_trail"] = trail
@@ -439,14 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=3000)
     p.add_argument("--read-rps", type=float, default=40.0)
     p.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, from {','.join(FAULTS)}")
-    p.add_argument("--no-idempotence", action="store_true", help="producer without idempotence (acks=all still)")
+    p.add_argument("--idempotence", choices=("auto", "on", "off"), default="auto",
+                   help="idempotent producers, the harness's and the platform's (auto: off on the durable local broker)")
+    p.add_argument("--no-idempotence", action="store_const", const="off", dest="idempotence", help="= --idempotence off")
     args = p.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
     unknown = set(faults) - set(FAULTS)
     if unknown:
         p.error(f"unknown faults {sorted(unknown)}; choose from {','.join(FAULTS)}")
     result = run(rate=args.rate, steady_s=args.steady, users=args.users, read_rps=args.read_rps, faults=faults,
-                 idempotent=not args.no_idempotence)
+                 idempotence=args.idempotence)
     emit(result)
     return 0 if result["lost"] == 0 and result["duplicates_served"] == 0 and result["acked"] > 0 else 1
 

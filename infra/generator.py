@@ -231,10 +231,10 @@ def write_features_to_lake(catalog: ItemCatalog, settings) -> int:
     return len(rows)
 
 
-def make_producer(broker: str, **extra):
+def make_producer(broker: str, idempotent: bool = True, **extra):
     from confluent_kafka import Producer
 
-    conf = {"bootstrap.servers": broker, "linger.ms": 5, "enable.idempotence": True,
+    conf = {"bootstrap.servers": broker, "linger.ms": 5, "enable.idempotence": idempotent,
             "compression.type": "lz4", "queue.buffering.max.messages": 500_000}
     conf.update(extra)
     return Producer(conf)
@@ -308,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     gen = EventGenerator(cfg, catalog)
-    sent = produce(gen, make_producer(settings.broker), settings.events_topic, args.rate, args.count,
-                   stop=lambda: bool(stopping))
+    producer = make_producer(settings.broker, settings.idempotent_producers)
+    sent = produce(gen, producer, settings.events_topic, args.rate, args.count, stop=lambda: bool(stopping))
     log.info("done: produced %d records %s", sent, gen.counts)
     return 0
 

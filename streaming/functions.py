@@ -24,7 +24,8 @@ class IndexEvents(ProcessFunction):
     """
 
     def __init__(self, kv_url: str, kv_prefix: str, registry_path: str | None, source_topic: str,
-                 kv_cluster: bool = False, broker: str | None = None, enriched_topic: str | None = None):
+                 kv_cluster: bool = False, broker: str | None = None, enriched_topic: str | None = None,
+                 idempotent: bool = True):
         self.kv_url = kv_url
         self.kv_prefix = kv_prefix
         self.registry_path = registry_path
@@ -32,6 +33,7 @@ class IndexEvents(ProcessFunction):
         self.kv_cluster = kv_cluster
         self.broker = broker
         self.enriched_topic = enriched_topic
+        self.idempotent = idempotent
         self.indexer = None
         self.enriched = None
         self._scheduled = False
@@ -48,7 +50,7 @@ class IndexEvents(ProcessFunction):
         bundle.install()
         registry = load_registry(self.registry_path)
         if self.broker and self.enriched_topic:
-            self.enriched = BatchProducer(self.broker, self.enriched_topic)
+            self.enriched = BatchProducer(self.broker, self.enriched_topic, idempotent=self.idempotent)
         client = connect(self.kv_url, cluster=self.kv_cluster, socket_timeout=10, health_check_interval=30)
         self.indexer = Indexer(
             registry,

@@ -114,7 +114,7 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .uid("events-source")
     indexed = records.process(
         IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster,
-                    settings.broker, settings.enriched_topic),
+                    settings.broker, settings.enriched_topic, settings.idempotent_producers),
         output_type=Types.STRING(),
     ).name("validate-enrich-index").uid("validate-enrich-index")
 
@@ -124,6 +124,7 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .setRecordSerializer(jvm.usersignals.flink.DeadLetterSerializer(settings.dlq_topic))
         .setDeliveryGuarantee(jvm.org.apache.flink.connector.base.DeliveryGuarantee.AT_LEAST_ONCE)
         .setProperty("linger.ms", "5")
+        .setProperty("enable.idempotence", str(settings.idempotent_producers).lower())
         # A rejected record goes to the DLQ byte for byte, however large it is (the source
         # accepts what the broker accepts): Kafka's 1 MiB default would fail the job on it.
         .setProperty("max.request.size", str(DLQ_MAX_RECORD_BYTES))

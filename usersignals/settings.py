@@ -30,6 +30,12 @@ class Settings:
     # S3-compatible object store, SeaweedFS, on objstore_port, holds every acked record).
     broker_storage: str = "memory"
     objstore_port: int = 8333
+    # Idempotent producers (the generator, the job's enriched-topic and DLQ producers): "on",
+    # "off", or "auto" = on, but off against the local durable broker, where tansu 0.6.0 answers
+    # a batch retried across its restart as a duplicate it never stored (acked, then lost; see
+    # README "Reliability"). Without idempotence a retry may write a record twice; every consumer
+    # of the platform deduplicates by event_id.
+    producer_idempotence: str = "auto"
     consumer_group: str = "usersignals-indexer"
     kv_prefix: str = "us"
     # Flink job tuning; the defaults favour latency (see README "Tuning").
@@ -75,6 +81,12 @@ class Settings:
     @property
     def warehouse(self) -> str:
         return self.lake_warehouse or f"file://{self.data_dir / 'lake' / 'warehouse'}"
+
+    @property
+    def idempotent_producers(self) -> bool:
+        if self.producer_idempotence == "auto":
+            return self.broker_storage != "s3"
+        return self.producer_idempotence == "on"
 
     @property
     def batch_python(self) -> str:
@@ -131,6 +143,9 @@ def load_settings() -> Settings:
                          "expected 'process' or 'loopback'")
     if settings.broker_storage not in ("memory", "s3"):
         raise ValueError(f"USERSIGNALS_BROKER_STORAGE={settings.broker_storage!r}: expected 'memory' or 's3'")
+    if settings.producer_idempotence not in ("auto", "on", "off"):
+        raise ValueError(f"USERSIGNALS_PRODUCER_IDEMPOTENCE={settings.producer_idempotence!r}: "
+                         "expected 'auto', 'on' or 'off'")
     if settings.lake_catalog_type not in ("sql", "rest"):
         raise ValueError(f"USERSIGNALS_LAKE_CATALOG_TYPE={settings.lake_catalog_type!r}: expected 'sql' or 'rest'")
     return settings

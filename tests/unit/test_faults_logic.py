@@ -24,3 +24,12 @@ def test_response_problems_counts_duplicates_and_misordering():
         "views": [{"event_id": "v1", "ts": 1}, {"event_id": "v2", "ts": 2}]}}]}
     assert response_problems(body) == (1, 2)  # one duplicate; clicks 2<3 and views 1<2 out of order
     assert response_problems({"users": [{"sequences": {"clicks": []}}]}) == (0, 0)
+
+
+def test_describe_timing_names_the_fault_before_the_ack():
+    from bench.faults import describe_timing
+
+    kills = [("kv", 100.0), ("broker", 200.0)]
+    assert describe_timing(199.8, 203.5, kills) == "sent -0.20 s, acked +3.50 s from the kill of broker"
+    assert describe_timing(150.0, 150.1, kills) == "sent +50.00 s, acked +50.10 s from the kill of kv"
+    assert describe_timing(10.0, 10.25, kills) == "sent, acked 0.25 s later, before any fault"
