@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine of this kind (Debian, Python 3.11,
 # root): Debian packages, the three Python environments from their lock files (main,
-# streaming for PyFlink, airflow), and the Flink helper jar. Idempotent and quick when nothing changed (a stamp records the inputs).
+# streaming for PyFlink, airflow), and the Flink helper jar. Idempotent and quick when
+# nothing changed (a stamp records the inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)

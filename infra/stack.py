@@ -366,8 +366,9 @@ class Stack:
     def _spawn(self, c: Component) -> None:
         log = open(self.log_dir / f"{c.name}.log", "ab", buffering=0)
         log.write(f"\n=== {time.strftime('%F %T')} start {' '.join(c.argv)}\n".encode())
-        c.proc = subprocess.Popen(c.argv, cwd=REPO_ROOT, env=self.child_env({**c.env, **self.extra_env.get(c.name, {})}), stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        env = self.child_env({**c.env, **self.extra_env.get(c.name, {})})
+        c.proc = subprocess.Popen(c.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
     def start(self) -> None:
