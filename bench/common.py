@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import sys
@@ -37,8 +38,20 @@ def log(msg: str) -> None:
 
 
 def emit(result: dict) -> None:
-    """The last line of every benchmark: one JSON object (a public contract)."""
-    print(json.dumps(result), flush=True)
+    """The last line of every benchmark: one JSON object (a public contract). A figure that
+    could not be measured (NaN, e.g. the p99 of a minute without answers) is null: strict JSON
+    parsers refuse NaN."""
+    print(json.dumps(_nan_to_null(result), allow_nan=False), flush=True)
+
+
+def _nan_to_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_null(v) for v in value]
+    return value
 
 
 def rss_mb(pid: int) -> float:
@@ -74,26 +87,25 @@ def group_rss_mb(pgid: int) -> float:
 
 
 async def open_loop(host: str, port: int, requests: list[bytes], rate: float, seconds: float,
-                    results: list[tuple[float, float, bool]], conns: int = 8) -> int:
+                    results: list[tuple[float, float, bool]], conns: int = 8) -> list[float]:
     """Open-loop HTTP/1.1 load: request i (``requests[i % len]``, raw bytes) is due at
     start + i/rate on connection i % conns; its latency counts from when it was due, so a
     slow server's queueing shows (no coordinated omission). Appends (seconds since start,
     latency, ok: status 200) per request; a broken connection is reopened. Sending stops at
-    the end of the run: returns how many due requests were never sent because the server
-    answered too slowly to keep up (callers count them as errors)."""
+    the end of the run: returns when (seconds since start) each request was due that was
+    never sent because the server answered too slowly to keep up (callers count them as errors)."""
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.2
     total = int(rate * seconds)
     end = start + seconds
-    unsent = 0
+    unsent: list[float] = []
 
     async def worker(k: int) -> None:
-        nonlocal unsent
         reader = writer = None
         for i in range(k, total, conns):
             due = start + i / rate
             if loop.time() > end:
-                unsent += len(range(i, total, conns))
+                unsent.extend(j / rate for j in range(i, total, conns))
                 break
             delay = due - loop.time()
             if delay > 0:

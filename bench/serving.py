@@ -54,7 +54,7 @@ async def http_load(host: str, port: int, request: bytes, rate: float, seconds: 
     started = loop.time() + 0.2  # open_loop's first request is due 0.2 s after it starts
     results: list[tuple[float, float, bool]] = []
     unsent = await open_loop(host, port, [request], rate, seconds, results, conns)
-    return [lat for _, lat, _ in results], sum(not ok for *_, ok in results) + unsent, loop.time() - started
+    return [lat for _, lat, _ in results], sum(not ok for *_, ok in results) + len(unsent), loop.time() - started
 
 
 async def raw_load(settings, registry, rate: float, seconds: float, conns: int = 8):

@@ -98,20 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         per_min = []
         for m in range(minutes):
             lat = [x * 1000 for t, x, ok in results if m * 60 <= t < (m + 1) * 60]
-            errs = sum(1 for t, _, ok in results if m * 60 <= t < (m + 1) * 60 and not ok)
+            late = sum(1 for t in unsent if m * 60 <= t < (m + 1) * 60)
+            errs = sum(1 for t, _, ok in results if m * 60 <= t < (m + 1) * 60 and not ok) + late
             per_min.append({"p50": round(percentile(lat, 50), 2), "p99": round(percentile(lat, 99), 2),
-                            "requests": len(lat), "errors": errs})
+                            "requests": len(lat), "errors": errs, "unsent": late})
             log(f"minute {m + 1}: {per_min[-1]}"
                 + (f", rss {samples[m]['rss']}, indexed {samples[m]['indexed']:.0f}" if m < len(samples) else ""))
         http_errors = sum(1 for _, _, ok in results if not ok)
         api_rss_start = samples[0]["rss"]["api"] if samples else rss_at_start["api"]
         if unsent:
-            log(f"{unsent} requests were due but never sent: the stack answered too slowly to keep {args.rps:.0f}/s")
-        emit({"bench": "soak", "errors": http_errors + unsent + sum(restarts.values()),
+            log(f"{len(unsent)} requests were due but never sent: the stack answered too slowly to keep "
+                f"{args.rps:.0f}/s")
+        emit({"bench": "soak", "errors": http_errors + len(unsent) + sum(restarts.values()),
               "p99_ms_first_min": per_min[0]["p99"], "p99_ms_last_min": per_min[-1]["p99"],
               "rss_mb_start": api_rss_start, "rss_mb_end": rss_at_end["api"],
               "requests": len(results), "rps": round(len(results) / seconds), "http_errors": http_errors,
-              "unsent": unsent,
+              "unsent": len(unsent),
               "restarts": restarts, "p99_ms_by_min": [m["p99"] for m in per_min],
               "events_indexed": metric_total(settings.job_metrics_port, "usersignals_indexer_events_in_total"),
               "index_lag_mean_s": round(lag / lag_n, 2) if lag_n else None,

@@ -1,0 +1,57 @@
+import json
+
+from bench.common import emit
+
+
+def test_the_last_line_is_strict_json_with_unmeasured_figures_as_null(capsys):
+    emit({"bench": "soak", "p99_ms_last_min": float("nan"), "by_min": [1.5, float("inf")], "rss": {"api": float("nan")}})
+    line = capsys.readouterr().out.strip()
+    assert json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))) == {
+        "bench": "soak", "p99_ms_last_min": None, "by_min": [1.5, None], "rss": {"api": None}}
+
+
+def _serve(delay_s: float):
+    """A local HTTP/1.1 server answering every request with 200 after ``delay_s``."""
+    import asyncio
+
+    async def handle(reader, writer):
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(delay_s)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def _load(delay_s: float, rate: float, seconds: float, conns: int):
+    import asyncio
+
+    from bench.common import open_loop
+
+    async def go():
+        server = await _serve(delay_s)
+        port = server.sockets[0].getsockname()[1]
+        results: list = []
+        unsent = await open_loop("127.0.0.1", port, [b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"], rate, seconds, results,
+                                 conns)
+        server.close()
+        return results, unsent
+
+    return asyncio.run(go())
+
+
+def test_open_loop_sends_every_request_a_fast_server_can_take():
+    results, unsent = _load(0.0, rate=200, seconds=0.5, conns=4)
+    assert len(results) == 100 and unsent == [] and all(ok for *_, ok in results)
+
+
+def test_open_loop_reports_when_the_requests_it_never_sent_were_due():
+    # 2 connections, 50 ms per answer: at most ~40 answers/s against 200 due per second.
+    results, unsent = _load(0.05, rate=200, seconds=0.5, conns=2)
+    assert len(results) + len(unsent) == 100 and len(results) <= 30
+    assert all(0 <= t < 0.5 for t in unsent)
+    # latency counts from when a request was due, so the queue shows
+    assert max(lat for _, lat, _ in results) > 0.2
