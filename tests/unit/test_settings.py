@@ -36,3 +36,13 @@ def test_bad_values_name_the_variable(monkeypatch, var, value, message):
 def test_producers_are_idempotent_unless_the_durable_local_broker_cannot_take_it(storage, mode, idempotent):
     s = Settings(broker_storage=storage, producer_idempotence=mode)
     assert s.idempotent_producers is idempotent
+
+
+@pytest.mark.parametrize("var,value,message", [
+    ("USERSIGNALS_BROKER_STORAGE", "disk", "expected 'memory' or 's3'"),
+    ("USERSIGNALS_LAKE_CATALOG_TYPE", "hive", "expected 'sql' or 'rest'"),
+])
+def test_every_word_setting_names_its_choices(monkeypatch, var, value, message):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=f"{var}='{value}': {message}"):
+        load_settings()
