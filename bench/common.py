@@ -14,7 +14,7 @@ from pathlib import Path
 from infra.stack import metric_total, private_settings
 from usersignals.settings import Settings
 
-__all__ = ["bench_settings", "emit", "group_pids", "group_rss_mb", "log", "metric_total", "open_loop", "percentile",
+__all__ = ["bench_settings", "emit", "group_cpu_s", "group_pids", "group_rss_mb", "log", "metric_total", "open_loop", "percentile",
            "rss_mb"]
 
 _LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
@@ -84,6 +84,19 @@ def group_rss_mb(pgid: int) -> float:
         except OSError:
             continue
     return round(total, 1)
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in group_pids(pgid):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 async def open_loop(host: str, port: int, requests: list[bytes], rate: float, seconds: float,

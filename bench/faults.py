@@ -105,7 +105,7 @@ def produce(settings, registry, ledger: Ledger, rate: float, users: int, stop: t
     types = sorted(registry.event_types)
     run = uuid.uuid4().hex[:6]
     # acks=all; a record is retried for up to 2 minutes across a broker restart.
-    p = make_producer(settings.broker, idempotent, acks="all", **{"message.timeout.ms": 120_000, "linger.ms": 100})
+    p = make_producer(settings.broker, idempotent, linger_ms=100, acks="all", **{"message.timeout.ms": 120_000})
 
     def delivered(err, msg, a: Acked) -> None:
         with ledger.lock:

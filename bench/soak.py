@@ -25,7 +25,7 @@ import time
 
 import orjson
 
-from bench.common import bench_settings, emit, group_rss_mb, log, metric_total, open_loop, percentile
+from bench.common import bench_settings, emit, group_cpu_s, group_rss_mb, log, metric_total, open_loop, percentile
 
 TENANT, KEY = "soak", "soak-dev-key"
 
@@ -69,15 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         requests = [request_bytes(f"u{rng.randrange(2000)}") for _ in range(5000)]
         names = [c.name for c in stack.components if c.name != "generator"]
 
+        def cpu_now() -> dict[str, float]:
+            return {**{n: group_cpu_s(stack.component(n).proc.pid) for n in names},
+                    "generator": group_cpu_s(stack.component("generator").proc.pid), "client": time.process_time()}
+
         def watch() -> None:  # the supervisor's loop (restarts count as errors) + per-minute samples
             next_sample = time.monotonic() + 60
+            cpu_before = cpu_now()
             while not stop.is_set():
                 stack.watch_once()
                 if time.monotonic() >= next_sample:
                     next_sample += 60
+                    cpu = cpu_now()
                     samples.append({"rss": {n: group_rss_mb(stack.component(n).proc.pid) for n in names},
+                                    "cores": {n: round(max(0.0, cpu[n] - cpu_before[n]) / 60, 2) for n in cpu},
                                     "indexed": metric_total(settings.job_metrics_port,
                                                             "usersignals_indexer_events_in_total")})
+                    cpu_before = cpu
                 time.sleep(0.5)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -103,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             per_min.append({"p50": round(percentile(lat, 50), 2), "p99": round(percentile(lat, 99), 2),
                             "requests": len(lat), "errors": errs, "unsent": late})
             log(f"minute {m + 1}: {per_min[-1]}"
-                + (f", rss {samples[m]['rss']}, indexed {samples[m]['indexed']:.0f}" if m < len(samples) else ""))
+                + (f", rss {samples[m]['rss']}, cores {samples[m]['cores']}, indexed {samples[m]['indexed']:.0f}"
+                   if m < len(samples) else ""))
         http_errors = sum(1 for _, _, ok in results if not ok)
         api_rss_start = samples[0]["rss"]["api"] if samples else rss_at_start["api"]
         if unsent:
@@ -117,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
               "restarts": restarts, "p99_ms_by_min": [m["p99"] for m in per_min],
               "events_indexed": metric_total(settings.job_metrics_port, "usersignals_indexer_events_in_total"),
               "index_lag_mean_s": round(lag / lag_n, 2) if lag_n else None,
-              "rss_mb": {"after_first_min": samples[0]["rss"] if samples else rss_at_start, "end": rss_at_end}})
+              "rss_mb": {"after_first_min": samples[0]["rss"] if samples else rss_at_start, "end": rss_at_end},
+              "cores_first_min": samples[0]["cores"] if samples else None,
+              "cores_last_min": samples[-1]["cores"] if samples else None})
         return 0
     finally:
         stop.set()

@@ -55,3 +55,24 @@ def test_open_loop_reports_when_the_requests_it_never_sent_were_due():
     assert all(0 <= t < 0.5 for t in unsent)
     # latency counts from when a request was due, so the queue shows
     assert max(lat for _, lat, _ in results) > 0.2
+
+
+def test_group_cpu_counts_the_cpu_time_of_every_live_process_of_a_group():
+    import subprocess
+    import sys
+    import time
+
+    from bench.common import group_cpu_s
+
+    # A parent and its child in one new process group, each burning 0.4 s of CPU, then idle.
+    spin = "import time\nwhile time.process_time() < 0.4: pass\ntime.sleep(10)"
+    code = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {spin!r}])\n{spin}"
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 8
+        while group_cpu_s(proc.pid) < 0.7 and time.monotonic() < deadline:  # the parent alone: ~0.4
+            time.sleep(0.1)
+        assert 0.7 <= group_cpu_s(proc.pid) < 2.0  # (/proc counts whole 10 ms ticks)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-g", str(proc.pid)])
+        proc.wait()

@@ -71,3 +71,14 @@ def test_item_features_have_category_popularity_and_unit_embedding():
     f = feats["i0"]
     assert set(f) == {"category", "popularity", "embedding"}
     assert abs(sum(x * x for x in f["embedding"]) - 1) < 0.01
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(capsys):
+    import pytest
+
+    from infra.generator import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--linger-ms", "-1"])
+    assert exc.value.code == 2
+    assert "--linger-ms must be >= 0" in capsys.readouterr().err
