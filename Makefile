@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
-	bench-offline bench-analytics bench-retrain test-faults soak airflow lake-migrate lock clean
+	bench-offline bench-analytics bench-retrain test-faults soak audit airflow lake-migrate lock clean
 
 install:
 	@bash infra/install.sh
@@ -37,6 +37,10 @@ test-faults: install
 # 10 minutes at 1k requests/s + 2k events/s; last line {"bench": "soak", ...}
 soak: install
 	@$(PY) -m bench.soak
+
+# every locked dependency against known vulnerabilities (pip-audit; needs its vulnerability service)
+audit:
+	@bash infra/audit.sh
 
 bench-indexing: install
 	@$(PY) -m bench.indexing
