@@ -6,7 +6,7 @@ generated events at ``--events`` per second (2,000) while an open-loop client se
 population, through a tenant shaped like the home-feed one (three sequences, serving-time
 embeddings) but answering JSON. Latency is measured from each request's scheduled send
 time, so a stall is charged in full. Every minute the harness logs p50/p99, errors, the
-indexing lag and each process's RSS (the job counts its JVM and Python workers).
+indexing lag and each process's RSS and CPU (the job counts its JVM and Python workers).
 
 Errors are responses other than 200, broken connections, requests that fell so far behind
 schedule that they were never sent before the end, and restarts of any component.
