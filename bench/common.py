@@ -14,8 +14,8 @@ from pathlib import Path
 from infra.stack import metric_total, private_settings
 from usersignals.settings import Settings
 
-__all__ = ["bench_settings", "emit", "group_cpu_s", "group_pids", "group_rss_mb", "log", "metric_total", "open_loop", "percentile",
-           "rss_mb"]
+__all__ = ["bench_settings", "cpu_s", "emit", "group_cpu_s", "group_pids", "group_rss_mb", "log", "metric_total", "open_loop",
+           "percentile", "rss_mb"]
 
 _LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
 
@@ -75,28 +75,31 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def group_rss_mb(pgid: int) -> float:
-    """Resident memory of a whole process group, MB; processes that exit meanwhile count 0."""
+def _group_sum(pgid: int, of_pid) -> float:
+    """``of_pid(pid)`` summed over a process group; processes that exit meanwhile count 0."""
     total = 0.0
     for pid in group_pids(pgid):
         try:
-            total += rss_mb(pid)
+            total += of_pid(pid)
         except OSError:
             continue
-    return round(total, 1)
+    return total
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of a whole process group, MB."""
+    return round(_group_sum(pgid, rss_mb), 1)
 
 
 def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in group_pids(pgid):
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    """CPU seconds used so far by the live processes of a process group."""
+    return _group_sum(pgid, cpu_s)
 
 
 async def open_loop(host: str, port: int, requests: list[bytes], rate: float, seconds: float,

@@ -38,7 +38,7 @@ from typing import Iterable, Mapping
 
 import orjson
 
-from bench.common import bench_settings, emit, group_pids, log, percentile
+from bench.common import bench_settings, emit, group_pids, log, metric_total, percentile
 
 TENANT = "faults"
 TENANT_KEY = "faults-dev-key"
@@ -299,8 +299,6 @@ def job_counters(settings) -> dict[str, float | None]:
     ``read - rejected - written`` above 0 once traffic has stopped means events the job
     accepted and holds unwritten, or dropped with a killed or failed worker (replays count
     on both sides)."""
-    from infra.stack import metric_total
-
     read, rejected, written = (metric_total(settings.job_metrics_port, f"usersignals_indexer_{m}_total",
                                             settings.host) for m in ("events_in", "dlq", "kv_writes"))
     unwritten = read - rejected - written if None not in (read, rejected, written) else None
