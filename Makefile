@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
-	bench-offline bench-analytics bench-retrain test-faults soak audit airflow lake-migrate lock clean
+	bench-offline bench-analytics bench-retrain test-faults soak audit airflow lake-migrate lock jars-lock clean
 
 install:
 	@bash infra/install.sh
@@ -34,7 +34,7 @@ test-integration: install
 test-faults: install
 	@$(PY) -m bench.faults
 
-# 10 minutes at 1k requests/s + 2k events/s; last line {"bench": "soak", ...}
+# 30 minutes at 150 home-feed requests/s + 2k events/s; last line {"bench": "soak", ...}
 soak: install
 	@$(PY) -m bench.soak
 
@@ -62,13 +62,16 @@ bench-retrain: install
 
 # Airflow (scheduler, API server, UI) on USERSIGNALS_AIRFLOW_PORT (8080), DAGs from dags/.
 airflow: install lake-migrate
-	@$(PY) -m infra.airflow db migrate >/dev/null
 	@echo "Airflow UI: http://127.0.0.1:$${USERSIGNALS_AIRFLOW_PORT:-8080}  user admin, password: see var/airflow/simple_auth_manager_passwords.json.generated"
 	@$(PY) -m infra.airflow standalone
 
 # Create or evolve the Iceberg tables (idempotent; the local stack runs it on start).
 lake-migrate: install
 	@$(PY) -m iceberg_schemas
+
+# Re-record infra/jars.sha256 after a deliberate change of infra/pom.xml.
+jars-lock:
+	@bash infra/jars.sh lock
 
 # Re-resolve the lock files from requirements/*.in (fresh throwaway environments).
 lock:

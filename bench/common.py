@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from infra.stack import metric_total, private_settings
-from usersignals.settings import Settings
+from usersignals.settings import REPO_ROOT, Settings
 
 __all__ = ["bench_settings", "cpu_s", "emit", "group_cpu_s", "group_pids", "group_rss_mb", "log", "metric_total", "open_loop",
            "percentile", "rss_mb"]
@@ -37,11 +37,44 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def emit(result: dict) -> None:
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def emit(result: dict, record: bool = True) -> None:
     """The last line of every benchmark: one JSON object (a public contract). A figure that
     could not be measured (NaN, e.g. the p99 of a minute without answers) is null: strict JSON
-    parsers refuse NaN."""
-    print(json.dumps(_nan_to_null(result), allow_nan=False), flush=True)
+    parsers refuse NaN. With ``record``, the run is also appended to
+    ``bench/results/<bench>.jsonl`` with its date, commit and machine, for the docs to cite."""
+    clean = _nan_to_null(result)
+    if record and os.environ.get("USERSIGNALS_BENCH_RECORD", "1") != "0":
+        RESULTS_DIR.mkdir(exist_ok=True)
+        with open(RESULTS_DIR / f"{clean['bench']}.jsonl", "a") as f:
+            f.write(json.dumps({"run": run_context(), "result": clean}, allow_nan=False) + "\n")
+    print(json.dumps(clean, allow_nan=False), flush=True)
+
+
+def run_context() -> dict:
+    """When, on which commit and on what machine a benchmark ran."""
+    import datetime as dt
+    import platform
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  cwd=REPO_ROOT).stdout.strip()
+        except OSError:
+            return ""
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno")),
+            "argv": sys.argv[1:],
+            "machine": {"cpus": os.cpu_count(), "cpu": model, "mem_gb": round(mem_kb / 2**20, 1),
+                        "kernel": platform.release(), "python": platform.python_version()}}
 
 
 def _nan_to_null(value):

@@ -2,10 +2,10 @@
 
     make test-faults          (= .venv/bin/python -m bench.faults)
 
-A private local stack runs with the broker's durable storage on (tansu on an S3 object
-store), the KV server's append-only file on, and the whole pipeline: indexing job, lake
-sink, trimmer, serving API. A producer sends events (with out-of-order timestamps and
-re-sent duplicates, acks=all) and records what the broker acknowledged; a reader asks the
+A private local stack runs Apache Kafka (its log on disk), the KV server with its append-only
+file on, and the whole pipeline: indexing job, lake sink, trimmer, serving API. An idempotent
+producer sends events (with out-of-order timestamps and re-sent duplicates, acks=all) and
+records what the broker acknowledged; a reader asks the
 API for sequences all along and checks every response for duplicates. Meanwhile, in turn:
 
     kill -9 a Python worker of the job      kill -9 the whole job (driver, JVM, workers)
@@ -96,8 +96,7 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def produce(settings, registry, ledger: Ledger, rate: float, users: int, stop: threading.Event, seed: int,
-            idempotent: bool = True) -> None:
+def produce(settings, registry, ledger: Ledger, rate: float, users: int, stop: threading.Event, seed: int) -> None:
     from infra.generator import ItemCatalog, WorkloadConfig, make_producer
 
     rng = random.Random(seed)
@@ -105,7 +104,7 @@ def produce(settings, registry, ledger: Ledger, rate: float, users: int, stop: t
     types = sorted(registry.event_types)
     run = uuid.uuid4().hex[:6]
     # acks=all; a record is retried for up to 2 minutes across a broker restart.
-    p = make_producer(settings.broker, idempotent, linger_ms=100, acks="all", **{"message.timeout.ms": 120_000})
+    p = make_producer(settings.broker, acks="all", **{"message.timeout.ms": 120_000})
 
     def delivered(err, msg, a: Acked) -> None:
         with ledger.lock:
@@ -258,7 +257,7 @@ def lake_counts(settings, prefix: str) -> collections.Counter:
 
 def in_topic(settings, topic: str, event_ids: set[str], timeout_s: float = 180.0, idle_s: float = 8.0) -> set[str]:
     """Which of ``event_ids`` the broker still holds in ``topic``, reading it from the start until
-    nothing more comes for ``idle_s`` (tansu under-reports end offsets, so they are not the stop)."""
+    nothing more comes for ``idle_s``."""
     from confluent_kafka import Consumer, TopicPartition
 
     if not event_ids:
@@ -306,8 +305,7 @@ def job_counters(settings) -> dict[str, float | None]:
 
 
 def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps: float = 40.0,
-        faults: Iterable[str] = FAULTS, settle_timeout_s: float = 180.0, seed: int = 11,
-        idempotence: str = "auto") -> dict:
+        faults: Iterable[str] = FAULTS, settle_timeout_s: float = 180.0, seed: int = 11) -> dict:
     import httpx
 
     from infra.generator import ItemCatalog, WorkloadConfig, write_features
@@ -315,15 +313,8 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
     from usersignals.registry import load_registry
 
     registry = load_registry()
-    # The durable local broker (tansu on S3) pays per stored batch and per fetch, and its reads
-    # slow down as a partition grows: fewer, larger batches and a longer fetch wait keep a
-    # restarted job's catch-up faster than the producer.
-    settings = bench_settings("faults", broker_storage="s3", checkpoint_interval_ms=2000, lake_commit_interval_s=3,
-                              source_fetch_wait_ms=250, producer_idempotence=idempotence)
-    # The harness's producer is configured like the platform's own ("auto": not idempotent on
-    # the durable local broker, whose tansu acks an idempotent retry across a restart unstored).
-    idempotent = settings.idempotent_producers
-    stack = Stack(settings, components=("objstore", "broker", "kv", "job", "lake-sink", "trimmer", "api"))
+    settings = bench_settings("faults", checkpoint_interval_ms=2000, lake_commit_interval_s=3)
+    stack = Stack(settings, components=("broker", "kv", "job", "lake-sink", "trimmer", "api"))
     ledger, stats = Ledger(), ReaderStats()
     stop_produce, stop_read, stop_watch = threading.Event(), threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
@@ -343,7 +334,7 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
                 time.sleep(0.25)
 
         threads = [threading.Thread(target=supervise, daemon=True),
-                   threading.Thread(target=produce, args=(settings, registry, ledger, rate, users, stop_produce, seed, idempotent),
+                   threading.Thread(target=produce, args=(settings, registry, ledger, rate, users, stop_produce, seed),
                                     daemon=True),
                    threading.Thread(target=read, args=(settings, ledger, stats, read_rps, stop_read, seed),
                                     daemon=True)]
@@ -432,7 +423,7 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
             "serve_p99_ms": round(percentile(lat, 99), 1) if lat else None,
             "recovery_s": recovery,
             "acks_beyond_one": sum(1 for e, n in ack_count.items() if n > sent[e]),
-            "idempotent_producers": idempotent,
+            "idempotent_producers": True,   # every producer of the platform and the harness's
         }
         if trail:
             result["platform_loss_trail"] = trail
@@ -457,16 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=3000)
     p.add_argument("--read-rps", type=float, default=40.0)
     p.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, from {','.join(FAULTS)}")
-    p.add_argument("--idempotence", choices=("auto", "on", "off"), default="auto",
-                   help="idempotent producers, the harness's and the platform's (auto: off on the durable local broker)")
-    p.add_argument("--no-idempotence", action="store_const", const="off", dest="idempotence", help="= --idempotence off")
     args = p.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
     unknown = set(faults) - set(FAULTS)
     if unknown:
         p.error(f"unknown faults {sorted(unknown)}; choose from {','.join(FAULTS)}")
-    result = run(rate=args.rate, steady_s=args.steady, users=args.users, read_rps=args.read_rps, faults=faults,
-                 idempotence=args.idempotence)
+    result = run(rate=args.rate, steady_s=args.steady, users=args.users, read_rps=args.read_rps, faults=faults)
     emit(result)
     return 0 if result["lost"] == 0 and result["duplicates_served"] == 0 and result["acked"] > 0 else 1
 

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         load = subprocess.Popen([str(MAIN_PYTHON), "-m", "infra.generator", "--rate", str(args.rate)],
                                 env=stack.child_env(), stdout=subprocess.DEVNULL,
                                 stderr=open(settings.log_dir / "generator.log", "wb"))
-        producer = Producer({"bootstrap.servers": settings.broker, "linger.ms": 0, "acks": "all"})
+        producer = Producer({"bootstrap.servers": settings.broker, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
         api = http.client.HTTPConnection(settings.host, settings.api_port, timeout=5)
         time.sleep(5)  # let the load reach its rate
         in_before = metric_total(settings.job_metrics_port, "usersignals_indexer_events_in_total") or 0

@@ -1,7 +1,7 @@
 """make bench-indexing: sustained events/s from the broker to the KV layer, against the
 ceiling of pipelined raw writes to the same KV server, measured side by side in one run.
 
-1. A private stack (tansu broker, redis-server) on free ports; item features written.
+1. A private stack (Apache Kafka, redis-server) on free ports; item features written.
 2. N synthetic events (with the generator's late and duplicate shares) are produced first.
 3. The PyFlink job starts; its events-in counter is sampled, and the sustained rate is
    taken between 10% and 90% of the backlog (start-up excluded).

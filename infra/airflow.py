@@ -4,7 +4,9 @@
     python -m infra.airflow standalone   # scheduler + API server + UI on USERSIGNALS_AIRFLOW_PORT (8080)
     python -m infra.airflow password     # the generated admin password
 
-``AIRFLOW_HOME`` is ``<data_dir>/airflow`` (SQLite metadata DB); the DAGs are ``dags/``;
+``AIRFLOW_HOME`` is ``<data_dir>/airflow``; the metadata database is the ``airflow`` database of
+the stack's PostgreSQL (``infra.postgres``: started by `make up`, or by ``standalone`` here
+when it is not running); the DAGs are ``dags/``;
 ``spark_default`` points at ``settings.spark_master``. Parallelism is capped at 4
 (Airflow's default spawns 32 workers). Airflow runs from ``.venv-airflow`` (it pins FastAPI
 below what the serving API wants); its Spark tasks run ``spark-submit`` with the main
@@ -14,19 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+from infra import postgres
 from usersignals.settings import REPO_ROOT, Settings, load_settings
 
 AIRFLOW_ENV = REPO_ROOT / ".venv-airflow"
 AIRFLOW = AIRFLOW_ENV / "bin" / "airflow"
 AIRFLOW_PYTHON = AIRFLOW_ENV / "bin" / "python"
-
-# SQLite metadata DB: wait up to 60 s for a lock instead of failing ("database is locked", which the
-# API answers with 503) while the scheduler and DAG processor write. Production uses PostgreSQL.
-SQLITE_CONNECT_ARGS = {"timeout": 60}
-
 
 def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     home = settings.data_dir / "airflow"
@@ -46,7 +45,7 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 2),
         "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "10",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "infra.airflow.SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_db_url or postgres.url(settings, "airflow"),
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": settings.spark_master}),
         # Airflow's own commands first (standalone starts `airflow` subcommands), then spark-submit's.
         "PATH": os.pathsep.join([str(AIRFLOW.parent), os.path.dirname(batch_python), os.environ.get("PATH", "")]),
@@ -72,10 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "password":
         print(admin_password(settings))
         return 0
-    if cmd == "standalone":
-        os.execve(str(AIRFLOW), [str(AIRFLOW), "standalone"], {**os.environ, **env})
-    os.execve(str(AIRFLOW), [str(AIRFLOW), *argv], {**os.environ, **env})
-    return 0
+    # Every other command uses the metadata database: start the stack's PostgreSQL if it is not up
+    # (`make up` runs it), and stop it again afterwards.
+    database = None
+    if not settings.airflow_db_url and not postgres.ready(settings):
+        from infra.stack import Stack
+
+        database = Stack(settings, components=("postgres",))
+        database.start()
+    try:
+        if cmd == "standalone":
+            subprocess.run([str(AIRFLOW), "db", "migrate"], env={**os.environ, **env}, check=True,
+                           stdout=subprocess.DEVNULL)
+        return subprocess.call([str(AIRFLOW), *argv], env={**os.environ, **env})
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if database is not None:
+            database.stop()
 
 
 if __name__ == "__main__":
@@ -84,8 +97,6 @@ if __name__ == "__main__":
 
 def start_standalone(settings: Settings, port: int, log_path: Path):
     """Start ``airflow standalone`` (after ``db migrate``) in its own process group; returns the Popen."""
-    import subprocess
-
     env = {**os.environ, **airflow_env(settings, port)}
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     log = open(log_path, "ab")
@@ -97,7 +108,6 @@ def stop_standalone(proc, timeout_s: float = 20.0) -> None:
     """Stop standalone and all its children (scheduler, API server, DAG processor, triggerer):
     SIGTERM to the parent alone leaves them running."""
     import signal
-    import subprocess
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine of this kind (Debian, Python 3.11,
-# root): Debian packages, the three Python environments from their lock files (main,
-# streaming for PyFlink, airflow), and the Flink helper jar. Idempotent and quick when
-# nothing changed (a stamp records the inputs).
+# root): Debian packages (PostgreSQL, Redis, kcat, ...), the JVM jars from Maven Central
+# (infra/pom.xml, checked against infra/jars.sha256), the three Python environments from their
+# lock files (main, streaming for PyFlink, airflow), and the Flink helper jar. Idempotent and
+# quick when nothing changed (a stamp records the inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 STAMP=.install-stamp
 inputs_hash() {
-  cat requirements/*.lock pyproject.toml infra/install.sh infra/shade_jackson.py \
+  cat requirements/*.lock pyproject.toml infra/install.sh infra/jars.sh infra/pom.xml infra/jars.sha256 \
     streaming/java/src/usersignals/flink/*.java \
     | sha256sum | cut -d' ' -f1
 }
 want=$(inputs_hash)
 if [[ -f $STAMP && $(cat $STAMP) == "$want" && -x .venv/bin/python && -x .venv-streaming/bin/python \
       && -x .venv-airflow/bin/airflow \
-      && -f build/usersignals-flink.jar && -f build/iceberg-shaded-jackson.jar && -f build/iceberg-spark-runtime.jar ]] \
-   && command -v redis-server >/dev/null; then
+      && -f build/usersignals-flink.jar && -d build/jars/kafka && -d build/jars/flink && -d build/jars/spark ]] \
+   && command -v redis-server >/dev/null && command -v kcat >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   exit 0
 fi
 
@@ -25,11 +26,13 @@ echo "==> Debian packages"
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null || need+=(maven)
 command -v curl >/dev/null || need+=(curl)
-# Lakehouse: jarjar (shades Jackson for the Iceberg runtime), SQLite JDBC (the local catalog),
+# PostgreSQL (Airflow's metadata database), kcat (the Kafka command-line client: tests, users).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v kcat >/dev/null || need+=(kcat)
+command -v setpriv >/dev/null || need+=(util-linux)
 # OpenBLAS (Spark MLlib), Chromium (the Airflow UI browser test).
-[[ -f /usr/share/java/jarjar.jar ]] || need+=(libjarjar-java)
-[[ -f /usr/share/java/sqlite-jdbc.jar ]] || need+=(libxerial-sqlite-jdbc-java)
 ls /usr/lib/x86_64-linux-gnu/libopenblas*.so* /usr/lib/aarch64-linux-gnu/libopenblas*.so* >/dev/null 2>&1 \
   || need+=(libopenblas0-pthread)
 command -v chromium >/dev/null || need+=(chromium)
@@ -41,9 +44,9 @@ if ((${#need[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# The Debian services would hold ports 6379/9090/9100; the local stack runs its own.
+# The Debian services would hold ports 6379/9090/9100/5432; the local stack runs its own.
 if command -v systemctl >/dev/null; then
-  for svc in redis-server prometheus prometheus-node-exporter; do
+  for svc in redis-server prometheus prometheus-node-exporter postgresql; do
     systemctl is-active --quiet $svc 2>/dev/null && systemctl stop $svc || true
   done
 fi
@@ -62,20 +65,14 @@ make_env .venv-streaming requirements/streaming.lock
 echo "==> Airflow environment (.venv-airflow)"
 make_env .venv-airflow requirements/airflow.lock
 
+echo "==> JVM jars from Maven Central (build/jars/)"
+bash infra/jars.sh fetch
+
 echo "==> Flink helper jar"
 PYFLINK_LIB=$(.venv-streaming/bin/python -c 'import pyflink, os; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')
-for jar in flink-connector-kafka.jar kafka-clients.jar; do
-  [[ -f $PYFLINK_LIB/$jar ]] || { echo "missing $PYFLINK_LIB/$jar (shigawire-apache-flink-libraries)"; exit 1; }
-done
 rm -rf build/java-classes && mkdir -p build/java-classes
-javac -nowarn -d build/java-classes -cp "$PYFLINK_LIB/*" streaming/java/src/usersignals/flink/*.java
+javac -nowarn -d build/java-classes -cp "$PYFLINK_LIB/*:build/jars/flink/*" streaming/java/src/usersignals/flink/*.java
 jar cf build/usersignals-flink.jar -C build/java-classes usersignals
-
-echo "==> Spark's Iceberg jars (build/): the runtime and its shaded Jackson"
-ln -sf "$(.venv/bin/python -c 'import os, snowpark_connect_deps_iceberg as d
-print(os.path.join(os.path.dirname(d.__file__), "jars", "iceberg-spark-runtime-3.5_2.12-1.10.2.jar"))')" \
-  build/iceberg-spark-runtime.jar
-.venv/bin/python infra/shade_jackson.py build/iceberg-shaded-jackson.jar
 
 echo "$want" > $STAMP
 echo "==> installed"

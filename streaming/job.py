@@ -21,17 +21,11 @@ import sys
 import threading
 from pathlib import Path
 
-from usersignals.settings import REPO_ROOT, Settings, load_settings
+from usersignals.settings import REPO_ROOT, Settings, jars, load_settings
 
 log = logging.getLogger("usersignals.job")
 HELPERS_JAR = REPO_ROOT / "build" / "usersignals-flink.jar"
 DLQ_MAX_RECORD_BYTES = 64 * 1024 * 1024
-
-
-def _flink_lib() -> Path:
-    import pyflink
-
-    return Path(pyflink.__file__).parent / "lib"
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -46,14 +40,13 @@ def build_environment(settings: Settings):
 
     tmp = settings.data_dir / "flink-tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    lib = _flink_lib()
-    # The Kafka connector is installed into pyflink/lib (shigawire-apache-flink-libraries), so
-    # it is on the system classpath already; shipping it again as a user jar breaks class loading.
-    for jar in (HELPERS_JAR, lib / "flink-connector-kafka.jar", lib / "kafka-clients.jar"):
-        if not jar.exists():
-            raise SystemExit(f"missing jar {jar}; run `make install` to build and fetch it")
+    # Flink itself comes with PyFlink's wheel; the Kafka connector and its client from Maven
+    # Central (build/jars/flink), shipped with the job's helpers as user jars.
+    if not HELPERS_JAR.exists():
+        raise SystemExit(f"missing jar {HELPERS_JAR}; run `make install` to build it")
+    user_jars = [HELPERS_JAR, *jars("flink")]
     conf = Configuration()
-    conf.set_string("pipeline.jars", f"file://{HELPERS_JAR}")
+    conf.set_string("pipeline.jars", ";".join(f"file://{j}" for j in user_jars))
     conf.set_string("io.tmp.dirs", str(tmp))
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
@@ -104,8 +97,7 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .set_starting_offsets(starting)
         .set_property("commit.offsets.on.checkpoint", "true")
         # A fetch answers when 64 KB are there or the wait is up: under load, a few large fetches
-        # rather than one per handful of records (the local broker's cost of a fetch grows with
-        # what it holds); when idle, the wait bounds the added latency.
+        # rather than one per handful of records; when idle, the wait bounds the added latency.
         .set_property("fetch.max.wait.ms", str(settings.source_fetch_wait_ms))
         .set_property("fetch.min.bytes", str(64 << 10))
         .set_property("partition.discovery.interval.ms", "60000")
@@ -118,7 +110,7 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .uid("events-source")
     indexed = records.process(
         IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster,
-                    settings.broker, settings.enriched_topic, settings.idempotent_producers),
+                    settings.broker, settings.enriched_topic),
         output_type=Types.STRING(),
     ).name("validate-enrich-index").uid("validate-enrich-index")
 
@@ -128,7 +120,7 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .setRecordSerializer(jvm.usersignals.flink.DeadLetterSerializer(settings.dlq_topic))
         .setDeliveryGuarantee(jvm.org.apache.flink.connector.base.DeliveryGuarantee.AT_LEAST_ONCE)
         .setProperty("linger.ms", "5")
-        .setProperty("enable.idempotence", str(settings.idempotent_producers).lower())
+        .setProperty("enable.idempotence", "true")
         # A rejected record goes to the DLQ byte for byte, however large it is (the source
         # accepts what the broker accepts): Kafka's 1 MiB default would fail the job on it.
         .setProperty("max.request.size", str(DLQ_MAX_RECORD_BYTES))

@@ -12,13 +12,13 @@ class DeliveryError(RuntimeError):
 
 
 class BatchProducer:
-    def __init__(self, broker: str, topic: str, timeout_s: float = 30.0, producer=None, idempotent: bool = True):
+    def __init__(self, broker: str, topic: str, timeout_s: float = 30.0, producer=None):
         self.topic = topic
         self.timeout_s = timeout_s
         if producer is None:
             from confluent_kafka import Producer
 
-            producer = Producer({"bootstrap.servers": broker, "acks": "all", "enable.idempotence": idempotent,
+            producer = Producer({"bootstrap.servers": broker, "acks": "all", "enable.idempotence": True,
                                  "linger.ms": 5, "compression.type": "lz4", "log_level": 3,
                                  "queue.buffering.max.messages": 500_000})
         self.producer = producer

@@ -262,8 +262,7 @@ class LakeSink:
         admin = AdminClient({"bootstrap.servers": s.broker})
         described = {t: f.result(15) for t, f in
                      admin.describe_topics(TopicCollection(list(self.writers))).items()}
-        # Few large fetches: rows wait for the next commit (seconds) anyway, and the local broker's
-        # cost of a fetch grows with what it holds.
+        # Few large fetches: rows wait for the next commit (seconds) anyway.
         self.consumer = Consumer({"bootstrap.servers": s.broker, "group.id": "usersignals-lake-sink",
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 500,
                                   "fetch.min.bytes": 256 << 10, "log_level": 3,

@@ -5,7 +5,7 @@ Python workers of the Flink job are separate processes; they write metric values
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from usersignals.events import REASONS
 
@@ -39,6 +39,12 @@ class IndexerMetrics:
         self.batch_size = Histogram("usersignals_indexer_batch_size_events",
                                     "Events per KV write batch (one per Flink bundle).",
                                     buckets=_SIZE_BUCKETS, **kw)
+        # With the broker's log end offset (kafka_log_logendoffset) this gives the consumer lag in
+        # records per partition; "livemax": a restarted worker's replay does not keep a stale max.
+        self._offset = Gauge("usersignals_indexer_source_offset",
+                             "Offset of the last record read from the events topic, by partition.",
+                             ["partition"], multiprocess_mode="livemax", **kw)
+        self._offset_children: dict = {}
         # Children created up front so every reason shows as 0 before the first rejection.
         self._dlq_children = {r: self._dlq.labels(r) for r in REASONS}
         self._kv_children: dict = {}
@@ -51,3 +57,9 @@ class IndexerMetrics:
         if child is None:
             child = self._kv_children[dataset] = self._kv_writes.labels(dataset)
         child.inc(n)
+
+    def source_offset(self, partition: int, offset: int) -> None:
+        child = self._offset_children.get(partition)
+        if child is None:
+            child = self._offset_children[partition] = self._offset.labels(str(partition))
+        child.set(offset)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from usersignals.settings import REPO_ROOT, Settings
+from usersignals.settings import Settings, jars
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,17 +81,10 @@ def _jdbc_uri(uri: str) -> str:
 
 
 def spark_jars() -> list[Path]:
-    """The jars Spark needs for the catalog: Iceberg runtime, its shaded Jackson, SQLite JDBC.
-
-    `make install` puts the first two in build/ (the runtime is a link into the main environment's
-    wheel ``snowpark-connect-deps-iceberg``), so Airflow's environment finds them too."""
-    jars = [REPO_ROOT / "build" / "iceberg-spark-runtime.jar",
-            REPO_ROOT / "build" / "iceberg-shaded-jackson.jar",
-            Path("/usr/share/java/sqlite-jdbc.jar")]
-    missing = [str(j) for j in jars if not j.exists()]
-    if missing:
-        raise FileNotFoundError(f"missing Spark jars {missing}; run `make install`")
-    return jars
+    """The jars Spark needs for the catalog: the Iceberg runtime and the JDBC drivers, which
+    `make install` copies from Maven Central into build/jars/spark (infra/pom.xml), so Airflow's
+    environment finds them too."""
+    return jars("spark")
 
 
 def spark_conf(settings: Settings) -> dict[str, str]:

@@ -13,6 +13,16 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The main environment's Python: the API, lake sink, trimmer, generator, batch jobs.
 MAIN_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+# JVM jars from Maven Central, one folder per profile of infra/pom.xml (kafka, flink, spark).
+JARS_DIR = REPO_ROOT / "build" / "jars"
+
+
+def jars(group: str) -> list[Path]:
+    """The jars `make install` copied for one profile of infra/pom.xml, sorted."""
+    found = sorted((JARS_DIR / group).glob("*.jar"))
+    if not found:
+        raise FileNotFoundError(f"no jars in {JARS_DIR / group}; run `make install`")
+    return found
 
 
 @dataclass(frozen=True)
@@ -28,16 +38,19 @@ class Settings:
     dlq_topic: str = "user_events_dlq"
     served_topic: str = "served_features"
     topic_partitions: int = 4
-    # The local broker's storage: "memory" (fast, gone when it stops) or "s3" (durable: an
-    # S3-compatible object store, SeaweedFS, on objstore_port, holds every acked record).
-    broker_storage: str = "memory"
-    objstore_port: int = 8333
-    # Idempotent producers (the generator, the job's enriched-topic and DLQ producers): "on",
-    # "off", or "auto" = on, but off against the local durable broker, where tansu 0.6.0 answers
-    # a batch retried across its restart as a duplicate it never stored (acked, then lost; see
-    # README "Reliability"). Without idempotence a retry may write a record twice; every consumer
-    # of the platform deduplicates by event_id.
-    producer_idempotence: str = "auto"
+    # Apache Kafka (KRaft, one combined broker + controller locally): its controller listener and
+    # the JMX exporter that publishes its metrics. The log lives in data_dir/kafka.
+    controller_port: int = 9093
+    broker_metrics_port: int = 9254
+    # Retention of the topics, per topic kind: time (hours) and size (MiB per partition), whichever
+    # comes first. Events and their enriched copies are replayable for a week; the DLQ for a month.
+    events_retention_hours: int = 168
+    dlq_retention_hours: int = 720
+    topic_retention_mb: int = 4096
+    # PostgreSQL: Airflow's metadata database (a cluster of the stack's own in data_dir/postgres).
+    postgres_port: int = 5433
+    # Airflow's SQLAlchemy URL; empty: the "airflow" database of the stack's PostgreSQL.
+    airflow_db_url: str = ""
     consumer_group: str = "usersignals-indexer"
     kv_prefix: str = "us"
     # Flink job tuning; the defaults favour latency (see README "Tuning").
@@ -85,12 +98,6 @@ class Settings:
         return self.lake_warehouse or f"file://{self.data_dir / 'lake' / 'warehouse'}"
 
     @property
-    def idempotent_producers(self) -> bool:
-        if self.producer_idempotence == "auto":
-            return self.broker_storage != "s3"
-        return self.producer_idempotence == "on"
-
-    @property
     def batch_python(self) -> str:
         """``spark_python``, or its default: Airflow's tasks run in another environment than Spark's."""
         if self.spark_python:
@@ -118,8 +125,6 @@ _PATHS = {"data_dir", "registry_path"}
 # Settings that take one of a few words.
 _CHOICES = {
     "python_worker_mode": ("process", "loopback"),
-    "broker_storage": ("memory", "s3"),
-    "producer_idempotence": ("auto", "on", "off"),
     "lake_catalog_type": ("sql", "rest"),
 }
 

@@ -1,4 +1,4 @@
-"""Real components for integration tests: a redis-server, the tansu broker, the PyFlink job.
+"""Real components for integration tests: a redis-server, Apache Kafka, PostgreSQL, the PyFlink job.
 
 Each runs on free loopback ports with its own data directory, started and stopped by
 the same ``infra.stack.Stack`` code the local stack uses.
@@ -27,6 +27,15 @@ def kv_server(tmp_path_factory):
     stack.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """The stack's PostgreSQL (Airflow's metadata database), once per session."""
+    stack = Stack(private_settings(tmp_path_factory.mktemp("postgres")), components=("postgres",))
+    stack.start()
+    yield stack
+    stack.stop()
+
+
 @pytest.fixture
 def kv_client(kv_server):
     client = connect(kv_server.settings.kv_url)
@@ -50,7 +59,7 @@ class Producer:
         from confluent_kafka import Producer as P
 
         self.settings = settings
-        self.p = P({"bootstrap.servers": settings.broker, "linger.ms": 2})
+        self.p = P({"bootstrap.servers": settings.broker, "linger.ms": 2, "enable.idempotence": True})
 
     def send(self, value, key=None):
         if isinstance(value, dict):

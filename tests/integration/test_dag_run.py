@@ -2,6 +2,7 @@
 import datetime as dt
 import os
 import subprocess
+import uuid
 
 import pytest
 
@@ -30,8 +31,13 @@ def append(settings, table, rows):
 
 
 @pytest.fixture(scope="module")
-def lake_with_events(tmp_path_factory, kv_server):
-    settings = private_settings(tmp_path_factory.mktemp("dagrun"), kv_port=kv_server.settings.kv_port)
+def lake_with_events(tmp_path_factory, kv_server, postgres_server):
+    from infra import postgres
+
+    db = f"airflow_{uuid.uuid4().hex[:8]}"  # a metadata database of this module's own
+    postgres.create_database(postgres_server.settings, db)
+    settings = private_settings(tmp_path_factory.mktemp("dagrun"), kv_port=kv_server.settings.kv_port,
+                                airflow_db_url=postgres.url(postgres_server.settings, db))
     registry = load_registry()
     migrate(lake.load_catalog(settings), settings, registry)
     now = dt.datetime.now(dt.timezone.utc)

@@ -10,6 +10,7 @@ import pytest
 
 from batch.progress import Progress
 from infra.stack import Stack, free_port, private_settings
+from usersignals.settings import REPO_ROOT
 
 from .conftest import wait_until
 
@@ -46,7 +47,7 @@ def test_prometheus_scrapes_every_component_and_loads_the_rules(stack):
         return health if health and all(h == "up" for h in health.values()) else None
 
     health = wait_until(all_up, 60, 1.0, "every scrape target up")
-    assert set(health) == {"api", "indexer", "trimmer", "lake-sink", "prometheus", "batch"}
+    assert set(health) == {"api", "indexer", "trimmer", "lake-sink", "broker", "prometheus", "batch"}
     groups = json.loads(get(f"{prom}/api/v1/rules"))["data"]["groups"]
     assert sum(len(g["rules"]) for g in groups) >= 10
 
@@ -61,6 +62,23 @@ def test_every_metrics_endpoint_passes_promtool(stack):
         assert "usersignals_" in text, name
         out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
         assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), (name, out.stdout, out.stderr)
+
+
+def test_the_dashboards_consumer_lag_comes_from_broker_and_job(stack):
+    """The lag panel's query (broker log end offsets minus the job's indexed offsets) answers,
+    per partition, once the canary event has gone through."""
+    s = stack.settings
+    prom = f"http://{s.host}:{s.prometheus_port}"
+    dashboard = json.loads((REPO_ROOT / "infra" / "grafana" / "usersignals.json").read_text())
+    expr = next(t["expr"] for p in dashboard["panels"] if "consumer lag" in p["title"] for t in p["targets"])
+
+    def lag():
+        res = json.loads(get(f"{prom}/api/v1/query?query={urllib.request.quote(expr)}"))["data"]["result"]
+        return res or None
+
+    res = wait_until(lag, 60, 1.0, "the consumer lag series")
+    assert {r["metric"]["partition"] for r in res} <= {str(p) for p in range(s.topic_partitions)}
+    assert all(float(r["value"][1]) >= 0 for r in res), res
 
 
 def test_batch_textfile_metrics_reach_prometheus_with_their_job_label(stack):

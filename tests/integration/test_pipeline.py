@@ -1,4 +1,4 @@
-"""The real path: tansu broker → PyFlink job (mini-cluster) → redis-server, and the DLQ."""
+"""The real path: Apache Kafka → PyFlink job (mini-cluster) → redis-server, and the DLQ."""
 import os
 import signal
 import time

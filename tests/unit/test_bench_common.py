@@ -4,10 +4,25 @@ from bench.common import emit
 
 
 def test_the_last_line_is_strict_json_with_unmeasured_figures_as_null(capsys):
-    emit({"bench": "soak", "p99_ms_last_min": float("nan"), "by_min": [1.5, float("inf")], "rss": {"api": float("nan")}})
+    emit({"bench": "soak", "p99_ms_last_min": float("nan"), "by_min": [1.5, float("inf")], "rss": {"api": float("nan")}},
+         record=False)
     line = capsys.readouterr().out.strip()
     assert json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))) == {
         "bench": "soak", "p99_ms_last_min": None, "by_min": [1.5, None], "rss": {"api": None}}
+
+
+def test_a_run_is_recorded_with_its_date_commit_and_machine(tmp_path, monkeypatch, capsys):
+    import bench.common
+
+    monkeypatch.setattr(bench.common, "RESULTS_DIR", tmp_path)
+    emit({"bench": "freshness", "p50_ms": 12.5})
+    emit({"bench": "freshness", "p50_ms": 13.0})
+    runs = [json.loads(line) for line in (tmp_path / "freshness.jsonl").read_text().splitlines()]
+    assert [r["result"]["p50_ms"] for r in runs] == [12.5, 13.0]
+    run = runs[0]["run"]
+    assert run["date"].startswith("20") and len(run["commit"]) == 12
+    assert run["machine"]["cpus"] >= 1 and run["machine"]["mem_gb"] > 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == '{"bench": "freshness", "p50_ms": 13.0}'
 
 
 def _serve(delay_s: float):

@@ -23,7 +23,6 @@ def test_the_environment_a_child_gets_loads_back_to_the_same_settings(monkeypatc
 @pytest.mark.parametrize("var,value,message", [
     ("USERSIGNALS_KV_PORT", "six", "is not an integer"),
     ("USERSIGNALS_PYTHON_WORKER_MODE", "thread", "expected 'process' or 'loopback'"),
-    ("USERSIGNALS_PRODUCER_IDEMPOTENCE", "yes", "expected 'auto', 'on' or 'off'"),
 ])
 def test_bad_values_name_the_variable(monkeypatch, var, value, message):
     monkeypatch.setenv(var, value)
@@ -31,15 +30,7 @@ def test_bad_values_name_the_variable(monkeypatch, var, value, message):
         load_settings()
 
 
-@pytest.mark.parametrize("storage,mode,idempotent", [
-    ("memory", "auto", True), ("s3", "auto", False), ("s3", "on", True), ("memory", "off", False)])
-def test_producers_are_idempotent_unless_the_durable_local_broker_cannot_take_it(storage, mode, idempotent):
-    s = Settings(broker_storage=storage, producer_idempotence=mode)
-    assert s.idempotent_producers is idempotent
-
-
 @pytest.mark.parametrize("var,value,message", [
-    ("USERSIGNALS_BROKER_STORAGE", "disk", "expected 'memory' or 's3'"),
     ("USERSIGNALS_LAKE_CATALOG_TYPE", "hive", "expected 'sql' or 'rest'"),
 ])
 def test_every_word_setting_names_its_choices(monkeypatch, var, value, message):
