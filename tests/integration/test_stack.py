@@ -1,6 +1,8 @@
-"""The local stack's own behaviour: the background trimmer process and restarts of dead parts."""
+"""The local stack's own behaviour: the background trimmer process, restarts of dead parts, the
+Kafka log kept across restarts."""
 import os
 import signal
+import time
 
 import orjson
 import pytest
@@ -50,3 +52,39 @@ def test_a_busy_port_is_a_clear_error(tmp_path, kv_and_trimmer):
     clash = kv_and_trimmer.settings.with_overrides(data_dir=tmp_path / "other")
     with pytest.raises(SystemExit, match="already in use"):
         Stack(clash, components=("kv",)).start()
+
+
+def test_the_kafka_log_and_topic_retention_survive_a_restart_of_the_stack(tmp_path):
+    """`make down` / `make up`: records stay in var/kafka; changed retention settings apply to
+    the existing topics on the next start."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    settings = private_settings(tmp_path)
+    stack = Stack(settings, components=("broker",))
+    stack.start()
+    try:
+        p = Producer({"bootstrap.servers": settings.broker, "enable.idempotence": True})
+        for i in range(10):
+            p.produce(settings.dlq_topic, key=b"k", value=f"r{i}".encode())
+        assert p.flush(15) == 0
+    finally:
+        stack.stop()
+
+    restarted = Stack(settings.with_overrides(dlq_retention_hours=2), components=("broker",))
+    restarted.start()
+    try:
+        c = Consumer({"bootstrap.servers": settings.broker, "group.id": "survives", "enable.auto.commit": False})
+        c.assign([TopicPartition(settings.dlq_topic, part, 0) for part in range(settings.topic_partitions)])
+        values = set()
+        deadline = time.monotonic() + 30
+        while len(values) < 10 and time.monotonic() < deadline:
+            values |= {m.value() for m in c.consume(100, 0.5) if m.error() is None}
+        c.close()
+        assert values == {f"r{i}".encode() for i in range(10)}
+        admin = AdminClient({"bootstrap.servers": settings.broker})
+        res = ConfigResource(ConfigResource.Type.TOPIC, settings.dlq_topic)
+        config = admin.describe_configs([res])[res].result()
+        assert config["retention.ms"].value == str(2 * 3600 * 1000)
+    finally:
+        restarted.stop()
