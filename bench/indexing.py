@@ -9,7 +9,11 @@ ceiling of pipelined raw writes to the same KV server, measured side by side in 
    pipelined in batches of 500, pre-encoded payloads) from 2 processes, without Kafka,
    Flink or parsing.
 
-Last line: {"bench": "indexing", "events_per_s": …, "ceiling_per_s": …, "ratio": …}
+Besides rates, CPU per event of each part (job: JVM + Python workers; broker; KV server) over
+the same 10%–90% window, which holds on a busier or slower machine where rates do not.
+
+Last line: {"bench": "indexing", "events_per_s": …, "ceiling_per_s": …, "ratio": …,
+"cpu_us_per_event": {"job": …, "broker": …, "kv": …}}
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import time
 import orjson
 
 from usersignals.settings import load_settings
-from bench.common import bench_settings, emit, log, metric_total
+from bench.common import bench_settings, emit, group_cpu_s, log, metric_total
 from infra.generator import EventGenerator, ItemCatalog, WorkloadConfig, make_producer, produce, write_features
 from infra.stack import Stack
 
@@ -94,9 +98,12 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         port = settings.job_metrics_port
         samples: list[tuple[float, float]] = []
+        parts = {"job": job, "broker": base.component("broker"), "kv": base.component("kv")}
+        cpu: list[dict[str, float]] = []
         while True:
             n = metric_total(port, "usersignals_indexer_events_in_total") or 0.0
             samples.append((time.perf_counter(), n))
+            cpu.append({name: group_cpu_s(c.proc.pid) for name, c in parts.items()})
             if n >= args.events:
                 break
             if job.proc.poll() is not None:
@@ -107,14 +114,16 @@ def main(argv=None) -> int:
         lo, hi = 0.1 * args.events, 0.9 * args.events
         t_lo = next(t for t, n in samples if n >= lo)
         t_hi = next(t for t, n in samples if n >= hi)
-        n_lo = next(n for t, n in samples if t == t_lo)
-        n_hi = next(n for t, n in samples if t == t_hi)
+        i_lo = next(i for i, (t, n) in enumerate(samples) if t == t_lo)
+        i_hi = next(i for i, (t, n) in enumerate(samples) if t == t_hi)
+        n_lo, n_hi = samples[i_lo][1], samples[i_hi][1]
         rate = (n_hi - n_lo) / (t_hi - t_lo)
+        cpu_per_event = {name: round((cpu[i_hi][name] - cpu[i_lo][name]) / (n_hi - n_lo) * 1e6, 1) for name in parts}
         time.sleep(1.0)
         written = metric_total(port, "usersignals_indexer_kv_writes_total") or 0.0
         dlq = metric_total(port, "usersignals_indexer_dlq_total") or 0.0
         log(f"job: {rate:,.0f} events/s sustained; {written:.0f} written + {dlq:.0f} dead-lettered "
-            f"of {args.events}; first record after {samples[0][0] - started:.1f}s")
+            f"of {args.events}; first record after {samples[0][0] - started:.1f}s; CPU µs/event {cpu_per_event}")
         job_stack.stop()
 
         records = []
@@ -125,7 +134,7 @@ def main(argv=None) -> int:
         ceiling = measure_ceiling(settings, records)
         log(f"ceiling: {ceiling:,.0f} events/s of pipelined raw writes (2 processes)")
         emit({"bench": "indexing", "events_per_s": round(rate), "ceiling_per_s": round(ceiling),
-              "ratio": round(rate / ceiling, 3), "events": args.events, "parallelism": args.parallelism,
+              "ratio": round(rate / ceiling, 3), "cpu_us_per_event": cpu_per_event, "events": args.events, "parallelism": args.parallelism,
               "bundle_size": args.bundle_size, "bundle_time_ms": args.bundle_time_ms,
               "written": int(written), "dead_lettered": int(dlq)})
         return 0
