@@ -57,9 +57,9 @@ class Settings:
     parallelism: int = 2
     checkpoint_interval_ms: int = 5000
     bundle_size: int = 1000
-    bundle_time_ms: int = 20
+    bundle_time_ms: int = 10
     python_worker_mode: str = "process"
-    source_fetch_wait_ms: int = 20      # the job's Kafka fetch wait: lower is fresher, higher is lighter
+    source_fetch_wait_ms: int = 10      # the job's Kafka fetch wait: lower is fresher, higher is lighter
     # Lakehouse (Iceberg). Catalog type "sql" (SQLite locally, PostgreSQL in production) or
     # "rest"; empty URI/warehouse mean the local defaults under data_dir/lake.
     lake_catalog: str = "lake"
