@@ -70,8 +70,9 @@ def run_context() -> dict:
                   if line.startswith("model name")), platform.processor())
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
+    changed = git("status", "--porcelain", "-uno", "--", ".", ":!bench/results")  # uncommitted code
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno")),
+            "commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(changed),
             "argv": sys.argv[1:],
             "machine": {"cpus": os.cpu_count(), "cpu": model, "mem_gb": round(mem_kb / 2**20, 1),
                         "kernel": platform.release(), "python": platform.python_version()}}
