@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__API__HOST": settings.host,
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://{settings.host}:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.host}:{port}/execution/",
@@ -79,20 +81,26 @@ def main(argv: list[str] | None = None) -> int:
 
         database = Stack(settings, components=("postgres",))
         database.start()
+    proc = None
     try:
         if cmd == "standalone":
+            # In a session of its own, stopped as a whole on Ctrl-C or SIGTERM before the database
+            # goes: standalone's own children (scheduler, triggerer, ...) outlive a signal to it alone.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
             subprocess.run([str(AIRFLOW), "db", "migrate"], env={**os.environ, **env}, check=True,
                            stdout=subprocess.DEVNULL)
+            proc = subprocess.Popen([str(AIRFLOW), "standalone"], env={**os.environ, **env}, cwd=REPO_ROOT,
+                                    start_new_session=True)
+            return proc.wait()
         return subprocess.call([str(AIRFLOW), *argv], env={**os.environ, **env})
     except KeyboardInterrupt:
         return 130
     finally:
+        if proc is not None:
+            stop_standalone(proc)
         if database is not None:
             database.stop()
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def start_standalone(settings: Settings, port: int, log_path: Path):
@@ -107,8 +115,6 @@ def start_standalone(settings: Settings, port: int, log_path: Path):
 def stop_standalone(proc, timeout_s: float = 20.0) -> None:
     """Stop standalone and all its children (scheduler, API server, DAG processor, triggerer):
     SIGTERM to the parent alone leaves them running."""
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -124,3 +130,7 @@ def stop_standalone(proc, timeout_s: float = 20.0) -> None:
             except ProcessLookupError:
                 pass
         return
+
+
+if __name__ == "__main__":
+    sys.exit(main())
