@@ -98,14 +98,22 @@ def write_config(settings: Settings) -> Path:
     return path
 
 
+def cluster_id() -> str:
+    """A random cluster id in Kafka's form (base64url of 16 bytes). Like Kafka's own, never one
+    that starts with '-': the format command would take it for an option (1 id in 64)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def format_storage(settings: Settings) -> bool:
     """Format the log directory for KRaft if it is new; True if it was formatted now."""
     config = write_config(settings)
     if (log_dir(settings) / "meta.properties").exists():
         return False
     shutil.rmtree(log_dir(settings), ignore_errors=True)
-    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")  # Kafka's id form
-    proc = subprocess.run(_java("kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)),
+    proc = subprocess.run(_java("kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(config)),
                           capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"formatting the Kafka log dir failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")

@@ -36,3 +36,12 @@ def test_the_broker_runs_the_maven_jars_with_the_exporter_agent(tmp_path, monkey
     assert argv[argv.index("-cp") + 1] == f"{jars}/*"
     agent = next(a for a in argv if a.startswith("-javaagent:"))
     assert agent.startswith(f"-javaagent:{jars}/jmx_prometheus_javaagent-1.0.1.jar=127.0.0.1:19254:")
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch):
+    import uuid
+
+    ids = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(ids))
+    cid = kafka.cluster_id()
+    assert len(cid) == 22 and not cid.startswith("-") and cid == "AQEBAQEBAQEBAQEBAQEBAQ"
