@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = bench_settings("offline")
     registry = load_registry(settings.registry_path)
-    kv = Stack(settings, components=("kv",))
+    kv = Stack(settings, components=("kv", "postgres"))  # PostgreSQL: the lake's catalog
     kv.start()
     spark = None
     try:

@@ -28,6 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="[bench] %(name)s: %(message)s")
+    from infra.stack import Stack
+
+    settings = bench_settings("retrain")
+    database = Stack(settings, components=("postgres",))  # the lake's catalog
+    database.start()
+    try:
+        return _run(args, settings)
+    finally:
+        database.stop()
+
+
+def _run(args, settings) -> int:
     from batch.__main__ import make_io
     from batch.retrain import TrainParams, retrain
     from batch.session import spark_session
@@ -36,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     from usersignals import lake
     from usersignals.registry import load_registry
 
-    settings = bench_settings("retrain")
     catalog = lake.load_catalog(settings)
     migrate(catalog, settings, load_registry())
     holdout = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)

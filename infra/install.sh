@@ -17,7 +17,7 @@ inputs_hash() {
 want=$(inputs_hash)
 if [[ -f $STAMP && $(cat $STAMP) == "$want" && -x .venv/bin/python && -x .venv-streaming/bin/python \
       && -x .venv-airflow/bin/airflow \
-      && -f build/usersignals-flink.jar && -d build/jars/kafka && -d build/jars/flink && -d build/jars/spark ]] \
+      && -f build/usersignals-flink.jar && -d build/jars/kafka && -d build/jars/flink && -d build/jars/spark && -d build/jars/trino ]] \
    && command -v redis-server >/dev/null && command -v kcat >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   exit 0
 fi

@@ -1,4 +1,4 @@
-"""PostgreSQL for the local stack: Airflow's metadata database, in a cluster of the stack's own.
+"""PostgreSQL for the local stack: Airflow's metadata database and the lake's Iceberg catalog.
 
 Debian's server binaries (package ``postgresql``), a cluster in ``<data_dir>/postgres`` created
 on first start, listening on ``settings.host:postgres_port`` over TCP only (no Unix socket),
@@ -11,16 +11,15 @@ the cluster directory; ``url(settings, db)`` gives a SQLAlchemy URL with it.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import stat
 import subprocess
 from pathlib import Path
 
-from usersignals.settings import Settings
+from usersignals.settings import LAKE_DATABASE, POSTGRES_USER, Settings
 
-USER = "usersignals"
-DATABASES = ("airflow",)
+USER = POSTGRES_USER
+DATABASES = ("airflow", LAKE_DATABASE)   # Airflow's metadata; the lake's Iceberg catalog
 OS_USER = "postgres"   # who runs the server when the stack runs as root
 
 
@@ -37,16 +36,11 @@ def cluster_dir(settings: Settings) -> Path:
 
 
 def password(settings: Settings) -> str:
-    path = settings.data_dir / "postgres.password"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return settings.postgres_password
 
 
 def url(settings: Settings, database: str, driver: str = "postgresql+psycopg2") -> str:
-    return f"{driver}://{USER}:{password(settings)}@{settings.host}:{settings.postgres_port}/{database}"
+    return settings.postgres_url(database, driver)
 
 
 def _as_server_user() -> list[str]:

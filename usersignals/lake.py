@@ -1,19 +1,24 @@
 """The lakehouse contract: table names, and how every engine reaches the one Iceberg catalog.
 
-The lake sink and tests use pyiceberg (``load_catalog``); Spark jobs and the DAGs use
-``spark_conf``; analytics engines use ``catalog_properties``. All read the same catalog,
-so a table written by one is read by the others. Locally the catalog is a SQLite-backed
-SQL catalog over a file warehouse under ``data_dir/lake``; in production set
-``USERSIGNALS_LAKE_CATALOG_TYPE`` / ``_URI`` / ``_WAREHOUSE`` (a PostgreSQL SQL catalog
-or a REST catalog on object storage). Table definitions live in ``iceberg_schemas``.
+One catalog serves every engine: Iceberg's JDBC catalog, whose two tables live in a PostgreSQL
+database (locally the ``lake`` database of the stack's PostgreSQL; a file warehouse under
+``data_dir/lake``). pyiceberg reaches it through SQLAlchemy (``load_catalog``; the embedded
+analytics engine reads through it too), Spark through ``spark_conf``, the Flink job through
+``flink_catalog_options``, Trino through ``jdbc`` (``infra/trino.py`` renders its catalog file):
+all from the same settings, so a table one engine commits is the table the others read. Production sets
+``USERSIGNALS_LAKE_CATALOG_URI`` / ``_WAREHOUSE`` (PostgreSQL, object storage), or
+``USERSIGNALS_LAKE_CATALOG_TYPE=rest`` for an Iceberg REST catalog. Table definitions live
+in ``iceberg_schemas``.
 """
 from __future__ import annotations
 
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from usersignals.settings import Settings, jars
 
@@ -55,12 +60,9 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
 
 
 def local_paths(settings: Settings) -> None:
-    """Create the local warehouse and catalog directories (no-op for remote catalogs)."""
-    for uri in (settings.catalog_uri, settings.warehouse):
-        for scheme in ("sqlite:///", "file://"):
-            if uri.startswith(scheme):
-                target = Path(uri[len(scheme):])
-                (target.parent if scheme == "sqlite:///" else target).mkdir(parents=True, exist_ok=True)
+    """Create the local warehouse directory (no-op for object storage)."""
+    if settings.warehouse.startswith("file://"):
+        Path(settings.warehouse[len("file://"):]).mkdir(parents=True, exist_ok=True)
 
 
 def load_catalog(settings: Settings):
@@ -70,14 +72,45 @@ def load_catalog(settings: Settings):
     return _load(settings.lake_catalog, **catalog_properties(settings))
 
 
-def _jdbc_uri(uri: str) -> str:
-    if uri.startswith("sqlite:///"):
-        return "jdbc:sqlite:" + uri[len("sqlite:///") - 1:]
-    if uri.startswith(("postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://")):
-        return "jdbc:postgresql://" + uri.split("://", 1)[1]
-    if uri.startswith("jdbc:"):
-        return uri
-    raise ValueError(f"cannot map catalog URI {uri!r} to JDBC; use sqlite:/// or postgresql://")
+@dataclass(frozen=True)
+class Jdbc:
+    """The catalog database as the JVM engines' JDBC drivers take it: URL, user and password apart."""
+    url: str
+    user: str
+    password: str
+
+
+def jdbc(settings: Settings) -> Jdbc:
+    """JDBC form of the SQL catalog's SQLAlchemy URI (``postgresql[+driver]://user:pw@host:port/db``)."""
+    uri = settings.catalog_uri
+    parts = urlsplit(uri)
+    if not parts.scheme.startswith("postgresql"):
+        raise ValueError(f"catalog URI {uri.split('@')[-1]!r}: the JVM engines need a PostgreSQL catalog "
+                         "(postgresql://user:password@host:port/database)")
+    port = f":{parts.port}" if parts.port else ""
+    return Jdbc(f"jdbc:postgresql://{parts.hostname}{port}{parts.path}", unquote(parts.username or ""),
+                unquote(parts.password or ""))
+
+
+def _iceberg_jdbc_options(settings: Settings) -> dict[str, str]:
+    """Iceberg JdbcCatalog properties shared by Spark and Flink."""
+    j = jdbc(settings)
+    return {
+        "uri": j.url, "jdbc.user": j.user, "jdbc.password": j.password, "warehouse": settings.warehouse,
+        # pyiceberg (`python -m iceberg_schemas`) creates the catalog's tables, in the schema all
+        # engines share; the JVM engines only use them.
+        "jdbc.init-catalog-tables": "false",
+        "jdbc.schema-version": "V1",
+    }
+
+
+def flink_catalog_options(settings: Settings) -> dict[str, str]:
+    """``CREATE CATALOG ... WITH (...)`` options of the lake for Flink's Iceberg connector."""
+    if settings.lake_catalog_type == "rest":
+        return {"type": "iceberg", "catalog-type": "rest", "uri": settings.catalog_uri,
+                "warehouse": settings.warehouse}
+    return {"type": "iceberg", "catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
+            **_iceberg_jdbc_options(settings)}
 
 
 def spark_jars() -> list[Path]:
@@ -104,14 +137,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
     }
     if settings.lake_catalog_type == "sql":
-        conf.update({
-            f"{cat}.type": "jdbc",
-            f"{cat}.uri": _jdbc_uri(settings.catalog_uri),
-            # pyiceberg creates the catalog tables; if Iceberg's JDBC catalog does, it keeps a
-            # read lock on the SQLite file for the JVM's life and pyiceberg commits fail.
-            f"{cat}.jdbc.init-catalog-tables": "false",
-            f"{cat}.jdbc.schema-version": "V1",
-        })
+        conf[f"{cat}.type"] = "jdbc"
+        conf.update({f"{cat}.{k}": v for k, v in _iceberg_jdbc_options(settings).items()})
     else:
         conf.update({f"{cat}.type": "rest", f"{cat}.uri": settings.catalog_uri})
     return conf
@@ -130,7 +157,7 @@ def append_rows(catalog, ident: str, rows: list[dict], snapshot_properties: dict
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 8, base_s: float = 0.2) -> T:
-    """Run an Iceberg commit, retrying optimistic-concurrency conflicts and a locked catalog.
+    """Run an Iceberg commit, retrying optimistic-concurrency conflicts.
 
     ``fn`` must reload the table itself, so every attempt commits against fresh metadata.
     """
@@ -139,8 +166,8 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 8, base_s: floa
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except Exception as exc:  # CommitFailedException, or sqlite "database is locked"
-            retryable = isinstance(exc, CommitFailedException) or "locked" in str(exc).lower()
+        except Exception as exc:
+            retryable = isinstance(exc, CommitFailedException)
             if not retryable or attempt == attempts:
                 raise
             delay = base_s * 2 ** (attempt - 1) * (0.5 + random.random())

@@ -6,6 +6,7 @@ takes its addresses and limits from here, so one variable moves them all.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -23,6 +24,10 @@ def jars(group: str) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no jars in {JARS_DIR / group}; run `make install`")
     return found
+
+
+POSTGRES_USER = "usersignals"
+LAKE_DATABASE = "lake"      # the Iceberg catalog's database on the stack's PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -60,16 +65,19 @@ class Settings:
     bundle_time_ms: int = 10
     python_worker_mode: str = "process"
     source_fetch_wait_ms: int = 10      # the job's Kafka fetch wait: lower is fresher, higher is lighter
-    # Lakehouse (Iceberg). Catalog type "sql" (SQLite locally, PostgreSQL in production) or
-    # "rest"; empty URI/warehouse mean the local defaults under data_dir/lake.
+    # Lakehouse (Iceberg). Catalog type "sql": Iceberg's JDBC catalog in PostgreSQL, which every
+    # engine (pyiceberg, Spark, Flink, DuckDB through pyiceberg, Trino) reads and writes; or "rest".
+    # Empty URI: the "lake" database of the stack's PostgreSQL; empty warehouse: data_dir/lake.
     lake_catalog: str = "lake"
     lake_catalog_type: str = "sql"
     lake_catalog_uri: str = ""
     lake_warehouse: str = ""
     lake_namespace: str = "usersignals"
     enriched_topic: str = "user_events_enriched"
-    lake_commit_interval_s: int = 10
-    lake_metrics_port: int = 9252
+    # The indexing job's Iceberg sink commits on each checkpoint (checkpoint_interval_ms is the
+    # lake's commit interval); it rolls a data file at this size. Each commit closes its files,
+    # so small files come from short intervals: the daily maintenance compacts them.
+    lake_target_file_mb: int = 128
     node_exporter_port: int = 9253    # serves the batch jobs' textfile metrics
     prometheus_port: int = 9090
     spark_master: str = "local[2]"
@@ -78,7 +86,7 @@ class Settings:
     spark_python: str = ""
     # Analysts' SQL: a Trino server if a host is set, else the embedded engine (analytics/).
     trino_host: str = ""
-    trino_port: int = 8080
+    trino_port: int = 8081   # (Airflow has 8080)
     trino_user: str = "usersignals"
 
     @property
@@ -90,8 +98,23 @@ class Settings:
         return f"redis://{self.host}:{self.kv_port}/0"
 
     @property
+    def postgres_password(self) -> str:
+        """The stack's PostgreSQL password: generated once, kept in data_dir/postgres.password (0600)."""
+        path = self.data_dir / "postgres.password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+    def postgres_url(self, database: str, driver: str = "postgresql+psycopg2") -> str:
+        """SQLAlchemy URL of a database on the stack's PostgreSQL (user ``usersignals``)."""
+        return f"{driver}://{POSTGRES_USER}:{self.postgres_password}@{self.host}:{self.postgres_port}/{database}"
+
+    @property
     def catalog_uri(self) -> str:
-        return self.lake_catalog_uri or f"sqlite:///{self.data_dir / 'lake' / 'catalog.db'}"
+        return self.lake_catalog_uri or self.postgres_url(LAKE_DATABASE)
 
     @property
     def warehouse(self) -> str:

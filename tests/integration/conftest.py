@@ -1,4 +1,5 @@
-"""Real components for integration tests: a redis-server, Apache Kafka, PostgreSQL, the PyFlink job.
+"""Real components for integration tests: a redis-server, Apache Kafka, PostgreSQL (Airflow's
+database and the lake's catalog), the PyFlink job.
 
 Each runs on free loopback ports with its own data directory, started and stopped by
 the same ``infra.stack.Stack`` code the local stack uses.
@@ -34,6 +35,22 @@ def postgres_server(tmp_path_factory):
     stack.start()
     yield stack
     stack.stop()
+
+
+@pytest.fixture(scope="session")
+def new_lake(postgres_server):
+    """A factory of settings whose lake is new: its own catalog database on the session's
+    PostgreSQL and a warehouse under ``data_dir`` (``new_lake(data_dir, **overrides)``)."""
+    from infra import postgres
+
+    pg = postgres_server.settings
+
+    def make(data_dir, **over):
+        db = f"lake_{uuid.uuid4().hex[:12]}"
+        postgres.create_database(pg, db)
+        return private_settings(data_dir, **{"lake_catalog_uri": pg.postgres_url(db), **over})
+
+    return make
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import pytest
 from batch import jobs
 from batch.__main__ import make_io
 from iceberg_schemas.migrate import migrate
-from infra.stack import private_settings
 from usersignals import lake
 from usersignals.events import decode_stored
 from usersignals.kv import SequenceStore
@@ -33,10 +32,10 @@ def registry_without_popularity():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, kv_server):
+def env(tmp_path_factory, kv_server, new_lake):
     from batch.session import spark_session
 
-    settings = private_settings(tmp_path_factory.mktemp("batch"), kv_port=kv_server.settings.kv_port)
+    settings = new_lake(tmp_path_factory.mktemp("batch"), kv_port=kv_server.settings.kv_port)
     registry = registry_without_popularity()  # popularity arrives later, by backfill
     migrate(lake.load_catalog(settings), settings, registry)
     spark = spark_session(settings, "test-batch")

@@ -8,7 +8,6 @@ import pytest
 
 from iceberg_schemas.migrate import migrate
 from infra.airflow import AIRFLOW, AIRFLOW_PYTHON, airflow_env
-from infra.stack import private_settings
 from usersignals import lake
 from usersignals.events import decode_stored
 from usersignals.kv import SequenceStore, connect
@@ -31,13 +30,13 @@ def append(settings, table, rows):
 
 
 @pytest.fixture(scope="module")
-def lake_with_events(tmp_path_factory, kv_server, postgres_server):
+def lake_with_events(tmp_path_factory, kv_server, postgres_server, new_lake):
     from infra import postgres
 
     db = f"airflow_{uuid.uuid4().hex[:8]}"  # a metadata database of this module's own
     postgres.create_database(postgres_server.settings, db)
-    settings = private_settings(tmp_path_factory.mktemp("dagrun"), kv_port=kv_server.settings.kv_port,
-                                airflow_db_url=postgres.url(postgres_server.settings, db))
+    settings = new_lake(tmp_path_factory.mktemp("dagrun"), kv_port=kv_server.settings.kv_port,
+                        airflow_db_url=postgres.url(postgres_server.settings, db))
     registry = load_registry()
     migrate(lake.load_catalog(settings), settings, registry)
     now = dt.datetime.now(dt.timezone.utc)

@@ -11,7 +11,6 @@ from batch.__main__ import make_io
 from batch.retrain import TrainParams, interactions, publish, retrain
 from iceberg_schemas.migrate import migrate
 from infra.generator import WorkloadConfig, history
-from infra.stack import private_settings
 from usersignals import lake, models
 from usersignals.features import ItemFeatureStore
 from usersignals.registry import load_registry
@@ -21,10 +20,10 @@ UTC = dt.timezone.utc
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, kv_server):
+def env(tmp_path_factory, kv_server, new_lake):
     from batch.session import spark_session
 
-    settings = private_settings(tmp_path_factory.mktemp("retrain"), kv_port=kv_server.settings.kv_port)
+    settings = new_lake(tmp_path_factory.mktemp("retrain"), kv_port=kv_server.settings.kv_port)
     catalog = lake.load_catalog(settings)
     migrate(catalog, settings, load_registry())
     end = dt.datetime.combine(HOLDOUT + dt.timedelta(days=1), dt.time(), UTC)
