@@ -3,24 +3,26 @@
     make test-faults          (= .venv/bin/python -m bench.faults)
 
 A private local stack runs Apache Kafka (its log on disk), the KV server with its append-only
-file on, and the whole pipeline: indexing job, lake sink, trimmer, serving API. An idempotent
+file on, PostgreSQL (the lake's catalog), and the whole pipeline: the indexing job (which writes
+the lake through Iceberg's Flink sink), trimmer, serving API. An idempotent
 producer sends events (with out-of-order timestamps and re-sent duplicates, acks=all) and
 records what the broker acknowledged; a reader asks the
 API for sequences all along and checks every response for duplicates. Meanwhile, in turn:
 
     kill -9 a Python worker of the job      kill -9 the whole job (driver, JVM, workers)
     kill -9 the KV server                   kill -9 the broker
-    kill -9 the serving API                 kill -9 the lake sink
+    kill -9 PostgreSQL (the lake's catalog) kill -9 the serving API
 
 The stack's supervisor restarts each; the next fault waits until the stack serves again.
 When the producer stops, the harness counts independently (its own ledger of acks, read
-back through the KV store and a scan of the Iceberg raw table) that every acknowledged
-event is in the KV layer (if it is among its user's newest N of its type) and in the raw
-table. The last line is the JSON contract:
+back through the KV store and scans of the Iceberg tables) that every acknowledged event is in
+the KV layer (if it is among its user's newest N of its type) and in raw_events and
+enriched_events, each record exactly once. The last line is the JSON contract:
 
-    {"bench": "faults", "produced", "acked", "found_kv", "found_lake", "lost", "duplicates_served", ...}
+    {"bench": "faults", "produced", "acked", "found_kv", "found_lake", "lost", "duplicates_served",
+     "duplicates_lake_raw", "duplicates_lake_enriched", ...}
 
-Exit status 1 if anything acknowledged was lost or a response held a duplicate.
+Exit status 1 if anything acknowledged was lost, a response held a duplicate or the lake one.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from bench.common import bench_settings, emit, group_pids, log, metric_total, pe
 TENANT = "faults"
 TENANT_KEY = "faults-dev-key"
 ADMIN = {"X-Admin-Key": os.environ.get("USERSIGNALS_ADMIN_KEY", "admin-dev-key")}
-FAULTS = ("job-worker", "job", "kv", "broker", "api", "lake-sink")
+FAULTS = ("job-worker", "job", "kv", "broker", "postgres", "api")
 
 
 # --- pure logic (unit-tested) ----------------------------------------------------------
@@ -244,13 +246,13 @@ def verify_kv(settings, registry, expected: dict[tuple[str, str], set[str]]) -> 
     return found
 
 
-def lake_counts(settings, prefix: str) -> collections.Counter:
-    """Rows per event id in the Iceberg raw table, for this run's users."""
+def lake_counts(settings, prefix: str, table_name: str = "raw_events") -> collections.Counter:
+    """Rows per event id in an Iceberg table (raw_events, enriched_events), for this run's users."""
     from pyiceberg.expressions import StartsWith
 
     from usersignals import lake
 
-    table = lake.load_catalog(settings).load_table(lake.table_id(settings, lake.RAW_EVENTS))
+    table = lake.load_catalog(settings).load_table(lake.table_id(settings, table_name))
     ids = table.scan(row_filter=StartsWith("user_id", prefix), selected_fields=("event_id",)).to_arrow()
     return collections.Counter(ids.column("event_id").to_pylist())
 
@@ -313,8 +315,8 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
     from usersignals.registry import load_registry
 
     registry = load_registry()
-    settings = bench_settings("faults", checkpoint_interval_ms=2000, lake_commit_interval_s=3)
-    stack = Stack(settings, components=("broker", "kv", "job", "lake-sink", "trimmer", "api"))
+    settings = bench_settings("faults", checkpoint_interval_ms=2000)
+    stack = Stack(settings, components=("broker", "kv", "postgres", "job", "trimmer", "api"))
     ledger, stats = Ledger(), ReaderStats()
     stop_produce, stop_read, stop_watch = threading.Event(), threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
@@ -368,11 +370,13 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         found_kv: set[str] = set()
         waiting = expected  # the (user, dataset) groups not yet complete in KV
         lake: collections.Counter = collections.Counter()
+        enriched: collections.Counter = collections.Counter()
         while time.monotonic() < deadline:
             found_kv |= verify_kv(settings, registry, waiting)
             waiting = {k: ids for k, ids in waiting.items() if not ids <= found_kv}
             lake = lake_counts(settings, prefix)
-            if not waiting and all(e in lake for e in acked):
+            enriched = lake_counts(settings, prefix, "enriched_events")
+            if not waiting and all(e in lake and e in enriched for e in acked):
                 break
             time.sleep(3)
         found_kv = verify_kv(settings, registry, expected)  # the count: one full pass at the end
@@ -381,7 +385,7 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         threads[2].join(10)
 
         missing_kv = {e for ids in expected.values() for e in ids} - found_kv
-        missing_lake = set(acked) - set(lake)
+        missing_lake = (set(acked) - set(lake)) | (set(acked) - set(enriched))
         lost = missing_kv | missing_lake
         # Whose loss: an acked event the broker no longer holds was lost by the broker; one it
         # holds but KV or lake lacks was lost by the platform.
@@ -396,7 +400,9 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
                      "in_dlq": len(in_topic(settings, settings.dlq_topic, platform_lost)),
                      "job_counters": job_counters(settings)}
             log(f"platform losses missing from KV: {sorted(platform_lost)}; trail {trail}")
-        dup_lake = sum(max(0, n - sent[e]) for e, n in lake.items())  # rows beyond what was sent
+        # Rows beyond what was sent (the producer re-sends some events: each record lands once).
+        dup_lake = sum(max(0, n - sent[e]) for e, n in lake.items())
+        dup_enriched = sum(max(0, n - sent[e]) for e, n in enriched.items())
         if lost:
             log(f"LOST {len(lost)}: e.g. {sorted(lost)[:5]} (missing in KV {len(missing_kv)}, in lake "
                 f"{len(missing_lake)}; {len(lost) - len(kept_by_broker)} of them acked but no longer held by the broker)")
@@ -409,6 +415,7 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
             "acked": len(acked),
             "found_kv": len(found_kv),
             "found_lake": len(set(acked) & set(lake)),
+            "found_lake_enriched": len(set(acked) & set(enriched)),
             "lost": len(lost),
             "duplicates_served": stats.duplicates,
             "lost_by_broker": len(lost - kept_by_broker),
@@ -416,7 +423,9 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
             "expected_kv": n_expected,
             "resent": sum(sent.values()) - len(sent),
             "delivery_failures": failed,
-            "duplicates_lake": dup_lake,
+            "duplicates_lake": dup_lake + dup_enriched,
+            "duplicates_lake_raw": dup_lake,
+            "duplicates_lake_enriched": dup_enriched,
             "responses": stats.responses,
             "misordered_served": stats.misordered,
             "serve_errors": dict(stats.errors),
@@ -455,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown faults {sorted(unknown)}; choose from {','.join(FAULTS)}")
     result = run(rate=args.rate, steady_s=args.steady, users=args.users, read_rps=args.read_rps, faults=faults)
     emit(result)
-    return 0 if result["lost"] == 0 and result["duplicates_served"] == 0 and result["acked"] > 0 else 1
+    ok = result["lost"] == 0 and result["duplicates_served"] == 0 and result["duplicates_lake"] == 0
+    return 0 if ok and result["acked"] > 0 else 1
 
 
 if __name__ == "__main__":

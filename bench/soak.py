@@ -1,6 +1,6 @@
 """make soak: the whole local stack under steady load for 30 minutes; errors, p99 drift, RSS and CPU drift.
 
-A private stack (broker, KV, indexing job, lake sink, trimmer, API) on free ports takes
+A private stack (broker, KV, PostgreSQL, indexing job, trimmer, API) on free ports takes
 generated events at ``--events`` per second (2,000) while an open-loop client sends
 ``--rps`` (150, about half of what two cores answer beside the indexing) POST /v1/features requests a second for random users of the same
 population, through a tenant shaped like the home-feed one (three sequences, serving-time
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_registry()
     settings = bench_settings("soak")
     stack = Stack(settings, with_generator=True, generator_rate=args.events,
-                  components=("broker", "kv", "job", "lake-sink", "trimmer", "api", "generator"))
+                  components=("broker", "kv", "postgres", "job", "trimmer", "api", "generator"))
     results: list[tuple[float, float, bool]] = []
     samples: list[dict] = []
     stop = threading.Event()

@@ -3,7 +3,7 @@
 Each ``TableDef`` is the desired state of one Iceberg table; ``iceberg_schemas.migrate``
 creates what is missing and evolves what differs (new columns, new partition fields,
 properties, sort order) without rewriting data. Column names are a public contract
-(analysts' queries, Spark jobs and the lake sink use them): add, never rename.
+(analysts' queries, Spark jobs and the indexing job's lake sink use them): add, never rename.
 
 Item-feature columns are typed here (``FEATURE_TYPES``); ``enriched_events`` carries one
 column per indexing-time enrichment field of the registry, so registering an
@@ -131,11 +131,11 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
     day_and_type = (("event_time", "day"), ("event_type", "identity"))
     by_user = (("user_id", "asc"), ("event_time", "asc"))
     defs = [
-        TableDef(lake.RAW_EVENTS, "Every valid event as received from Kafka (at-least-once: replays may "
-                 "duplicate; readers deduplicate on event_id).",
+        TableDef(lake.RAW_EVENTS, "Every valid event as received from Kafka, once (the indexing job's "
+                 "Iceberg sink commits on its checkpoints).",
                  EVENT_COLUMNS + (
                      Column("kafka_partition", IntegerType()), Column("kafka_offset", LongType()),
-                     Column("ingested_at", TimestamptzType(), doc="When the lake sink read the record")),
+                     Column("ingested_at", TimestamptzType(), doc="When the indexing job read the record")),
                  day_and_type, by_user),
         TableDef(lake.ENRICHED_EVENTS, "Indexed events with their indexing-time item features, as the "
                  "stream enriched them (enriched_by='stream') or as the daily job recomputed them ('daily').",

@@ -1,4 +1,4 @@
-"""The local stack: Kafka, KV server, PostgreSQL, indexing job, lake sink, trimmer, API, Prometheus (+ generator).
+"""The local stack: Kafka, KV server, PostgreSQL, indexing job, trimmer, API, Prometheus (+ generator, Trino).
 
 Everything runs on 127.0.0.1 as child processes of one supervisor, each in its own
 process group, logging to ``<data_dir>/logs/<name>.log``. A component is "ready" when
@@ -7,7 +7,7 @@ can be read back from the KV layer, which proves the whole path. A component tha
 dies is restarted with backoff. Stopping goes in reverse order: SIGTERM, then SIGKILL.
 
     python -m infra.stack run     # foreground with the generator; Ctrl-C stops everything
-    python -m infra.stack up      # background (make up); `down` stops it
+    python -m infra.stack up      # background (make up); `down` stops it; --trino adds Trino
     python -m infra.stack status
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from infra import kafka, postgres
+from infra import kafka, postgres, trino
 from usersignals.settings import MAIN_PYTHON, REPO_ROOT, Settings, load_settings
 
 STREAMING_PY = REPO_ROOT / ".venv-streaming" / "bin" / "python"
@@ -49,7 +49,7 @@ def private_settings(data_dir: Path, **over) -> Settings:
     so a running `make up` stack is left alone."""
     ports = {name: free_port() for name in
              ("broker_port", "controller_port", "broker_metrics_port", "kv_port", "postgres_port", "api_port",
-              "job_metrics_port", "lake_metrics_port", "node_exporter_port", "prometheus_port")}
+              "job_metrics_port", "node_exporter_port", "prometheus_port", "trino_port")}
     return load_settings().with_overrides(**{**ports, "data_dir": data_dir, **over})
 
 
@@ -99,10 +99,12 @@ class Stack:
 
     def __init__(self, settings: Settings | None = None, with_generator: bool = False,
                  generator_rate: float = 1000.0, components: tuple[str, ...] | None = None,
-                 env: dict[str, dict[str, str]] | None = None):
-        """``env``: extra environment variables by component name (e.g. ``{"api": {...}}``)."""
+                 env: dict[str, dict[str, str]] | None = None, with_trino: bool = False):
+        """``env``: extra environment variables by component name (e.g. ``{"api": {...}}``).
+        ``with_trino``: also run a Trino server over the lake (``components`` may name it too)."""
         self.settings = settings or load_settings()
         self.with_generator = with_generator
+        self.with_trino = with_trino or "trino" in (components or ())
         self.generator_rate = generator_rate
         self.only = components
         self.extra_env = env or {}
@@ -139,19 +141,16 @@ class Stack:
                 ready=self.kv_ready, ports=(s.kv_port,),
             ),
             Component(
-                # Airflow's metadata database. SIGINT is PostgreSQL's fast shutdown: SIGTERM would
+                # Airflow's metadata database and the lake's catalog. SIGINT is PostgreSQL's fast shutdown: SIGTERM would
                 # wait for every client (Airflow's pools) to disconnect first.
                 "postgres", postgres.server_argv(s), ready=lambda: postgres.ready(s), ports=(s.postgres_port,),
                 before_start=lambda: postgres.init_cluster(s), on_ready=lambda: postgres.create_databases(s),
                 stop_signal=signal.SIGINT,
             ),
             Component(
+                # It writes the lake too: its tables exist (and have the registry's columns) first.
                 "job", [str(STREAMING_PY), "-m", "streaming.job"],
                 ready=self.canary_visible, ports=(s.job_metrics_port,), ready_timeout_s=120.0,
-            ),
-            Component(
-                "lake-sink", [str(MAIN_PYTHON), "-m", "streaming.lake_sink"],
-                ready=lambda: port_open(s.host, s.lake_metrics_port), ports=(s.lake_metrics_port,),
                 before_start=self.migrate_lake,
             ),
             Component(
@@ -185,6 +184,11 @@ class Stack:
                     ports=(s.prometheus_port,), before_start=lambda: self.write_prometheus_config(trimmer_port),
                 ),
             ]
+        if self.with_trino:
+            comps.append(Component(
+                "trino", trino.argv(s), ready=lambda: trino.ready(s), ports=(s.trino_port,),
+                ready_timeout_s=trino.STARTUP_TIMEOUT_S, before_start=self.migrate_lake,
+            ))
         if self.with_generator:
             comps.append(Component(
                 "generator", [str(MAIN_PYTHON), "-m", "infra.generator", "--rate", str(self.generator_rate),
@@ -192,7 +196,10 @@ class Stack:
                 ready=lambda: True, restart=False,
             ))
         if self.only:
-            comps = [c for c in comps if c.name in self.only]
+            wanted = set(self.only)
+            if wanted & {"job", "trino"} and not s.lake_catalog_uri:
+                wanted.add("postgres")  # the lake's catalog is the stack's PostgreSQL
+            comps = [c for c in comps if c.name in wanted]
         return comps
 
     def format_broker(self) -> None:
@@ -224,7 +231,7 @@ class Stack:
         """prometheus.yml scraping every component of this stack, with the alert rules."""
         s = self.settings
         targets = {"api": s.api_port, "indexer": s.job_metrics_port, "trimmer": trimmer_port, "broker": s.broker_metrics_port,
-                   "lake-sink": s.lake_metrics_port, "prometheus": s.prometheus_port}
+                   "prometheus": s.prometheus_port}
         jobs = [{"job_name": name, "static_configs": [{"targets": [f"{s.host}:{port}"]}]}
                 for name, port in targets.items()]
         # The batch jobs' own `job` label must survive: honor it.
@@ -366,14 +373,26 @@ class Stack:
             f"  job metrics  http://{s.host}:{s.job_metrics_port}/metrics",
             f"  Kafka        {s.broker}  topics {s.events_topic}, {s.enriched_topic}, {s.dlq_topic},"
             f" {s.served_topic}  (log {kafka.log_dir(s)}, metrics :{s.broker_metrics_port})",
-            f"  lake         {s.catalog_uri}  warehouse {s.warehouse}  (sink metrics :{s.lake_metrics_port})",
+            f"  lake         Iceberg catalog {lake_location(s)}, warehouse {s.warehouse}",
             f"  KV (Redis)   {s.kv_url}",
-            f"  PostgreSQL   {s.host}:{s.postgres_port}  (Airflow's metadata; user {postgres.USER},"
+            f"  PostgreSQL   {s.host}:{s.postgres_port}  (Airflow's metadata, the lake's catalog; user {postgres.USER},"
             f" password in {s.data_dir / 'postgres.password'})",
+            *([f"  Trino        {trino.url(s)}  (make trino-cli: catalog {s.lake_catalog}, schema {s.lake_namespace})"]
+              if self.with_trino else []),
             f"  Prometheus   http://{s.host}:{s.prometheus_port}  (alerts: infra/prometheus/alerts.yml;"
             f" dashboard: infra/grafana/usersignals.json)",
             f"  logs         {self.log_dir}/",
         ])
+
+
+def lake_location(settings: Settings) -> str:
+    """The catalog's address without its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(settings.catalog_uri)
+    if parts.password:
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    return settings.catalog_uri
 
 
 def _pidfile(settings: Settings) -> Path:
@@ -412,22 +431,27 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run in the foreground with the event generator (Ctrl-C stops)")
     run.add_argument("--rate", type=float, default=1000.0, help="generator events per second")
     run.add_argument("--no-generator", action="store_true")
+    run.add_argument("--trino", action="store_true", help="also run Trino over the lake")
     up = sub.add_parser("up", help="start in the background")
     up.add_argument("--generator", action="store_true", help="also run the event generator")
     up.add_argument("--rate", type=float, default=1000.0)
+    up.add_argument("--trino", action="store_true", help="also run Trino over the lake")
     sub.add_parser("down", help="stop the background stack")
     sub.add_parser("status", help="is the background stack running?")
     sub.add_parser("supervise", help=argparse.SUPPRESS).add_argument("--generator", action="store_true")
     sub.choices["supervise"].add_argument("--rate", type=float, default=1000.0)
+    sub.choices["supervise"].add_argument("--trino", action="store_true")
     args = p.parse_args(argv)
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pidfile = _pidfile(settings)
 
     if args.cmd == "run":
-        return supervise(Stack(settings, with_generator=not args.no_generator, generator_rate=args.rate))
+        return supervise(Stack(settings, with_generator=not args.no_generator, generator_rate=args.rate,
+                               with_trino=args.trino))
     if args.cmd == "supervise":
-        return supervise(Stack(settings, with_generator=args.generator, generator_rate=args.rate), pidfile)
+        return supervise(Stack(settings, with_generator=args.generator, generator_rate=args.rate,
+                               with_trino=args.trino), pidfile)
     if args.cmd == "up":
         if pidfile.exists():
             print(f"the stack is already running (state in {pidfile}); `make down` first")
@@ -437,14 +461,17 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "infra.stack", "supervise", "--rate", str(args.rate)]
         if args.generator:
             cmd.append("--generator")
+        if args.trino:
+            cmd.append("--trino")
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 240
+        wait_s = 240 + (trino.STARTUP_TIMEOUT_S if args.trino else 0)
+        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if pidfile.exists():
                 state = json.loads(pidfile.read_text() or "{}")
                 if state.get("state") == "ready":
-                    print(Stack(settings).banner())
+                    print(Stack(settings, with_trino=args.trino).banner())
                     print("stop it with `make down`")
                     return 0
                 if state.get("state") == "failed":
@@ -456,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                 pidfile.unlink(missing_ok=True)
                 return 1
             time.sleep(0.5)
-        print("the stack did not become ready in 240s; stopping it")
+        print(f"the stack did not become ready in {wait_s:.0f}s; stopping it")
         os.kill(proc.pid, signal.SIGTERM)
         return 1
     if args.cmd == "down":

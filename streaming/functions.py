@@ -1,4 +1,5 @@
-"""The PyFlink operator around ``Indexer``: records in, DLQ rows out, KV writes per bundle."""
+"""The PyFlink operator around ``Indexer``: records in; enriched rows (main output), raw rows and
+dead letters (side outputs) out, for the lake and the DLQ topic; KV writes per bundle."""
 from __future__ import annotations
 
 from pyflink.common import Row
@@ -6,6 +7,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import OutputTag, ProcessFunction
 
 from streaming import bundle
+from streaming.indexer import Rejection
 
 # (key, value, reason, detail, source_topic, partition, offset): DeadLetterSerializer's input.
 DLQ_TYPE = Types.ROW_NAMED(
@@ -14,6 +16,35 @@ DLQ_TYPE = Types.ROW_NAMED(
      Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
 )
 DLQ_TAG = OutputTag("dead-letters", DLQ_TYPE)
+
+_FLINK_TYPES = {"STRING": Types.STRING(), "BIGINT": Types.LONG(), "INT": Types.INT(), "DOUBLE": Types.DOUBLE(),
+                "FLOAT": Types.FLOAT(), "ARRAY<FLOAT>": Types.BASIC_ARRAY(Types.FLOAT())}
+
+
+def row_type(fields):
+    """A named row type from (name, Flink SQL type) pairs (``streaming.lake_sql``)."""
+    return Types.ROW_NAMED([n for n, _ in fields], [_FLINK_TYPES[t] for _, t in fields])
+
+
+def _raw_type():
+    from streaming.lake_sql import RAW_FIELDS
+
+    return row_type(RAW_FIELDS)
+
+
+RAW_TAG = OutputTag("raw-events", _raw_type())
+
+
+def _feature(value, ftype: str):
+    if value is None:
+        return None
+    if ftype in ("DOUBLE", "FLOAT"):
+        return float(value)
+    if ftype in ("BIGINT", "INT"):
+        return int(value)
+    if ftype == "ARRAY<FLOAT>":
+        return [float(v) for v in value]
+    return str(value)
 
 
 class IndexEvents(ProcessFunction):
@@ -24,7 +55,8 @@ class IndexEvents(ProcessFunction):
     """
 
     def __init__(self, kv_url: str, kv_prefix: str, registry_path: str | None, source_topic: str,
-                 kv_cluster: bool = False, broker: str | None = None, enriched_topic: str | None = None):
+                 kv_cluster: bool = False, broker: str | None = None, enriched_topic: str | None = None,
+                 feature_fields: tuple[tuple[str, str], ...] = ()):
         self.kv_url = kv_url
         self.kv_prefix = kv_prefix
         self.registry_path = registry_path
@@ -32,6 +64,7 @@ class IndexEvents(ProcessFunction):
         self.kv_cluster = kv_cluster
         self.broker = broker
         self.enriched_topic = enriched_topic
+        self.feature_fields = tuple(feature_fields)   # enriched_events' feature columns, in order
         self.indexer = None
         self.enriched = None
         self._scheduled = False
@@ -63,10 +96,17 @@ class IndexEvents(ProcessFunction):
     def process_element(self, value, ctx):
         key, payload, partition, offset = value[0], value[1], value[2], value[3]
         self._offsets[partition] = offset
-        rejection = self.indexer.accept(key, payload)
-        if rejection is not None:
-            yield DLQ_TAG, Row(key, payload if payload is not None else b"", rejection.reason,
-                               rejection.detail, self.source_topic, partition, offset)
+        out = self.indexer.accept(key, payload)
+        if isinstance(out, Rejection):
+            yield DLQ_TAG, Row(key, payload if payload is not None else b"", out.reason,
+                               out.detail, self.source_topic, partition, offset)
+        else:
+            e = out.event
+            base = (e.event_id, e.user_id, e.event_type, e.item_id, e.ts, e.surface, e.dwell_ms, e.query)
+            yield RAW_TAG, Row(*base, partition, offset, out.indexed_at_ms)
+            feats = out.features
+            yield Row(*base, out.dataset, out.indexed_at_ms,
+                      *(_feature(feats.get(f), t) for f, t in self.feature_fields))
         if not self._scheduled:
             self._scheduled = True
             bundle.pending(self._flush)

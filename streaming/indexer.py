@@ -1,10 +1,11 @@
 """Validate → enrich → write: the real-time indexer's logic, free of Flink.
 
-``Indexer.accept`` validates one raw record (returning the rejection for the DLQ, or
-buffering the event); ``Indexer.flush`` enriches the buffered batch with one feature
-lookup and writes it to the KV layer in one pipelined round trip. The Flink operator
-calls ``flush`` at the end of every bundle, which Flink completes before each
-checkpoint, so an event whose offset is committed is already in the KV layer.
+``Indexer.accept`` validates and enriches one raw record: it returns the rejection for the
+DLQ, or the enriched event (which the Flink operator also emits, for the lake) and buffers
+it; item features come from a cache, a miss costs one lookup. ``Indexer.flush`` writes the
+buffered batch to the KV layer in one pipelined round trip. The Flink operator calls
+``flush`` at the end of every bundle, which Flink completes before each checkpoint, so an
+event whose offset is committed is already in the KV layer.
 """
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ from streaming.metrics import IndexerMetrics
 class Rejection:
     reason: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """A valid event as indexed: its dataset and the item features stored with it."""
+    event: Event
+    dataset: str
+    features: dict
+    indexed_at_ms: int
 
 
 def enriched_record(event: Event, dataset: str, features: dict, indexed_at_ms: int) -> bytes:
@@ -57,30 +67,41 @@ class Indexer:
         self.enriched_sink = enriched_sink
         self.limits = limits
         self.clock = clock
-        self._buffer: list[Event] = []
+        self._buffer: list[tuple[Indexed, str | None]] = []  # with the item's category
         self._fields = {
             et: (ds.name, registry.indexing_fields(ds))
             for et in registry.event_types
             for ds in [registry.dataset_for_type(et)]
         }
 
-    def accept(self, key: bytes | None, value: bytes | None) -> Rejection | None:
-        """Validate one record: buffer it, or return why it belongs in the DLQ."""
+    def accept(self, key: bytes | None, value: bytes | None) -> Rejection | Indexed:
+        """Validate and enrich one record: buffer it for the KV write and return it, or return
+        why it belongs in the DLQ."""
         self.metrics.events_in.inc()
+        now_ms = int(self.clock() * 1000)
         try:
-            event = parse_event(value, key, self._fields, int(self.clock() * 1000), self.limits)
+            event = parse_event(value, key, self._fields, now_ms, self.limits)
         except InvalidEvent as exc:
             self.metrics.dlq(exc.reason)
             return Rejection(exc.reason, exc.detail)
-        self._buffer.append(event)
-        return None
+        dataset, fields = self._fields[event.event_type]
+        item = self.features.get_one(event.item_id)
+        if item is None:
+            self.metrics.missing_features.inc()
+            enrichment = {}
+        else:
+            self.metrics.enriched.inc()
+            enrichment = {f: item[f] for f in fields if f in item}
+        indexed = Indexed(event, dataset, enrichment, now_ms)
+        self._buffer.append((indexed, item.get("category") if item else None))
+        return indexed
 
     @property
     def pending(self) -> int:
         return len(self._buffer)
 
     def flush(self) -> int:
-        """Enrich and write everything buffered; returns the number of events written.
+        """Write everything buffered; returns the number of events written.
 
         On a KV error the batch stays buffered and the error propagates, so Flink
         fails the task and replays from the last checkpoint: nothing is lost.
@@ -89,44 +110,25 @@ class Indexer:
             return 0
         batch = self._buffer
         started = time.perf_counter()
-        feats = self.features.get_many(e.item_id for e in batch)
-        stored: list[StoredEvent] = []
-        categories: list[str | None] = []
-        enrichments: list[dict] = []
-        missing = 0
-        for e in batch:
-            dataset, fields = self._fields[e.event_type]
-            item = feats.get(e.item_id)
-            if item is None:
-                missing += 1
-                enrichment = {}
-                categories.append(None)
-            else:
-                enrichment = {f: item[f] for f in fields if f in item}
-                categories.append(item.get("category"))
-            enrichments.append(enrichment)
-            stored.append(StoredEvent(dataset, e.user_id, e.event_id, e.ts, encode_stored(e, enrichment)))
-        enriched_at = time.perf_counter()
+        stored = [StoredEvent(i.dataset, i.event.user_id, i.event.event_id, i.event.ts,
+                              encode_stored(i.event, i.features)) for i, _ in batch]
+        encoded_at = time.perf_counter()
         new = self.store.write(stored)
         if self.aggregates is not None:
             # Only events stored for the first time feed the aggregates: replays do not double count.
-            self.aggregates.update((e.user_id, c, e.ts, e.event_type)
-                                   for e, c, is_new in zip(batch, categories, new) if is_new and c)
+            self.aggregates.update((i.event.user_id, c, i.event.ts, i.event.event_type)
+                                   for (i, c), is_new in zip(batch, new) if is_new and c)
         if self.enriched_sink is not None:
-            indexed_at = int(self.clock() * 1000)
-            self.enriched_sink([
-                (e.user_id.encode(), enriched_record(e, s.dataset, f, indexed_at))
-                for e, s, f in zip(batch, stored, enrichments)])
+            self.enriched_sink([(i.event.user_id.encode(),
+                                 enriched_record(i.event, i.dataset, i.features, i.indexed_at_ms))
+                                for i, _ in batch])
         done = time.perf_counter()
         self._buffer = []
 
         now_ms = self.clock() * 1000
         m = self.metrics
-        m.enriched.inc(len(batch) - missing)
-        if missing:
-            m.missing_features.inc(missing)
-        m.enrich_seconds.observe(enriched_at - started)
-        m.kv_write_seconds.observe(done - enriched_at)
+        m.enrich_seconds.observe(encoded_at - started)
+        m.kv_write_seconds.observe(done - encoded_at)
         m.batch_size.observe(len(batch))
         per_dataset: dict[str, int] = {}
         for s in stored:

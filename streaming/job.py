@@ -1,4 +1,4 @@
-"""Entry point of the real-time indexing job: Kafka → IndexEvents → KV (+ DLQ, + enriched topic) on Flink.
+"""Entry point of the real-time indexing job: Kafka → IndexEvents → KV, DLQ, enriched topic and the lake, on Flink.
 
 Run with the streaming environment's Python::
 
@@ -7,8 +7,9 @@ Run with the streaming environment's Python::
 Settings come from ``USERSIGNALS_*`` variables (see ``usersignals.settings``). The job
 resumes from the consumer group's committed offsets (earliest when there are none),
 checkpoints every ``checkpoint_interval_ms`` and commits offsets on each checkpoint.
-Every indexed event is also produced, enriched, to ``enriched_topic``; the lake sink
-(``streaming.lake_sink``) lands that and the other topics in Iceberg.
+Every indexed event is also produced, enriched, to ``enriched_topic``. Iceberg's Flink sink
+(``streaming.lake_sql``) writes ``raw_events``, ``enriched_events``, ``dead_letters`` and,
+from its topic, ``served_features``, committing on each checkpoint: exactly once.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
+from usersignals import lake
 from usersignals.settings import REPO_ROOT, Settings, jars, load_settings
 
 log = logging.getLogger("usersignals.job")
@@ -44,7 +46,12 @@ def build_environment(settings: Settings):
     # Central (build/jars/flink), shipped with the job's helpers as user jars.
     if not HELPERS_JAR.exists():
         raise SystemExit(f"missing jar {HELPERS_JAR}; run `make install` to build it")
-    user_jars = [HELPERS_JAR, *jars("flink")]
+    # Hadoop (which Iceberg's Flink catalog and file IO load) must be on the JVM's own class path:
+    # Flink resolves org.apache.hadoop.* parent-first, never from user jars. PyFlink's gateway
+    # reads HADOOP_CLASSPATH when it starts the JVM, which the first Configuration() does.
+    hadoop = [j for j in jars("flink") if j.name.startswith("hadoop-")]
+    os.environ["HADOOP_CLASSPATH"] = ":".join(str(j) for j in hadoop)
+    user_jars = [HELPERS_JAR, *(j for j in jars("flink") if j not in hadoop)]
     conf = Configuration()
     conf.set_string("pipeline.jars", ";".join(f"file://{j}" for j in user_jars))
     conf.set_string("io.tmp.dirs", str(tmp))
@@ -72,13 +79,37 @@ def build_environment(settings: Settings):
     os.environ["_python_worker_execution_mode"] = settings.python_worker_mode
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.parallelism)
-    env.enable_checkpointing(settings.checkpoint_interval_ms, CheckpointingMode.AT_LEAST_ONCE)
+    # Exactly-once barriers: the Iceberg committer must see every writer's files of a checkpoint
+    # before the checkpoint's barrier (the KV writes stay at-least-once and are deduplicated).
+    env.enable_checkpointing(settings.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return env
 
 
+def table_environment(env):
+    from pyflink.table import StreamTableEnvironment
+
+    t_env = StreamTableEnvironment.create(env)
+    t_env.get_config().set("table.local-time-zone", "UTC")
+    return t_env
+
+
+def enriched_feature_fields(t_env, settings: Settings) -> list[tuple[str, str]]:
+    """enriched_events' item-feature columns, as the lake's catalog has them now."""
+    from streaming.lake_sql import feature_columns, table_path
+
+    j_table = getattr(t_env._j_tenv, "from")(table_path(settings, lake.ENRICHED_EVENTS))  # `from` is Python's
+    schema = j_table.getResolvedSchema()
+    return feature_columns([(c.getName(), c.getDataType().toString()) for c in schema.getColumns()])
+
+
 def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluster: bool = False) -> None:
+    from streaming import lake_sql
+    from streaming.functions import RAW_TAG, row_type
+
+    t_env = table_environment(env)
+    t_env.execute_sql(lake_sql.catalog_ddl(settings))
+    feature_fields = enriched_feature_fields(t_env, settings)
     from pyflink.common import WatermarkStrategy
-    from pyflink.common.typeinfo import Types
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSink, KafkaSource
     from pyflink.java_gateway import get_gateway
 
@@ -112,8 +143,8 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .uid("events-source")
     indexed = records.process(
         IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster,
-                    settings.broker, settings.enriched_topic),
-        output_type=Types.STRING(),
+                    settings.broker, settings.enriched_topic, tuple(feature_fields)),
+        output_type=row_type(lake_sql.ENRICHED_BASE_FIELDS + tuple(feature_fields)),
     ).name("validate-enrich-index").uid("validate-enrich-index")
 
     sink_builder = jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
@@ -128,8 +159,70 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
         .setProperty("max.request.size", str(DLQ_MAX_RECORD_BYTES))
         .build()
     )
-    indexed.get_side_output(DLQ_TAG).sink_to(KafkaSink(j_sink)).name("kafka:" + settings.dlq_topic) \
-        .uid("dlq-sink")
+    dead_letters = indexed.get_side_output(DLQ_TAG)
+    dead_letters.sink_to(KafkaSink(j_sink)).name("kafka:" + settings.dlq_topic).uid("dlq-sink")
+
+    # The lake: one INSERT per table into Iceberg's Flink sink, in the same job (same checkpoints).
+    t_env.create_temporary_view("raw_rows", t_env.from_data_stream(indexed.get_side_output(RAW_TAG)))
+    t_env.create_temporary_view("enriched_rows", t_env.from_data_stream(indexed))
+    t_env.create_temporary_view("dead_letter_rows", t_env.from_data_stream(dead_letters))
+    t_env.execute_sql(lake_sql.served_source_ddl(settings))
+    inserts = t_env.create_statement_set()
+    inserts.add_insert_sql(lake_sql.raw_insert(settings, "raw_rows"))
+    inserts.add_insert_sql(lake_sql.enriched_insert(settings, "enriched_rows", [f for f, _ in feature_fields]))
+    inserts.add_insert_sql(lake_sql.dlq_insert(settings, "dead_letter_rows"))
+    inserts.add_insert_sql(lake_sql.served_insert(settings))
+    inserts.attach_as_datastream()
+
+
+LAKE_TABLES = (lake.RAW_EVENTS, lake.ENRICHED_EVENTS, lake.DEAD_LETTERS, lake.SERVED_FEATURES)
+LAKE_POLL_S = 15.0
+
+
+def java_catalog(settings: Settings):
+    """The lake's catalog as Iceberg's Java API has it, in the driver's JVM (the job's jars)."""
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    options = lake.flink_catalog_options(settings)
+    impl = options.get("catalog-impl", "org.apache.iceberg.rest.RESTCatalog")
+    props = jvm.java.util.HashMap()
+    for k, v in options.items():
+        if k not in ("type", "catalog-impl", "catalog-type"):
+            props.put(k, v)
+    return jvm.org.apache.iceberg.CatalogUtil.loadCatalog(impl, settings.lake_catalog, props,
+                                                         jvm.org.apache.hadoop.conf.Configuration())
+
+
+def monitor_lake(settings: Settings, stop: threading.Event) -> None:
+    """Publish each lake table's newest commit, rows and files (``LakeMetrics``) until ``stop``,
+    in a thread of its own. The Java objects are made here, on the calling (main) thread: py4j
+    resolves class names with the serving Java thread's class loader, and only the main
+    thread's has the job's jars."""
+    from pyflink.java_gateway import get_gateway
+
+    from streaming.metrics import LakeMetrics
+
+    parse = get_gateway().jvm.org.apache.iceberg.catalog.TableIdentifier.parse
+    idents = {table: parse(lake.table_id(settings, table)) for table in LAKE_TABLES}
+    catalog = java_catalog(settings)   # its JDBC pool reconnects after a database outage
+    metrics = LakeMetrics()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                for table, ident in idents.items():
+                    snap = catalog.loadTable(ident).currentSnapshot()
+                    if snap is not None:
+                        summary = snap.summary()
+                        metrics.observe(table, snap.timestampMillis(), int(summary.get("total-records") or 0),
+                                        int(summary.get("total-data-files") or 0))
+            except Exception as exc:  # the catalog is down or slow: say so, try again next round
+                metrics.poll_errors.inc()
+                log.warning("lake monitor: %s", str(exc).splitlines()[0][:300])
+            stop.wait(LAKE_POLL_S)
+
+    threading.Thread(target=loop, name="lake-monitor", daemon=True).start()
 
 
 def serve_metrics(settings: Settings, multiproc_dir: Path) -> None:
@@ -167,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
              settings.bundle_size, settings.bundle_time_ms, settings.job_metrics_port)
 
     stop = threading.Event()
+    monitor_lake(settings, stop)
 
     def on_signal(signum, _frame):
         log.info("signal %d: cancelling the job", signum)

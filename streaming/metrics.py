@@ -34,7 +34,7 @@ class IndexerMetrics:
                                           "Duration of one pipelined batch write to the KV layer.",
                                           buckets=_FAST_BUCKETS, **kw)
         self.enrich_seconds = Histogram("usersignals_indexer_enrich_seconds",
-                                        "Duration of enriching one batch (feature lookups included).",
+                                        "Duration of encoding one batch for the KV write (features are looked up per event, from a cache).",
                                         buckets=_FAST_BUCKETS, **kw)
         self.batch_size = Histogram("usersignals_indexer_batch_size_events",
                                     "Events per KV write batch (one per Flink bundle).",
@@ -63,3 +63,27 @@ class IndexerMetrics:
         if child is None:
             child = self._offset_children[partition] = self._offset.labels(str(partition))
         child.set(offset)
+
+
+class LakeMetrics:
+    """What the lake's catalog says of the tables the job writes (its driver polls it): the time
+    of each table's newest snapshot, its rows and data files. A commit that stops coming shows here
+    whatever the cause (failing checkpoints, a catalog or storage outage)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        kw = {"registry": registry} if registry is not None else {}
+        self.last_commit = Gauge("usersignals_lake_last_commit_timestamp_seconds",
+                                 "Commit time of the table's current snapshot.", ["table"],
+                                 multiprocess_mode="livemax", **kw)
+        self.records = Gauge("usersignals_lake_records", "Rows in the table's current snapshot.", ["table"],
+                             multiprocess_mode="livemax", **kw)
+        self.data_files = Gauge("usersignals_lake_data_files", "Data files in the table's current snapshot "
+                                "(many small ones: compaction is due).", ["table"], multiprocess_mode="livemax",
+                                **kw)
+        self.poll_errors = Counter("usersignals_lake_poll_errors_total",
+                                   "Failed reads of the lake's catalog by the job's monitor.", **kw)
+
+    def observe(self, table: str, commit_ms: int, records: int, data_files: int) -> None:
+        self.last_commit.labels(table).set(commit_ms / 1000.0)
+        self.records.labels(table).set(records)
+        self.data_files.labels(table).set(data_files)

@@ -79,11 +79,13 @@ class CachedFeatures:
     """
 
     def __init__(self, store: ItemFeatureStore, max_items: int = 200_000, ttl_s: float = 60.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, version_check_s: float = 1.0):
         self.store = store
         self.max_items = max_items
         self.ttl_s = ttl_s
         self.clock = clock
+        self.version_check_s = version_check_s
+        self._version_checked = float("-inf")
         self._cache: OrderedDict[str, tuple[float, dict | None]] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -132,6 +134,24 @@ class CachedFeatures:
         if missing:
             self.fill(missing, self.store.get_many(missing), out)
         return out
+
+    def get_one(self, item_id: str) -> dict | None:
+        """One item's features: from the cache, else one lookup. The published embedding version
+        is checked at most every ``version_check_s``, not per call."""
+        now = self.clock()
+        version_of = getattr(self.store, "embedding_version", None)
+        if version_of is not None and now - self._version_checked >= self.version_check_s:
+            self._version_checked = now
+            self.sync_version(version_of())
+        entry = self._cache.get(item_id)
+        if entry is not None and now - entry[0] < self.ttl_s:
+            self._cache.move_to_end(item_id)
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        out: dict[str, dict | None] = {}
+        self.fill([item_id], self.store.get_many([item_id]), out)
+        return out[item_id]
 
     def __len__(self) -> int:
         return len(self._cache)

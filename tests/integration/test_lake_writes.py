@@ -1,58 +1,98 @@
-"""The lake sink on the real stack: broker, KV, the PyFlink job and the sink, on Iceberg."""
+"""The indexing job writes the lake through Iceberg's Flink sink, on the real stack: broker, KV,
+PostgreSQL (the catalog) and the PyFlink job, committing on its checkpoints."""
 import os
 import signal
 import uuid
 
+import orjson
 import pytest
 
 from infra.stack import Stack, private_settings
 from tests.integration.conftest import Producer, event, now_ms, wait_until
 from usersignals import lake
+from usersignals.features import ItemFeatureStore
+from usersignals.kv import connect
 
 
 @pytest.fixture(scope="module")
 def lake_stack(tmp_path_factory):
-    settings = private_settings(tmp_path_factory.mktemp("lake"), checkpoint_interval_ms=1000,
-                                lake_commit_interval_s=1)
-    stack = Stack(settings, components=("broker", "kv", "job", "lake-sink"))
+    settings = private_settings(tmp_path_factory.mktemp("lake"), checkpoint_interval_ms=1000)
+    stack = Stack(settings, components=("broker", "kv", "postgres", "job"))
     stack.start()
     yield stack
     stack.stop()
 
 
-def rows(settings, table, user_ids, column="event_id"):
+def rows(settings, table, values, field="user_id"):
     from pyiceberg.expressions import In
 
     t = lake.load_catalog(settings).load_table(lake.table_id(settings, table))
-    field = "user_id" if table != lake.DEAD_LETTERS else "key"
-    values = list(user_ids) if field == "user_id" else [u.encode() for u in user_ids]
-    return t.scan(row_filter=In(field, values)).to_arrow()
+    return t.scan(row_filter=In(field, list(values))).to_arrow()
 
 
 def test_events_land_raw_enriched_and_dead_letters(lake_stack):
     s = lake_stack.settings
     user = f"lake-{uuid.uuid4().hex[:8]}"
+    import datetime as dt
+
+    # The item's features where the platform keeps them: the KV layer (the stream enriches from
+    # there) and the lake (the daily job's source, so it finds nothing to repair later).
+    ItemFeatureStore(connect(s.kv_url), s.kv_prefix).put_many({"lakeitem": {"category": "c9", "popularity": 0.25}})
+    lake.append_rows(lake.load_catalog(s), lake.table_id(s, lake.ITEM_FEATURES),
+                     [{"item_id": "lakeitem", "category": "c9", "popularity": 0.25,
+                       "updated_at": dt.datetime.now(dt.timezone.utc)}])
     p = Producer(s)
     t0 = now_ms()
     for i in range(50):
-        p.send(event(user, i, t0 - i, etype="click" if i % 2 else "view", item=f"nofeat{i % 5}", dwell_ms=i))
+        p.send(event(user, i, t0 - i, etype="click" if i % 2 else "view",
+                     item="lakeitem" if i < 10 else f"nofeat{i % 5}", dwell_ms=i))
     p.send(b"not json", key=user.encode())
     p.send(event(user, 99, t0, etype="nope"))
     p.flush()
 
     raw = wait_until(lambda: (r := rows(s, lake.RAW_EVENTS, [user])).num_rows >= 50 and r, 90, 0.5, "raw rows")
     assert sorted(raw.column("event_id").to_pylist()) == sorted(f"{user}-{i}" for i in range(50))
+    first = {r["event_id"]: r for r in raw.to_pylist()}[f"{user}-3"]
+    assert first["dwell_ms"] == 3 and first["kafka_offset"] >= 0
+    assert int(first["event_time"].timestamp() * 1000) == t0 - 3
     enriched = wait_until(lambda: (r := rows(s, lake.ENRICHED_EVENTS, [user])).num_rows >= 50 and r, 60, 0.5,
                           "enriched rows")
     by_id = {r["event_id"]: r for r in enriched.to_pylist()}
     assert len(by_id) == 50
     assert {r["dataset"] for r in by_id.values()} == {"clicks", "views"}
     assert by_id[f"{user}-3"]["dwell_ms"] == 3 and by_id[f"{user}-3"]["enriched_by"] == "stream"
-    dead = wait_until(lambda: (r := rows(s, lake.DEAD_LETTERS, [user])).num_rows >= 2 and r, 60, 0.5, "DLQ rows")
+    # the features stored with the event in the KV layer, as columns
+    assert (by_id[f"{user}-3"]["category"], by_id[f"{user}-3"]["popularity"]) == ("c9", 0.25)
+    assert by_id[f"{user}-33"]["category"] is None
+    dead = wait_until(lambda: (r := rows(s, lake.DEAD_LETTERS, [user.encode()], "key")).num_rows >= 2 and r,
+                      60, 0.5, "DLQ rows")
     assert sorted(dead.column("reason").to_pylist()) == ["not_json", "unknown_event_type"]
+    assert b"not json" in dead.column("value").to_pylist()
+    assert set(dead.column("source_topic").to_pylist()) == {s.events_topic}
 
 
-def test_a_killed_sink_resumes_from_the_lake_without_loss_or_duplicates(lake_stack):
+def test_served_features_land_from_their_topic(lake_stack):
+    from confluent_kafka import Producer as KafkaProducer
+
+    s = lake_stack.settings
+    user = f"served-{uuid.uuid4().hex[:8]}"
+    p = KafkaProducer({"bootstrap.servers": s.broker})
+    good = [{"request_id": f"r{i}", "tenant": "home_feed", "config_version": 3, "ts": now_ms(), "user_id": user,
+             "format": "json", "features": {"views": [{"item_id": f"i{i}"}]}} for i in range(3)]
+    for rec in good:
+        p.produce(s.served_topic, key=user.encode(), value=orjson.dumps(rec))
+    p.produce(s.served_topic, key=user.encode(), value=b"{not json")
+    p.produce(s.served_topic, key=user.encode(), value=orjson.dumps({"tenant": "x", "user_id": user}))
+    p.flush(10)
+    served = wait_until(lambda: (r := rows(s, lake.SERVED_FEATURES, [user])).num_rows >= 3 and r, 90, 0.5,
+                        "served rows")
+    assert sorted(served.column("request_id").to_pylist()) == ["r0", "r1", "r2"]
+    row = served.to_pylist()[0]
+    assert row["tenant"] == "home_feed" and row["config_version"] == 3 and row["format"] == "json"
+    assert orjson.loads(row["features"])["views"][0]["item_id"].startswith("i")
+
+
+def test_a_killed_job_resumes_without_loss_or_duplicates_in_the_lake(lake_stack):
     s = lake_stack.settings
     users = [f"kill-{uuid.uuid4().hex[:8]}-{k}" for k in range(4)]
     p = Producer(s)
@@ -68,16 +108,17 @@ def test_a_killed_sink_resumes_from_the_lake_without_loss_or_duplicates(lake_sta
 
     send(0, 2000)
     wait_until(lambda: rows(s, lake.RAW_EVENTS, users).num_rows > 0, 60, 0.2, "first commit")
-    sink = lake_stack.component("lake-sink")
-    os.killpg(sink.proc.pid, signal.SIGKILL)  # no chance to land its buffer
-    sink.proc.wait()
+    job = lake_stack.component("job")
+    os.killpg(job.proc.pid, signal.SIGKILL)  # the JVM and its Python workers, mid-checkpoint
+    job.proc.wait()
     send(2000, 4000)
-    lake_stack._spawn(sink)
-    raw = wait_until(lambda: (r := rows(s, lake.RAW_EVENTS, users)).num_rows >= 4000 and r, 120, 0.5,
-                     "all rows after the restart")
-    ids = raw.column("event_id").to_pylist()
-    assert len(ids) == len(set(ids)) == 4000  # exactly once in the lake, across the kill
-    assert set(ids) == set(sent)
+    lake_stack._spawn(job)
+    for table in (lake.RAW_EVENTS, lake.ENRICHED_EVENTS):
+        got = wait_until(lambda: (r := rows(s, table, users)).num_rows >= 4000 and r, 180, 0.5,
+                         f"all {table} rows after the restart")
+        ids = got.column("event_id").to_pylist()
+        assert len(ids) == len(set(ids)) == 4000, table  # exactly once in the lake, across the kill
+        assert set(ids) == set(sent)
 
 
 def test_daily_recomputation_and_parity_agree_with_what_the_stream_indexed(lake_stack):
@@ -119,4 +160,4 @@ def test_daily_recomputation_and_parity_agree_with_what_the_stream_indexed(lake_
     assert daily["missing"] == 0 and daily["mis_enriched"] == 0, daily
     assert daily["recomputed"] >= n
     parity = batch("parity", "--sample", "1000", "--watermark-minutes", "0", "--threshold", "0")
-    assert parity["mismatched"] == 0 and parity["compared"] >= 10, parity
+    assert parity["mismatched"] == 0 and parity["compared"] >= 9, parity  # this test alone: 9 (user, dataset)

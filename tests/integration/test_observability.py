@@ -47,7 +47,7 @@ def test_prometheus_scrapes_every_component_and_loads_the_rules(stack):
         return health if health and all(h == "up" for h in health.values()) else None
 
     health = wait_until(all_up, 60, 1.0, "every scrape target up")
-    assert set(health) == {"api", "indexer", "trimmer", "lake-sink", "broker", "prometheus", "batch"}
+    assert set(health) == {"api", "indexer", "trimmer", "broker", "prometheus", "batch"}
     groups = json.loads(get(f"{prom}/api/v1/rules"))["data"]["groups"]
     assert sum(len(g["rules"]) for g in groups) >= 10
 
@@ -55,7 +55,7 @@ def test_prometheus_scrapes_every_component_and_loads_the_rules(stack):
 def test_every_metrics_endpoint_passes_promtool(stack):
     s = stack.settings
     import os
-    ports = {"api": s.api_port, "indexer": s.job_metrics_port, "lake-sink": s.lake_metrics_port,
+    ports = {"api": s.api_port, "indexer": s.job_metrics_port,
              "trimmer": int(os.environ["USERSIGNALS_TRIMMER_METRICS_PORT"])}
     for name, port in ports.items():
         text = get(f"http://{s.host}:{port}/metrics")
@@ -95,3 +95,20 @@ def test_batch_textfile_metrics_reach_prometheus_with_their_job_label(stack):
 
     res = wait_until(visible, 60, 1.0, "the batch metric in Prometheus")
     assert float(res[0]["value"][1]) == 123
+
+
+def test_the_job_reports_the_lakes_commits(stack):
+    """The job's driver reads the catalog: raw_events' newest commit is recent once the canary
+    event has been committed (the stack's checkpoints are its commits)."""
+    s = stack.settings
+    import time
+
+    def committed():
+        text = get(f"http://{s.host}:{s.job_metrics_port}/metrics")
+        for line in text.splitlines():
+            if line.startswith('usersignals_lake_last_commit_timestamp_seconds{table="raw_events"}'):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    last = wait_until(committed, 90, 1.0, "a raw_events commit in the job's metrics")
+    assert time.time() - last < 120

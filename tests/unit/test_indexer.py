@@ -3,7 +3,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streaming.indexer import Indexer
+from streaming.indexer import Indexed, Indexer
 from streaming.metrics import IndexerMetrics
 from usersignals.features import CachedFeatures
 from usersignals.registry import load_registry
@@ -64,7 +64,11 @@ def metric(reg, name, labels=None):
 
 def test_good_events_are_buffered_until_flush_then_written_with_indexing_enrichments():
     idx, _, _ = make()
-    assert idx.accept(*record()) is None
+    out = idx.accept(*record())
+    assert isinstance(out, Indexed)
+    assert (out.dataset, out.event.event_id, out.indexed_at_ms) == ("clicks", "e1", int(NOW * 1000))
+    # clicks stores category and popularity, not the serving-time embedding.
+    assert out.features == {"category": "c1", "popularity": 0.5}
     assert idx.store.written == [] and idx.pending == 1
     assert idx.flush() == 1
     (e,) = idx.store.written
@@ -89,15 +93,16 @@ def test_an_item_without_features_is_indexed_with_empty_enrichment_and_counted()
     assert metric(reg, "usersignals_indexer_items_without_features_total") == 1
 
 
-def test_feature_lookups_are_batched_per_flush_and_cached():
-    idx, source, _ = make()
+def test_each_item_is_looked_up_once_then_served_from_the_cache():
+    idx, source, reg = make()
     for n in range(50):
         idx.accept(*record(event_id=f"e{n}", item_id="i1" if n % 2 else "i2"))
     idx.flush()
-    assert source.calls == [["i2", "i1"]]
+    assert source.calls == [["i2"], ["i1"]]  # i2 has no features: its absence is cached too
     idx.accept(*record(event_id="again"))
     idx.flush()
-    assert source.calls == [["i2", "i1"]]
+    assert source.calls == [["i2"], ["i1"]]
+    assert metric(reg, "usersignals_indexer_items_without_features_total") == 25
 
 
 def test_a_failed_write_keeps_the_batch_for_the_retry():
