@@ -4,16 +4,17 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
-	bench-offline bench-analytics bench-retrain test-faults soak audit airflow lake-migrate lock jars-lock clean
+	bench-offline bench-analytics bench-retrain test-faults soak audit airflow trino trino-cli lake-migrate lock \
+	jars-lock clean
 
 install:
 	@bash infra/install.sh
 
 run: install
-	@$(PY) -m infra.stack run
+	@$(PY) -m infra.stack run $(if $(TRINO),--trino,)
 
 up: install
-	@$(PY) -m infra.stack up $(if $(GENERATOR),--generator --rate $(GENERATOR),)
+	@$(PY) -m infra.stack up $(if $(GENERATOR),--generator --rate $(GENERATOR),) $(if $(TRINO),--trino,)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m infra.stack down; else echo "nothing installed, nothing running"; fi
@@ -64,6 +65,16 @@ bench-retrain: install
 airflow: install lake-migrate
 	@echo "Airflow UI: http://127.0.0.1:$${USERSIGNALS_AIRFLOW_PORT:-8080}  user admin, password: see var/airflow/simple_auth_manager_passwords.json.generated"
 	@$(PY) -m infra.airflow standalone
+
+# Trino 476 alone (one node, on Temurin 25) over the lake's catalog, on USERSIGNALS_TRINO_PORT
+# (8081); starts the stack's PostgreSQL if it is not up. Ctrl-C stops it. Config: infra/trino/local/.
+trino: install
+	@$(PY) -m infra.trino
+
+# The Trino CLI on that server, catalog lake, schema usersignals; interactive, or one statement:
+# make trino-cli SQL='SELECT count(*) FROM raw_events'
+trino-cli: install
+	@$(PY) -m infra.trino cli $(if $(SQL),--execute "$(SQL)",)
 
 # Create or evolve the Iceberg tables (idempotent; the local stack runs it on start).
 lake-migrate: install

@@ -3,7 +3,9 @@
 Both take Trino-dialect SQL that names tables without catalog or schema.
 
 * ``TrinoEngine``: the ``trino`` client, catalog ``settings.lake_catalog``, schema
-  ``settings.lake_namespace`` (``infra/trino/`` holds the server configuration).
+  ``settings.lake_namespace``, session time zone UTC (as the embedded engine). The server is
+  ``USERSIGNALS_TRINO_HOST`` / ``_PORT``, or the local one (``make trino``, ``infra/trino.py``) at
+  ``settings.host:settings.trino_port``, which ``engine_for`` detects with a quick ``/v1/info``.
 * ``EmbeddedEngine``: sqlglot transpiles the SQL to DuckDB's dialect; DuckDB 1.5.5 reads the
   lake's current snapshots through its Iceberg extension (``iceberg_scan`` of each table's
   metadata file, which applies merge-on-read delete files), one view per table. The
@@ -107,14 +109,22 @@ def _duck_type(t) -> str:
 
 
 class TrinoEngine:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, host: str | None = None):
         import trino
 
         self.settings = settings
-        self.name = f"Trino at {settings.trino_host}:{settings.trino_port}"
-        self.conn = trino.dbapi.connect(host=settings.trino_host, port=settings.trino_port, user=settings.trino_user,
+        host = host or settings.trino_host or settings.host
+        self.conn = trino.dbapi.connect(host=host, port=settings.trino_port, user=settings.trino_user,
                                         catalog=settings.lake_catalog, schema=settings.lake_namespace,
-                                        http_scheme="https" if settings.trino_port == 443 else "http")
+                                        timezone="UTC", http_scheme="https" if settings.trino_port == 443 else "http")
+        self.name = f"Trino at {host}:{settings.trino_port}"
+        try:  # the server's version, for the name only: a server that is not there fails in run()
+            cur = self.conn.cursor()
+            cur.execute("SELECT node_version FROM system.runtime.nodes WHERE coordinator LIMIT 1")
+            version = cur.fetchall()[0][0]
+            self.name = f"Trino {version} at {host}:{settings.trino_port}"
+        except Exception:
+            pass
 
     def run(self, trino_sql: str) -> Result:
         started = time.perf_counter()
@@ -123,10 +133,30 @@ class TrinoEngine:
         rows = [tuple(r) for r in cur.fetchall()]
         return Result([d[0] for d in cur.description], rows, self.name, time.perf_counter() - started, trino_sql)
 
+    def refresh(self) -> None:
+        """Nothing to do: Trino reads each table's current snapshot from the catalog per query."""
+
     def close(self) -> None:
         self.conn.close()
 
 
+def local_trino(settings: Settings, timeout: float = 0.5) -> bool:
+    """A Trino server answers at ``settings.host:settings.trino_port`` (``/v1/info``, started)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{settings.host}:{settings.trino_port}/v1/info", timeout=timeout) as r:
+            body = json.loads(r.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, dict) and "nodeVersion" in body and body.get("starting") is False
+
+
 def engine_for(settings: Settings):
-    """Trino when ``USERSIGNALS_TRINO_HOST`` is set, else the embedded engine on the local lake."""
-    return TrinoEngine(settings) if settings.trino_host else EmbeddedEngine(settings)
+    """Trino when ``USERSIGNALS_TRINO_HOST`` is set, else the local Trino if one answers at
+    ``settings.host:settings.trino_port``, else the embedded engine on the lake. The engine's
+    ``name`` says which."""
+    if settings.trino_host or local_trino(settings):
+        return TrinoEngine(settings)
+    return EmbeddedEngine(settings)

@@ -1,12 +1,16 @@
-"""Saved-query harness: every library query runs on the embedded engine over a fixture lake
-with known data, and its result equals values computed independently here in Python.
+"""Saved-query harness: every library query runs on both engines, the embedded one (DuckDB over
+the lake) and a real Trino server (infra/trino.py), over one fixture lake with known data, and
+its result equals values computed independently here in Python; the two engines' rows agree.
 
-Also: the engine reads merge-on-read deletes (made by Spark) correctly, the CLI says which
-engine ran, and charts render.
+Also: both engines apply merge-on-read deletes (made by Spark), Trino sees a commit made after
+it started at once, the CLI says which engine ran (embedded, or the Trino it detects), and
+charts render.
 """
 import collections
 import datetime as dt
 import json
+import math
+import os
 import random
 import statistics
 import subprocess
@@ -14,10 +18,11 @@ import sys
 
 import pytest
 
-from analytics.engine import EmbeddedEngine
+from analytics.engine import EmbeddedEngine, TrinoEngine
 from analytics.library import load_library
 from iceberg_schemas.migrate import migrate
-from infra.stack import private_settings
+from infra import trino
+from infra.stack import free_port
 from usersignals import lake
 from usersignals.registry import load_registry
 from usersignals.settings import REPO_ROOT
@@ -70,18 +75,71 @@ def build_data():
 
 
 DATA = build_data()
+# Dead letters written with the others, then deleted by Spark as merge-on-read position deletes:
+# every engine must apply the delete files, or the DLQ query counts them.
+PURGED = [dict(d, reason="purged", source_offset=1000 + n) for n, d in enumerate(DATA["dead_letters"][:12])]
+ENGINES = ["embedded", "trino"]
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    settings = private_settings(tmp_path_factory.mktemp("analytics"))
+def lake_settings(tmp_path_factory, new_lake):
+    """The fixture lake: DATA (and PURGED, deleted again by Spark) in a catalog of its own."""
+    settings = new_lake(tmp_path_factory.mktemp("analytics"))
     catalog = lake.load_catalog(settings)
     migrate(catalog, settings, load_registry())
     for table, rows in DATA.items():
-        lake.append_rows(catalog, lake.table_id(settings, table), rows)
-    eng = EmbeddedEngine(settings, catalog)
-    yield settings, eng
+        extra = PURGED if table == lake.DEAD_LETTERS else []
+        lake.append_rows(catalog, lake.table_id(settings, table), rows + extra)
+    from batch.session import spark_session
+
+    spark = spark_session(settings, "test-analytics-deletes")
+    try:
+        t = f"{settings.lake_catalog}.{settings.lake_namespace}.{lake.DEAD_LETTERS}"
+        spark.sql(f"ALTER TABLE {t} SET TBLPROPERTIES ('write.delete.mode'='merge-on-read')")
+        spark.sql(f"DELETE FROM {t} WHERE reason = 'purged'")
+        deletes = spark.sql(f"SELECT count(*) AS n FROM {t}.delete_files").first()["n"]
+    finally:
+        spark.stop()
+    return settings, deletes
+
+
+@pytest.fixture(scope="module")
+def trino_server(lake_settings, tmp_path_factory):
+    """A real Trino (infra/trino.py) in a data dir of its own, on a free port, on the fixture
+    lake's catalog database and warehouse. Its log is printed if it does not start."""
+    settings, _ = lake_settings
+    settings = settings.with_overrides(data_dir=tmp_path_factory.mktemp("trino"), lake_warehouse=settings.warehouse,
+                                       trino_port=free_port())
+    server = trino.Server(settings)
+    try:
+        server.start(timeout_s=240)
+    except BaseException:
+        print(f"--- Trino log ({server.log_path}) ---\n{server.log_tail(200)}", file=sys.stderr)
+        server.stop()
+        raise
+    print(f"Trino ready in {server.startup_s:.1f}s", file=sys.stderr)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded_engine(lake_settings):
+    eng = EmbeddedEngine(lake_settings[0])
+    yield eng
     eng.close()
+
+
+@pytest.fixture(scope="module")
+def trino_engine(trino_server):
+    eng = TrinoEngine(trino_server.settings)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request, lake_settings):
+    """Each saved-query test runs once per engine, on the same lake."""
+    return lake_settings[0], request.getfixturevalue(f"{request.param}_engine")
 
 
 def sql_round(x: float, digits: int) -> float:
@@ -235,43 +293,98 @@ def test_every_library_query_is_covered_by_this_harness():
     assert set(LIB) <= tested
 
 
-def test_merge_on_read_deletes_are_applied(engine):
+def test_merge_on_read_deletes_are_applied(engine, lake_settings):
     """Rows deleted by Spark as position-delete files (merge-on-read) are not counted."""
-    settings, eng = engine
-    from batch.session import spark_session
-
-    spark = spark_session(settings, "test-analytics-deletes")
-    try:
-        t = f"{settings.lake_catalog}.{settings.lake_namespace}.{lake.DEAD_LETTERS}"
-        spark.sql(f"ALTER TABLE {t} SET TBLPROPERTIES ('write.delete.mode'='merge-on-read')")
-        spark.sql(f"DELETE FROM {t} WHERE reason = 'not_json'")
-        deletes = spark.sql(f"SELECT count(*) AS n FROM {t}.delete_files").first()["n"]
-    finally:
-        spark.stop()
+    _, deletes = lake_settings
     assert deletes >= 1  # really merge-on-read: delete files, not rewritten data files
-    eng.refresh()
+    _, eng = engine
     got = eng.run("SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason").records()
-    want = collections.Counter(d["reason"] for d in DATA["dead_letters"] if d["reason"] != "not_json")
+    want = collections.Counter(d["reason"] for d in DATA["dead_letters"])
     assert {r["reason"]: r["n"] for r in got} == dict(want)
 
 
-def test_cli_says_which_engine_ran_and_draws_charts(engine, tmp_path):
-    settings, _ = engine
-    env = {**__import__("os").environ, **settings.to_env()}
-    proc = subprocess.run([sys.executable, "-m", "analytics", "run", "daily_active_users", "--param",
-                           f"start_day={START}", "--format", "json"], capture_output=True, text=True, env=env,
-                          cwd=REPO_ROOT, timeout=120)
+# Parameters that cover the whole fixture lake, per saved query.
+WIDE = {"daily_active_users": {"start_day": START - dt.timedelta(days=2), "end_day": END},
+        "event_mix_by_surface": {"start_day": START - dt.timedelta(days=2), "end_day": END},
+        "enrichment_coverage": {"start_day": START - dt.timedelta(days=2), "end_day": END},
+        "realtime_vs_offline": {"start_day": START - dt.timedelta(days=2), "end_day": END},
+        "session_funnel": {"start_day": START - dt.timedelta(days=2), "end_day": END},
+        "sequence_length_distribution": {"days": 30}, "dlq_reasons_over_time": {"hours": 48},
+        "top_items_per_category": {"days": 7, "top": 3}, "end_to_end_lag": {"hours": 24 * 4}}
+# Columns of approximate aggregates (approx_percentile): DuckDB and Trino use different sketches.
+APPROXIMATE = {"p50", "p90", "p99", "p50_ms", "p90_ms", "p99_ms"}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+@pytest.mark.parametrize("name", sorted(LIB))
+def test_both_engines_give_the_same_rows(name, embedded_engine, trino_engine):
+    sql = LIB[name].render(WIDE.get(name, {}))
+    a, b = embedded_engine.run(sql), trino_engine.run(sql)
+    assert a.columns == b.columns
+    assert a.rows, f"{name}: no rows over the fixture lake"
+    assert len(a.rows) == len(b.rows)
+    exact = [i for i, c in enumerate(a.columns) if c not in APPROXIMATE]
+    key = lambda r: tuple(repr(r[i]) for i in exact)  # noqa: E731 (sorted: ties may come in any order)
+    for ra, rb in zip(sorted(a.rows, key=key), sorted(b.rows, key=key)):
+        for i, col in enumerate(a.columns):
+            if col in APPROXIMATE:
+                assert (ra[i] is None) == (rb[i] is None), (name, col, ra, rb)
+            else:
+                assert _same(ra[i], rb[i]), (name, col, ra, rb)
+
+
+def test_trino_sees_a_commit_made_after_it_started(trino_server, trino_engine):
+    """A commit to the catalog (here pyiceberg's, as the Flink sink's) is in Trino's next query:
+    no metadata cache to wait out."""
+    settings = trino_server.settings
+    catalog = lake.load_catalog(settings)
+    ident = lake.table_id(settings, lake.SERVED_FEATURES)
+    count = lambda: trino_engine.run("SELECT count(*) FROM served_features").rows[0][0]  # noqa: E731
+    before = count()
+    for n in (3, 5):
+        rows = [{"request_id": f"r{n}-{k}", "tenant": "t", "config_version": 1, "served_at": NOW,
+                 "user_id": f"u{k}", "format": "json", "features": "{}"} for k in range(n)]
+        lake.append_rows(catalog, ident, rows)
+        after = count()
+        assert after == before + n
+        before = after
+    assert "served_features" not in "".join(q.sql for q in LIB.values())  # no saved query counts them
+
+
+def _cli(settings, *args):
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.run([sys.executable, "-m", "analytics", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT, timeout=180)
+
+
+def test_cli_says_which_engine_ran_and_draws_charts(lake_settings, tmp_path):
+    settings = lake_settings[0].with_overrides(trino_port=free_port())  # no Trino there: embedded
+    proc = _cli(settings, "run", "daily_active_users", "--param", f"start_day={START}", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["engine"].startswith("embedded DuckDB") and out["rows"] and "engine: embedded" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "analytics", "sql", "SELECT count(*) AS n FROM raw_events",
-                           "--format", "csv"], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+    proc = _cli(settings, "sql", "SELECT count(*) AS n FROM raw_events", "--format", "csv")
     assert proc.stdout.splitlines() == ["n", str(len(DATA["raw_events"]))]
-    bad = subprocess.run([sys.executable, "-m", "analytics", "sql", "SELECT nope FROM raw_events"],
-                         capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+    bad = _cli(settings, "sql", "SELECT nope FROM raw_events")
     assert bad.returncode == 1 and "error" in bad.stderr and "Traceback" not in bad.stderr
     png = tmp_path / "dau.png"
-    proc = subprocess.run([sys.executable, "-m", "analytics", "chart", "daily_active_users", "--out", str(png)],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+    proc = _cli(settings, "chart", "daily_active_users", "--out", str(png))
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_cli_uses_the_local_trino_when_it_is_up(trino_server):
+    settings = trino_server.settings  # trino_host unset: the CLI detects the server at host:trino_port
+    assert not settings.trino_host
+    proc = _cli(settings, "sql", "SELECT count(*) AS n FROM raw_events", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["engine"].startswith("Trino 476 at") and "engine: Trino" in proc.stderr
+    assert out["rows"] == [{"n": len(DATA["raw_events"])}]
+    bad = _cli(settings, "sql", "SELECT nope FROM raw_events")
+    assert bad.returncode == 1 and "error (Trino" in bad.stderr and "Traceback" not in bad.stderr
