@@ -92,6 +92,33 @@ def test_served_features_land_from_their_topic(lake_stack):
     assert orjson.loads(row["features"])["views"][0]["item_id"].startswith("i")
 
 
+def test_trino_sees_a_commit_of_the_flink_sink_at_once(lake_stack):
+    """What the job's sink committed (pyiceberg sees the new snapshot) Trino returns in the very
+    next query: the same catalog, no cache in between."""
+    import trino as client
+
+    from infra import trino
+
+    s = lake_stack.settings
+    with trino.Server(s):
+        conn = client.dbapi.connect(host=s.host, port=s.trino_port, user=s.trino_user, catalog=s.lake_catalog,
+                                    schema=s.lake_namespace)
+        cur = conn.cursor()
+        for round_ in range(2):
+            user = f"trino-{uuid.uuid4().hex[:8]}"
+            p = Producer(s)
+            for i in range(20):
+                p.send(event(user, i, now_ms() - i, etype="click" if i % 2 else "view", item="nofeat"))
+            p.flush()
+            wait_until(lambda: rows(s, lake.RAW_EVENTS, [user]).num_rows == 20, 60, 0.1, "the sink's commit")
+            cur.execute(f"SELECT count(*), count(DISTINCT event_id) FROM raw_events WHERE user_id = '{user}'")
+            assert cur.fetchall() == [[20, 20]], round_
+            wait_until(lambda: rows(s, lake.ENRICHED_EVENTS, [user]).num_rows == 20, 60, 0.1, "enriched commit")
+            cur.execute(f"SELECT dataset, count(*) FROM lake.usersignals.enriched_events WHERE user_id = '{user}' "
+                        "GROUP BY 1 ORDER BY 1")
+            assert cur.fetchall() == [["clicks", 10], ["views", 10]]
+
+
 def test_a_killed_job_resumes_without_loss_or_duplicates_in_the_lake(lake_stack):
     s = lake_stack.settings
     users = [f"kill-{uuid.uuid4().hex[:8]}-{k}" for k in range(4)]
