@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     settings = bench_settings("bench-indexing", parallelism=args.parallelism, bundle_size=args.bundle_size,
                               bundle_time_ms=args.bundle_time_ms)
-    base = Stack(settings, components=("broker", "kv"))
+    base = Stack(settings, components=("broker", "kv", "postgres"))  # PostgreSQL: the lake's catalog
     job_stack = Stack(settings, components=("job",))
     try:
         base.start()
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         log(f"produced in {time.perf_counter() - t:.1f}s {gen.counts}")
 
         job_stack.components = job_stack.define()
-        job = job_stack.components[0]
+        job = job_stack.component("job")
+        job.before_start()  # the lake's tables
         job_stack._spawn(job)
         started = time.perf_counter()
         port = settings.job_metrics_port

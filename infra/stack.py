@@ -99,12 +99,14 @@ class Stack:
 
     def __init__(self, settings: Settings | None = None, with_generator: bool = False,
                  generator_rate: float = 1000.0, components: tuple[str, ...] | None = None,
-                 env: dict[str, dict[str, str]] | None = None, with_trino: bool = False):
+                 env: dict[str, dict[str, str]] | None = None, with_trino: bool = False,
+                 trino_timeout_s: float = trino.STARTUP_TIMEOUT_S):
         """``env``: extra environment variables by component name (e.g. ``{"api": {...}}``).
         ``with_trino``: also run a Trino server over the lake (``components`` may name it too)."""
         self.settings = settings or load_settings()
         self.with_generator = with_generator
         self.with_trino = with_trino or "trino" in (components or ())
+        self.trino_timeout_s = trino_timeout_s
         self.generator_rate = generator_rate
         self.only = components
         self.extra_env = env or {}
@@ -187,7 +189,7 @@ class Stack:
         if self.with_trino:
             comps.append(Component(
                 "trino", trino.argv(s), ready=lambda: trino.ready(s), ports=(s.trino_port,),
-                ready_timeout_s=trino.STARTUP_TIMEOUT_S, before_start=self.migrate_lake,
+                ready_timeout_s=self.trino_timeout_s, before_start=self.migrate_lake,
             ))
         if self.with_generator:
             comps.append(Component(
@@ -197,8 +199,8 @@ class Stack:
             ))
         if self.only:
             wanted = set(self.only)
-            if wanted & {"job", "trino"} and not s.lake_catalog_uri:
-                wanted.add("postgres")  # the lake's catalog is the stack's PostgreSQL
+            if wanted & {"job", "trino"} and not s.lake_catalog_uri and not postgres.ready(s):
+                wanted.add("postgres")  # the lake's catalog is the stack's PostgreSQL: not up yet
             comps = [c for c in comps if c.name in wanted]
         return comps
 

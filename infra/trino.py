@@ -260,41 +260,26 @@ def cli_argv(settings: Settings) -> list[str]:
 
 
 class Server:
-    """A Trino server of one's own (tests, benchmarks, ``main``): ``start()`` waits until it is
-    ready, ``stop()`` sends SIGTERM to its process group (then SIGKILL). Its log is
-    ``<data_dir>/logs/trino.log``."""
+    """A Trino server of one's own (tests, benchmarks, ``main``): the stack's ``trino`` component
+    alone (``infra.stack``), so it starts, waits and stops as in ``make up TRINO=1``; the lake's
+    tables are created first if need be. Its log is ``<data_dir>/logs/trino.log``."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.proc: subprocess.Popen | None = None
         self.log_path = settings.log_dir / "trino.log"
         self.startup_s: float | None = None
+        self._stack = None
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self._stack.component("trino").proc if self._stack and self._stack.components else None
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "Server":
-        from infra.stack import port_open
+        from infra.stack import Stack
 
-        s = self.settings
-        if port_open(s.host, s.trino_port):
-            raise SystemExit(f"port {s.trino_port} (Trino) is already in use: stop what holds it or choose "
-                             "another with USERSIGNALS_TRINO_PORT")
-        cmd = argv(s)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._stack = Stack(self.settings, components=("trino",), trino_timeout_s=timeout_s)
         started = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%F %T')} start {' '.join(cmd)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(cmd, cwd=trino_dir(s), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = started + timeout_s
-        while not ready(s):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Trino exited with code {self.proc.returncode} before it was ready; "
-                                   f"log {self.log_path}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Trino was not ready within {timeout_s:.0f}s; log {self.log_path}:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(0.5)
+        self._stack.start()
         self.startup_s = time.monotonic() - started
         return self
 
@@ -304,20 +289,9 @@ class Server:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self.proc.wait()
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.stop()
 
     def __enter__(self) -> "Server":
         return self.start()

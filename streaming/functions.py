@@ -1,5 +1,6 @@
-"""The PyFlink operator around ``Indexer``: records in; enriched rows (main output), raw rows and
-dead letters (side outputs) out, for the lake and the DLQ topic; KV writes per bundle."""
+"""The PyFlink operator around ``Indexer``: records in; one row per indexed event (main output:
+the lake's raw_events and enriched_events) and dead letters (side output: the DLQ topic and
+dead_letters) out; KV writes per bundle."""
 from __future__ import annotations
 
 from pyflink.common import Row
@@ -24,15 +25,6 @@ _FLINK_TYPES = {"STRING": Types.STRING(), "BIGINT": Types.LONG(), "INT": Types.I
 def row_type(fields):
     """A named row type from (name, Flink SQL type) pairs (``streaming.lake_sql``)."""
     return Types.ROW_NAMED([n for n, _ in fields], [_FLINK_TYPES[t] for _, t in fields])
-
-
-def _raw_type():
-    from streaming.lake_sql import RAW_FIELDS
-
-    return row_type(RAW_FIELDS)
-
-
-RAW_TAG = OutputTag("raw-events", _raw_type())
 
 
 def _feature(value, ftype: str):
@@ -101,11 +93,9 @@ class IndexEvents(ProcessFunction):
             yield DLQ_TAG, Row(key, payload if payload is not None else b"", out.reason,
                                out.detail, self.source_topic, partition, offset)
         else:
-            e = out.event
-            base = (e.event_id, e.user_id, e.event_type, e.item_id, e.ts, e.surface, e.dwell_ms, e.query)
-            yield RAW_TAG, Row(*base, partition, offset, out.indexed_at_ms)
-            feats = out.features
-            yield Row(*base, out.dataset, out.indexed_at_ms,
+            e, feats = out.event, out.features
+            yield Row(e.event_id, e.user_id, e.event_type, e.item_id, e.ts, e.surface, e.dwell_ms, e.query,
+                      out.dataset, out.indexed_at_ms, partition, offset,
                       *(_feature(feats.get(f), t) for f, t in self.feature_fields))
         if not self._scheduled:
             self._scheduled = True

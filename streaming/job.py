@@ -104,7 +104,7 @@ def enriched_feature_fields(t_env, settings: Settings) -> list[tuple[str, str]]:
 
 def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluster: bool = False) -> None:
     from streaming import lake_sql
-    from streaming.functions import RAW_TAG, row_type
+    from streaming.functions import row_type
 
     t_env = table_environment(env)
     t_env.execute_sql(lake_sql.catalog_ddl(settings))
@@ -144,7 +144,7 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
     indexed = records.process(
         IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster,
                     settings.broker, settings.enriched_topic, tuple(feature_fields)),
-        output_type=row_type(lake_sql.ENRICHED_BASE_FIELDS + tuple(feature_fields)),
+        output_type=row_type(lake_sql.INDEXED_FIELDS + tuple(feature_fields)),
     ).name("validate-enrich-index").uid("validate-enrich-index")
 
     sink_builder = jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
@@ -163,13 +163,12 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
     dead_letters.sink_to(KafkaSink(j_sink)).name("kafka:" + settings.dlq_topic).uid("dlq-sink")
 
     # The lake: one INSERT per table into Iceberg's Flink sink, in the same job (same checkpoints).
-    t_env.create_temporary_view("raw_rows", t_env.from_data_stream(indexed.get_side_output(RAW_TAG)))
-    t_env.create_temporary_view("enriched_rows", t_env.from_data_stream(indexed))
+    t_env.create_temporary_view("indexed_rows", t_env.from_data_stream(indexed))
     t_env.create_temporary_view("dead_letter_rows", t_env.from_data_stream(dead_letters))
     t_env.execute_sql(lake_sql.served_source_ddl(settings))
     inserts = t_env.create_statement_set()
-    inserts.add_insert_sql(lake_sql.raw_insert(settings, "raw_rows"))
-    inserts.add_insert_sql(lake_sql.enriched_insert(settings, "enriched_rows", [f for f, _ in feature_fields]))
+    inserts.add_insert_sql(lake_sql.raw_insert(settings, "indexed_rows"))
+    inserts.add_insert_sql(lake_sql.enriched_insert(settings, "indexed_rows", [f for f, _ in feature_fields]))
     inserts.add_insert_sql(lake_sql.dlq_insert(settings, "dead_letter_rows"))
     inserts.add_insert_sql(lake_sql.served_insert(settings))
     inserts.attach_as_datastream()
