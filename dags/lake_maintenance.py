@@ -1,8 +1,9 @@
 """Nightly table maintenance: compact small files, rewrite manifests, expire snapshots.
 
-The lake sink commits every few seconds, so tables collect small files; this keeps scans
-fast and storage bounded. Snapshots younger than ``expire_days`` (and the newest 50)
-are kept, which also keeps the sink's resume positions.
+The indexing job commits the lake on every checkpoint (seconds apart), so tables collect small
+files; this keeps scans fast and storage bounded. Snapshots younger than ``expire_days`` (and the
+newest 50) are kept, which also keeps the job's last committed checkpoint id (in its snapshots'
+summaries), which Iceberg's Flink sink looks up when the job restores.
 """
 from __future__ import annotations
 

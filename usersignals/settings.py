@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The main environment's Python: the API, lake sink, trimmer, generator, batch jobs.
+# The main environment's Python: the API, trimmer, generator, batch jobs.
 MAIN_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 # JVM jars from Maven Central, one folder per profile of infra/pom.xml (kafka, flink, spark).
 JARS_DIR = REPO_ROOT / "build" / "jars"
