@@ -126,11 +126,21 @@ class TrinoEngine:
         except Exception:
             pass
 
-    def run(self, trino_sql: str) -> Result:
+    def run(self, trino_sql: str, attempts: int = 5) -> Result:
+        import trino
+
         started = time.perf_counter()
-        cur = self.conn.cursor()
-        cur.execute(trino_sql)
-        rows = [tuple(r) for r in cur.fetchall()]
+        for attempt in range(1, attempts + 1):
+            cur = self.conn.cursor()
+            try:
+                cur.execute(trino_sql)
+                rows = [tuple(r) for r in cur.fetchall()]
+                break
+            except trino.exceptions.TrinoQueryError as exc:
+                # A server that has just started may not yet schedule on itself: wait a little.
+                if exc.error_name != "NO_NODES_AVAILABLE" or attempt == attempts:
+                    raise
+                time.sleep(1.0)
         return Result([d[0] for d in cur.description], rows, self.name, time.perf_counter() - started, trino_sql)
 
     def refresh(self) -> None:

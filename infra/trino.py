@@ -235,8 +235,9 @@ def info(settings: Settings, timeout: float = 1.0) -> dict | None:
 
 
 def ready(settings: Settings) -> bool:
-    """Up and done starting (``/v1/info`` says ``starting: false``), and a query runs: right after
-    startup the coordinator may not yet see itself as a node to schedule on."""
+    """Up and done starting (``/v1/info`` says ``starting: false``), and a query that scans the
+    lake runs: right after startup the coordinator may answer ``SELECT 1`` yet not see itself
+    as a node to schedule a table scan on (NO_NODES_AVAILABLE)."""
     body = info(settings)
     if not body or body.get("starting", True):
         return False
@@ -247,7 +248,14 @@ def ready(settings: Settings) -> bool:
                                  request_timeout=10) as conn:
             cur = conn.cursor()
             cur.execute("SELECT 1")
-            return cur.fetchall() == [[1]]
+            if cur.fetchall() != [[1]]:
+                return False
+            try:
+                cur.execute(f'SELECT count(*) FROM "{settings.lake_catalog}"."{settings.lake_namespace}"."raw_events"')
+                cur.fetchall()
+            except trino.exceptions.TrinoUserError as exc:  # no lake tables yet: nothing to scan
+                return exc.error_name in ("TABLE_NOT_FOUND", "SCHEMA_NOT_FOUND")
+            return True
     except Exception:
         return False
 
