@@ -324,21 +324,11 @@ def main(argv_: list[str] | None = None) -> int:
         print(render_config(settings))
         return 0
 
-    from infra import postgres
-
-    # The catalog lives in the stack's PostgreSQL: start it if it is not up (`make up` runs it),
-    # create the lake's tables if need be, and stop PostgreSQL again afterwards.
-    database = None
-    if not settings.lake_catalog_uri and not postgres.ready(settings):
-        from infra.stack import Stack
-
-        database = Stack(settings, components=("postgres",))
-        database.start()
+    # Server runs the stack's trino component, which creates the lake's tables if need be and
+    # brings the stack's PostgreSQL (the catalog) along when it is not up (`make up` runs it).
     server = Server(settings)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        subprocess.run([sys.executable, "-m", "iceberg_schemas"], cwd=REPO_ROOT, check=True,
-                       env={**os.environ, **settings.to_env()}, stdout=subprocess.DEVNULL)
         print(f"[trino] starting Trino {VERSION} on {url(settings)} (log {server.log_path})", file=sys.stderr,
               flush=True)
         server.start()
@@ -350,8 +340,6 @@ def main(argv_: list[str] | None = None) -> int:
         return 130
     finally:
         server.stop()
-        if database is not None:
-            database.stop()
 
 
 if __name__ == "__main__":
