@@ -1,15 +1,38 @@
-"""Prometheus metrics of the serving API (one registry per app instance)."""
+"""Prometheus metrics of the serving API (one registry per app instance).
+
+With several worker processes (``python -m serving``, ``api_workers`` > 1) every worker writes
+its samples to files in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run, set before
+the workers import prometheus_client) and ``/metrics``, whichever worker answers it, sums them
+over all workers: counters and histograms over every worker that ever ran in this run, the
+in-flight gauge over the live ones, the config version as the newest a live worker applied.
+In a single process (and an app built in-process, e.g. by tests) it is the app's own registry.
+"""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 _SIZES = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 
+def multiprocess_dir() -> str | None:
+    """The directory the workers of this run share their samples in (None: one process)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class ServingMetrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
+        self.shared_dir = multiprocess_dir()
+        if self.shared_dir:
+            forget_dead_workers(self.shared_dir)  # e.g. the one this worker replaces
+            self.exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposed, path=self.shared_dir)
+        else:
+            self.exposed = r
         self.requests = Counter("usersignals_api_requests_total", "API requests by route and status.",
                                 ["route", "status"], registry=r)
         self.latency = Histogram("usersignals_api_request_seconds", "API request latency by route.",
@@ -32,8 +55,40 @@ class ServingMetrics:
                                         "Served events whose item had no serving-time features.", ["tenant"],
                                         registry=r)
         self.in_flight = Gauge("usersignals_api_tenant_in_flight", "Feature requests in flight by tenant.",
-                               ["tenant"], registry=r)
+                               ["tenant"], registry=r, multiprocess_mode="livesum")
         self.feature_log = Counter("usersignals_api_feature_log_records_total",
                                    "Served-feature log records, by outcome.", ["outcome"], registry=r)
         self.tenant_config_version = Gauge("usersignals_api_tenant_config_version",
-                                           "Config version each tenant is served with.", ["tenant"], registry=r)
+                                           "Config version each tenant is served with.", ["tenant"], registry=r,
+                                           multiprocess_mode="livemax")
+
+    def exposition(self) -> bytes:
+        """The text /metrics answers: this process's samples, or every worker's summed."""
+        return generate_latest(self.exposed)
+
+    def worker_exit(self) -> None:
+        """A worker that stops drops out of the live gauges (its counters stay in the sums)."""
+        if self.shared_dir:
+            multiprocess.mark_process_dead(os.getpid(), self.shared_dir)
+
+
+def forget_dead_workers(path: str) -> list[int]:
+    """Drop the live-gauge files of worker processes that no longer exist (killed ones could not
+    say so themselves); returns their pids."""
+    dead = []
+    for name in os.listdir(path):
+        if not name.startswith("gauge_live") or not name.endswith(".db"):
+            continue
+        try:
+            pid = int(name[:-3].rsplit("_", 1)[1])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.append(pid)
+        except PermissionError:
+            pass
+    for pid in set(dead):
+        multiprocess.mark_process_dead(pid, path)
+    return sorted(set(dead))

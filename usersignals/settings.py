@@ -35,6 +35,9 @@ class Settings:
     broker_port: int = 9092
     kv_port: int = 6379
     api_port: int = 8000
+    # Worker processes of the serving API on its one port (``python -m serving``); 1: a single
+    # process. Each tenant's max_concurrency and max_rps are divided among them (serving/limits.py).
+    api_workers: int = os.cpu_count() or 1
     job_metrics_port: int = 9250
     host: str = "127.0.0.1"
     data_dir: Path = REPO_ROOT / "var"
@@ -145,6 +148,8 @@ class Settings:
 # Every field is read from USERSIGNALS_<FIELD>, but for these names.
 _VAR_NAMES = {"registry_path": "REGISTRY"}
 _PATHS = {"data_dir", "registry_path"}
+# Settings that must be at least this number.
+_MINIMUMS = {"api_workers": 1}
 # Settings that take one of a few words.
 _CHOICES = {
     "python_worker_mode": ("process", "loopback"),
@@ -174,6 +179,9 @@ def load_settings() -> Settings:
         else:
             values[f.name] = raw
     settings = Settings(**values)
+    for name, least in _MINIMUMS.items():
+        if getattr(settings, name) < least:
+            raise ValueError(f"{_var(name)}={getattr(settings, name)}: must be at least {least}")
     for name, allowed in _CHOICES.items():
         value = getattr(settings, name)
         if value not in allowed:

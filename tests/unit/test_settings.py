@@ -37,3 +37,15 @@ def test_every_word_setting_names_its_choices(monkeypatch, var, value, message):
     monkeypatch.setenv(var, value)
     with pytest.raises(ValueError, match=f"{var}='{value}': {message}"):
         load_settings()
+
+
+def test_api_workers_default_to_the_cores_and_must_be_positive(monkeypatch):
+    import os
+
+    monkeypatch.delenv("USERSIGNALS_API_WORKERS", raising=False)
+    assert load_settings().api_workers == (os.cpu_count() or 1)
+    monkeypatch.setenv("USERSIGNALS_API_WORKERS", "3")
+    assert load_settings().api_workers == 3
+    monkeypatch.setenv("USERSIGNALS_API_WORKERS", "0")
+    with pytest.raises(ValueError, match="USERSIGNALS_API_WORKERS=0: must be at least 1"):
+        load_settings()
