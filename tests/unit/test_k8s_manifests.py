@@ -73,3 +73,13 @@ def test_airflow_values_point_spark_at_kubernetes():
     values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
     env = {e["name"]: e["value"] for e in values["env"]}
     assert "k8s://" in env["AIRFLOW_CONN_SPARK_DEFAULT"] and values["dags"]["gitSync"]["subPath"] == "dags"
+
+
+def test_the_api_sets_its_workers_within_its_cpu_request():
+    """The default (os.cpu_count(): the node's cores, not the pod's) must not reach a pod."""
+    api = next(c for _, d in DOCS if d["kind"] == "Deployment" and d["metadata"]["name"] == "serving"
+               for c in containers(d))
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    cpu = str(api["resources"]["requests"]["cpu"])
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    assert 1 <= int(env["USERSIGNALS_API_WORKERS"]) <= max(1, cores)
