@@ -1,0 +1,157 @@
+"""POST /v1/features: sequences and views of a batch of users, for one tenant.
+
+Order of checks: the tenant exists (404), the key may read it (401/403), the user ids are
+well formed (400), the tenant is under its limits (429, ``admit``); then the pipeline runs
+within the tenant's timeout (504).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving import auth, featurize
+from serving.errors import ORJSONResponse, error_responses
+from serving.metrics import ServingMetrics
+from serving.routes import USER_ID_SCHEMA, Event, check_user_id
+from serving.tenants import TenantConfig, TenantDirectory
+
+MAX_USERS_PER_REQUEST = 100
+
+router = APIRouter(tags=["features"], default_response_class=ORJSONResponse)
+
+
+class FeaturesRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"tenant": "homefeed_ranking", "user_ids": ["u1", "u2"], "format": "json", "exclude_items": ["i42"]}]})
+
+    tenant: str = Field(..., min_length=1, max_length=64, description="Registered tenant (use case).")
+    user_ids: list[str] = Field(..., min_length=1, max_length=MAX_USERS_PER_REQUEST,
+                                description=f"1 to {MAX_USERS_PER_REQUEST} user ids.",
+                                json_schema_extra={"items": USER_ID_SCHEMA})
+    format: Literal["json", "ufr"] | None = Field(
+        None, description="json: events; ufr: model-ready arrays (binary with Accept: "
+                          f"{featurize.UFR_CONTENT_TYPE}). Defaults to the tenant's format.")
+    exclude_items: list[str] = Field(default_factory=list, max_length=1000,
+                                     description="Items not to serve in this response (e.g. already shown).")
+
+
+# What the 200 carries (documentation only: the route encodes its response itself).
+class UserFeatures(BaseModel):
+    user_id: str
+    sequences: dict[str, list[Event]] = Field(..., description="Dataset -> events, newest first.")
+    event_types: dict[str, str] = Field(..., description="Dataset -> its event type.")
+    views: dict[str, Any] = Field(..., description="The tenant's aggregate views (empty if it has none).")
+
+
+class FeaturesJSON(BaseModel):
+    """format json: each user's sequences of events."""
+
+    tenant: str
+    config_version: int = Field(..., description="Version of the tenant's config that served the request.")
+    request_id: str
+    format: Literal["json"]
+    users: list[UserFeatures]
+
+
+class FeaturesArrays(BaseModel):
+    """format ufr without the binary Accept: the model-ready arrays as JSON lists."""
+
+    tenant: str
+    config_version: int
+    request_id: str
+    format: Literal["ufr"]
+    users: list[str] = Field(..., description="The user ids, in the order of the arrays' first axis.")
+    views: list[dict[str, Any]]
+    arrays: dict[str, list] = Field(..., description="'<dataset>.<field>' -> array [users, length(, dim)]; "
+                                                     "see the ufr layout in the docs.")
+
+
+_OK = {
+    "description": "The users' features. JSON unless format is ufr and Accept names "
+                   f"{featurize.UFR_CONTENT_TYPE}, then the binary ufr encoding.",
+    "model": FeaturesJSON | FeaturesArrays,
+    "headers": {"x-request-id": {"description": "The request's id (the client's x-request-id if it sent one).",
+                                 "required": True, "schema": {"type": "string"}}},
+    "content": {
+        "application/json": {"example": {
+            "tenant": "homefeed_ranking", "config_version": 1, "request_id": "5f0c…", "format": "json",
+            "users": [{"user_id": "u1", "event_types": {"clicks": "click"}, "views": {},
+                       "sequences": {"clicks": [{"event_id": "e-981", "item_id": "i42", "ts": 1767225600000,
+                                                 "dwell_ms": 5200, "features": {"category": "c1"}}]}}]}},
+        featurize.UFR_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+_REQUEST_ID = {"parameters": [{
+    "name": "x-request-id", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "An id of the client's for this request; echoed in the response (else one is made)."}]}
+
+
+def admit(directory: TenantDirectory, metrics: ServingMetrics, cfg: TenantConfig) -> asyncio.Semaphore:
+    """The tenant's limits, in this process: 429 when over its request rate (with Retry-After)
+    or at its requests in flight; otherwise what to hold while the request runs (``async with``:
+    one of the tenant's in-flight slots)."""
+    t = cfg.tenant
+    bucket = directory.bucket(cfg)
+    wait = bucket.take() if bucket is not None else 0.0
+    if wait:
+        metrics.tenant_requests.labels(t.name, "throttled").inc()
+        raise HTTPException(429, f"tenant {t.name!r} is over its rate of {t.max_rps:g} requests/s; "
+                                 f"retry in {wait:.2f}s", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    sem = directory.semaphore(cfg)
+    if sem.locked():
+        metrics.tenant_requests.labels(t.name, "throttled").inc()
+        raise HTTPException(429, f"tenant {t.name!r} is at its limit of {t.max_concurrency} "
+                                 "requests in flight; retry shortly")
+    return sem
+
+
+@router.post("/v1/features", summary="Sequences and views of a batch of users, for one tenant",
+             response_model=None, openapi_extra=_REQUEST_ID,
+             responses={200: _OK, **error_responses(
+                 400, 401, 403, 404, 413, 429, 503, 504,
+                 notes={404: "Unknown tenant.", 401: "No key: send the tenant's key in X-API-Key (or the admin key).",
+                        403: "The key is neither the tenant's nor the admin key."})})
+async def features(req: FeaturesRequest, request: Request, keys: auth.Keys = Depends(auth.keys)) -> Response:
+    state = request.app.state
+    metrics: ServingMetrics = state.metrics
+    cfg = state.directory.get(req.tenant)
+    if cfg is None:
+        raise HTTPException(404, f"unknown tenant {req.tenant!r}")
+    auth.authorize(cfg, keys)
+    for u in req.user_ids:
+        check_user_id(u, "user ids")
+    t = cfg.tenant
+    fmt = req.format or t.format
+    async with admit(state.directory, metrics, cfg):
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        started = time.perf_counter()
+        gauge = metrics.in_flight.labels(t.name)
+        gauge.inc()
+        try:
+            served = await asyncio.wait_for(
+                state.pipeline.run(cfg, req.user_ids, fmt, request.headers.get("accept", ""), req.exclude_items,
+                                   request_id),
+                t.timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            metrics.tenant_requests.labels(t.name, "timeout").inc()
+            raise HTTPException(504, f"tenant {t.name!r} request took over its {t.timeout_ms} ms timeout")
+        except HTTPException:
+            metrics.tenant_requests.labels(t.name, "error").inc()
+            raise
+        finally:
+            gauge.dec()
+    metrics.tenant_requests.labels(t.name, "ok").inc()
+    metrics.tenant_latency.labels(t.name).observe(time.perf_counter() - started)
+    body = served.body
+    content = body if isinstance(body, bytes) else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    metrics.response_bytes.labels(t.name, served.label).observe(len(content))
+    return Response(content, media_type=served.media_type, headers={"x-request-id": request_id})
