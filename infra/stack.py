@@ -333,6 +333,10 @@ class Stack:
             if self.stopping or c.proc is None or c.proc.poll() is None or not c.restart:
                 continue
             if c.next_restart_at == 0.0:
+                try:  # what it started may outlive it (the API's workers hold its port): not into the restart
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
                 delay = min(30.0, 2.0 ** min(c.restarts, 5))
                 c.next_restart_at = now + delay
                 _say(f"{c.name} exited with code {c.proc.returncode}; restarting in {delay:.0f}s")

@@ -26,7 +26,8 @@ from serving import auth, errors
 from serving.enrich import Enricher
 from serving.errors import MAX_BODY_BYTES, ORJSONResponse
 from serving.feature_log import FeatureLogger
-from serving.metrics import ServingMetrics
+from serving.limits import TenantLimits
+from serving.metrics import ServingMetrics, multiprocess_dir
 from serving.pipeline import Pipeline
 from serving.retrieve import Retriever
 from serving.routes import features, ops, tenants, users
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         yield
         task.cancel()
         feature_logger.close(2)
+        metrics.worker_exit()
 
     app = FastAPI(title="usersignals", version="0.2.0", default_response_class=ORJSONResponse,
                   description="Real-time user sequences for recommender systems. Errors answer "
@@ -75,6 +77,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     state.registry = registry
     state.aclient = aclient
     state.directory = directory
+    # python -m serving with api_workers > 1 runs this app in each of N processes (their metrics
+    # shared through a directory): each holds 1/N of every tenant's limits.
+    state.limits = TenantLimits(settings.api_workers if multiprocess_dir() else 1)
     state.retriever = retriever
     state.metrics = metrics
     state.feature_logger = feature_logger

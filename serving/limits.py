@@ -11,16 +11,21 @@ its share of every tenant's limits, in memory, with no coordination on the reque
   N in flight). A changed limit applies to the next request; in-flight counts carry over.
 
 Why not shared in the KV layer (a Lua token bucket and a ZSET of in-flight leases, exact across
-workers and surviving a killed worker)? Its cost, measured on this 2-core machine against a local
-redis-server (redis.asyncio + hiredis, uvloop; an acquire EVALSHA and a release ZREM per request,
-32 requests concurrent): 98-113 us of API CPU and 40-45 us of KV CPU per request, sequentially
-207-276 us of API CPU; a third of the 0.35 ms budget of API CPU per request. Dividing costs
-0.7 us a request (``acquire`` + ``release``).
+workers and surviving a killed worker)? Its cost, measured (``python -m bench.api_workers``) on
+this 2-core machine against the stack's redis-server (redis.asyncio + hiredis, uvloop; an
+acquire EVALSHA and a release ZREM per request): 98-115 us of API CPU and 40-57 us of KV CPU a
+request with 32 requests concurrent, 207-294 us of API CPU one at a time: a third of the issue's
+0.35 ms of API CPU a request, for the limits alone. Dividing costs 0.7 us a request.
 
-The price of dividing is accuracy when a tenant's traffic is uneven across workers: a
-connection is served by one worker for its life, so a tenant whose requests all arrive on one
-connection gets 1/N of its rate (and its concurrency share). A flood over many connections
-saturates every worker's share and gets its limit (measured above).
+Accuracy, measured the same way (2 workers, a tenant with max_rps 40 and max_concurrency 2
+flooded for 4 s by closed loops of 20-user requests; the rate counted after the first second):
+spread over 8 connections, 4 on each worker, it got 40.0 requests/s (1.00 of max_rps; 78 in
+the first second: both workers' bursts of 20 and the rate) with in flight never seen above 2;
+over 4 connections all on one worker 20.3/s (0.51); over one connection 20.0/s (0.50). So a
+flood gets its limit and never more; a tenant whose traffic is uneven across workers gets less:
+a connection is served by one worker for its life, so a tenant with a single connection gets
+1/N of its rate (and its concurrency share); concurrent requests through a connection pool
+spread over the workers.
 """
 from __future__ import annotations
 
@@ -104,3 +109,18 @@ class TenantLimits:
 
     def release(self, t: Tenant) -> None:
         self._in_flight[t.name] -= 1
+
+
+class Slot:
+    """An admitted request's in-flight slot, given back on leaving ``async with``."""
+
+    __slots__ = ("limits", "tenant")
+
+    def __init__(self, limits: TenantLimits, tenant: Tenant):
+        self.limits, self.tenant = limits, tenant
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc) -> None:
+        self.limits.release(self.tenant)

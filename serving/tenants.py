@@ -4,8 +4,8 @@ Configs start from the registry file (version 1). ``TenantDirectory.put`` valida
 config with the registry's own rules, gives it the next version and stores it in the KV
 layer (``{p}:tenants`` hash, history in ``{p}:tenants:history:<name>``), so every API
 process picks it up within ``sync_interval_s``. A request holds the config object it
-started with, so a swap never affects requests in flight. Each tenant also gets its own
-concurrency limit (a semaphore) that one tenant's load cannot take from another.
+started with, so a swap never affects requests in flight. The limits each config sets
+(``max_concurrency``, ``max_rps``) are enforced by serving/limits.py.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import orjson
 
 from usersignals.registry import Registry, RegistryError, Tenant, parse_tenant, tenant_to_dict
+
+from serving.limits import TokenBucket  # noqa: F401  (its old home; the limits are serving/limits.py)
 
 HISTORY = 50
 
@@ -40,27 +42,6 @@ class TenantConfig:
     updated_at: float
 
 
-class TokenBucket:
-    """``rate`` requests per second with bursts of up to ``burst``; ``take`` says how long to wait."""
-
-    def __init__(self, rate: float, burst: float | None = None, clock=time.monotonic):
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate)
-        self.clock = clock
-        self.tokens = self.burst
-        self.at = clock()
-
-    def take(self) -> float:
-        """0.0 if a request may go now (and counts it), else the seconds until one may."""
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-
 class TenantDirectory:
     def __init__(self, registry: Registry, aclient=None, prefix: str = "us"):
         self.registry = registry
@@ -69,8 +50,6 @@ class TenantDirectory:
         self.history_prefix = f"{prefix}:tenants:history:"
         now = time.time()
         self._configs = {n: TenantConfig(t, 1, now) for n, t in registry.tenants.items()}
-        self._limits: dict[tuple[str, int], asyncio.Semaphore] = {}
-        self._buckets: dict[tuple[str, float], TokenBucket] = {}
         self._lock = asyncio.Lock()
 
     def get(self, name: str) -> TenantConfig | None:
@@ -78,24 +57,6 @@ class TenantDirectory:
 
     def all(self) -> dict[str, TenantConfig]:
         return dict(self._configs)
-
-    def semaphore(self, cfg: TenantConfig) -> asyncio.Semaphore:
-        """The tenant's in-flight limit; a changed limit starts a fresh semaphore."""
-        key = (cfg.tenant.name, cfg.tenant.max_concurrency)
-        sem = self._limits.get(key)
-        if sem is None:
-            sem = self._limits[key] = asyncio.Semaphore(cfg.tenant.max_concurrency)
-        return sem
-
-    def bucket(self, cfg: TenantConfig) -> TokenBucket | None:
-        """The tenant's request-rate limit (None when it has none); a changed rate starts afresh."""
-        if not cfg.tenant.max_rps:
-            return None
-        key = (cfg.tenant.name, cfg.tenant.max_rps)
-        b = self._buckets.get(key)
-        if b is None:
-            b = self._buckets[key] = TokenBucket(cfg.tenant.max_rps)
-        return b
 
     async def put(self, name: str, body: dict) -> TenantConfig:
         """Validate and apply a tenant config; raises RegistryError with the reason if invalid."""

@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving import auth, featurize
 from serving.errors import ORJSONResponse, error_responses
+from serving.limits import Slot, TenantLimits
 from serving.metrics import ServingMetrics
 from serving.routes import USER_ID_SCHEMA, Event, check_user_id
-from serving.tenants import TenantConfig, TenantDirectory
+from serving.tenants import TenantConfig
 
 MAX_USERS_PER_REQUEST = 100
 
@@ -95,23 +96,18 @@ _REQUEST_ID = {"parameters": [{
     "description": "An id of the client's for this request; echoed in the response (else one is made)."}]}
 
 
-def admit(directory: TenantDirectory, metrics: ServingMetrics, cfg: TenantConfig) -> asyncio.Semaphore:
-    """The tenant's limits, in this process: 429 when over its request rate (with Retry-After)
-    or at its requests in flight; otherwise what to hold while the request runs (``async with``:
-    one of the tenant's in-flight slots)."""
+def admit(limits: TenantLimits, metrics: ServingMetrics, cfg: TenantConfig) -> Slot:
+    """The tenant's limits (this worker's share of them, serving/limits.py): 429 when at its
+    requests in flight or over its request rate (with Retry-After); otherwise the in-flight
+    slot to hold while the request runs (``async with``)."""
     t = cfg.tenant
-    bucket = directory.bucket(cfg)
-    wait = bucket.take() if bucket is not None else 0.0
-    if wait:
+    refused = limits.acquire(t)
+    if refused is not None:
         metrics.tenant_requests.labels(t.name, "throttled").inc()
-        raise HTTPException(429, f"tenant {t.name!r} is over its rate of {t.max_rps:g} requests/s; "
-                                 f"retry in {wait:.2f}s", headers={"Retry-After": str(max(1, math.ceil(wait)))})
-    sem = directory.semaphore(cfg)
-    if sem.locked():
-        metrics.tenant_requests.labels(t.name, "throttled").inc()
-        raise HTTPException(429, f"tenant {t.name!r} is at its limit of {t.max_concurrency} "
-                                 "requests in flight; retry shortly")
-    return sem
+        wait = refused.retry_after_s
+        raise HTTPException(429, refused.message,
+                            headers={"Retry-After": str(max(1, math.ceil(wait)))} if wait else None)
+    return Slot(limits, t)
 
 
 @router.post("/v1/features", summary="Sequences and views of a batch of users, for one tenant",
@@ -131,7 +127,7 @@ async def features(req: FeaturesRequest, request: Request, keys: auth.Keys = Dep
         check_user_id(u, "user ids")
     t = cfg.tenant
     fmt = req.format or t.format
-    async with admit(state.directory, metrics, cfg):
+    async with admit(state.limits, metrics, cfg):
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         gauge = metrics.in_flight.labels(t.name)

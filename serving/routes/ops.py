@@ -1,12 +1,14 @@
-"""Operations: liveness (/healthz), readiness (/readyz: the KV layer answers) and Prometheus
-metrics (/metrics, not in the OpenAPI spec)."""
+"""Operations: liveness (/healthz), readiness (/readyz: the KV layer answers; which worker
+process answered) and Prometheus metrics (/metrics, summed over the worker processes; not in
+the OpenAPI spec)."""
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from serving.errors import ORJSONResponse
@@ -21,6 +23,7 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     tenants: int = Field(..., description="Tenants this process serves.")
+    worker_pid: int = Field(..., description="The API worker process that answered (USERSIGNALS_API_WORKERS).")
 
 
 class NotReady(BaseModel):
@@ -44,7 +47,7 @@ async def readyz(request: Request):
         await state.aclient.ping()
     except Exception as exc:
         return ORJSONResponse({"status": "unavailable", "kv": type(exc).__name__}, status_code=503)
-    return {"status": "ready", "tenants": len(state.directory.all())}
+    return {"status": "ready", "tenants": len(state.directory.all()), "worker_pid": os.getpid()}
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -52,4 +55,4 @@ async def prometheus_metrics(request: Request):
     state = request.app.state
     for name, cfg in state.directory.all().items():
         state.metrics.tenant_config_version.labels(name).set(cfg.version)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)  # every worker's, summed
