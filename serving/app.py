@@ -26,6 +26,7 @@ from serving import auth, errors
 from serving.enrich import Enricher
 from serving.errors import MAX_BODY_BYTES, ORJSONResponse
 from serving.feature_log import FeatureLogger
+from serving.kv_client import AsyncKV, as_kv
 from serving.limits import TenantLimits
 from serving.metrics import ServingMetrics, multiprocess_dir
 from serving.pipeline import Pipeline
@@ -47,10 +48,14 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         pool = aioredis.BlockingConnectionPool.from_url(settings.kv_url, max_connections=64, timeout=2,
                                                         socket_timeout=2, socket_connect_timeout=2)
         aclient = aioredis.Redis(connection_pool=pool)
+        # The hot path (sequence reads, item features) on pipelined connections of its own.
+        hot = AsyncKV.for_url(settings.kv_url)
+    else:
+        hot = as_kv(aclient)  # a client of the caller's (tests; Redis Cluster) for everything
     metrics = ServingMetrics()
     directory = TenantDirectory(registry, aclient, settings.kv_prefix)
-    retriever = Retriever(aclient, registry, settings.kv_prefix)
-    enricher = Enricher(aclient, registry, settings.kv_prefix, CachedFeatures(None, ttl_s=60))
+    retriever = Retriever(hot, registry, settings.kv_prefix)
+    enricher = Enricher(hot, registry, settings.kv_prefix, CachedFeatures(None, ttl_s=60))
     if feature_logger is None:
         feature_logger = FeatureLogger(
             settings.broker, settings.served_topic,
@@ -66,6 +71,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         task = asyncio.create_task(directory.run_sync(1.0))
         yield
         task.cancel()
+        hot.close()
         feature_logger.close(2)
         metrics.worker_exit()
 
@@ -98,7 +104,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         return app.openapi_schema
 
     app.openapi = openapi
-    return ObservedApp(app, metrics)
+    fast = {("POST", "/v1/features"): (features.asgi, route_of(app, "/v1/features"))}
+    return ObservedApp(app, metrics, fast)
+
+
+def route_of(app: FastAPI, path: str):
+    return next(r for r in app.router.routes if getattr(r, "path", None) == path)
 
 
 def add_routes(app: FastAPI, router: APIRouter) -> None:
@@ -114,10 +125,13 @@ class ObservedApp:
     """Pure ASGI wrapper: request metrics and the body-size limit, without the cost of
     Starlette's BaseHTTPMiddleware (a task group per request)."""
 
-    def __init__(self, app: FastAPI, metrics: ServingMetrics):
+    def __init__(self, app: FastAPI, metrics: ServingMetrics, fast: dict | None = None):
         self.app = app
         self.metrics = metrics
         self.state = app.state
+        # (method, path) -> (ASGI handler(state, scope, receive, send), the route it serves):
+        # hot routes answered without FastAPI's per-request machinery.
+        self.fast = fast or {}
 
     def __getattr__(self, name):  # routes, openapi, dependency overrides...
         return getattr(self.app, name)
@@ -142,13 +156,18 @@ class ObservedApp:
                 status[0] = message["status"]
             await send(message)
 
+        handler = self.fast.get((scope["method"], scope["path"]))
+        if handler is not None:
+            scope["route"] = handler[1]
+            call = handler[0](self.state, scope, receive, send_observed)
+        else:
+            call = self.app(scope, receive, send_observed)
         try:
-            await self.app(scope, receive, send_observed)
+            await call
         finally:
             self._observe(scope, status[0], started)
 
     def _observe(self, scope, status: int, started: float) -> None:
         route = scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        self.metrics.latency.labels(path).observe(time.perf_counter() - started)
-        self.metrics.requests.labels(path, str(status)).inc()
+        self.metrics.observe_request(route.path if route is not None else "unmatched", status,
+                                     time.perf_counter() - started)

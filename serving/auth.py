@@ -35,6 +35,13 @@ class Keys:
     admin_key: str | None
     is_admin: bool
 
+    @classmethod
+    def of(cls, api_key: bytes | None, admin: bytes | None, admin_sha256: str) -> "Keys":
+        """The keys of raw header values (the ASGI path of POST /v1/features)."""
+        api = api_key.decode("latin-1") if api_key else None
+        adm = admin.decode("latin-1") if admin else None
+        return cls(api, adm, key_matches(adm, admin_sha256))
+
 
 async def keys(request: Request, api_key: str | None = Security(tenant_key),
                admin: str | None = Security(admin_key)) -> Keys:

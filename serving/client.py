@@ -3,13 +3,14 @@
     from serving.client import UserSignalsClient
     c = UserSignalsClient("http://127.0.0.1:8000", tenant="homefeed_ranking", api_key="homefeed-dev-key")
     users = c.features(["u1", "u2"])                      # json: list of per-user dicts
-    header, arrays = c.features_ufr(["u1", "u2"])         # model-ready numpy arrays [B, L, ...]
+    table = c.features_arrow(["u1", "u2"])                # model-ready: a pyarrow.Table, a row per user
+    meta, arrays = c.features_arrays(["u1", "u2"])        # the same as numpy arrays [B, L] / [B, L, D]
 """
 from __future__ import annotations
 
 import httpx
 
-from serving.featurize import UFR_CONTENT_TYPE, decode_ufr
+from serving.featurize import ARROW_CONTENT_TYPE, decode_arrow
 
 
 class UserSignalsError(RuntimeError):
@@ -39,10 +40,19 @@ class UserSignalsClient:
         body = {"tenant": self.tenant, "user_ids": user_ids, "format": "json", "exclude_items": exclude_items or []}
         return self._post(body).json()["users"]
 
-    def features_ufr(self, user_ids: list[str], exclude_items: list[str] | None = None):
-        """(header, {name: numpy array}) in the layout documented in ``serving.featurize``."""
-        body = {"tenant": self.tenant, "user_ids": user_ids, "format": "ufr", "exclude_items": exclude_items or []}
-        return decode_ufr(self._post(body, accept=UFR_CONTENT_TYPE).content)
+    def _arrow(self, user_ids: list[str], exclude_items: list[str] | None) -> bytes:
+        body = {"tenant": self.tenant, "user_ids": user_ids, "format": "arrow", "exclude_items": exclude_items or []}
+        return self._post(body, accept=ARROW_CONTENT_TYPE).content
+
+    def features_arrow(self, user_ids: list[str], exclude_items: list[str] | None = None):
+        """The model-ready batch as a ``pyarrow.Table`` (layout in ``serving.featurize``)."""
+        import pyarrow as pa
+
+        return pa.ipc.open_stream(self._arrow(user_ids, exclude_items)).read_all()
+
+    def features_arrays(self, user_ids: list[str], exclude_items: list[str] | None = None):
+        """(metadata, {column: numpy array}): [B, L] per dataset field, [B, L, D] embeddings."""
+        return decode_arrow(self._arrow(user_ids, exclude_items))
 
     def close(self) -> None:
         self.http.close()

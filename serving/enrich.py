@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import orjson
 
 from usersignals.features import CachedFeatures, item_key
-from usersignals.models import embedding_key, overlay, pointer_key
+from usersignals.models import EMBEDDING_DIM, embedding_key, overlay, pointer_key
 from usersignals.registry import Registry, Tenant
 
+from serving.kv_client import as_kv
 from serving.model import UserSequences
 
 
+# Key, in a cached item's features, of its embedding as little-endian float32 bytes: model-ready
+# arrays join those in bulk. Never copied into events (only the tenant's fields are).
+EMBEDDING_F32 = "embedding:f32"
+
+
 class Enricher:
-    def __init__(self, aclient, registry: Registry, prefix: str, cache: CachedFeatures):
-        self.client = aclient
+    def __init__(self, kv, registry: Registry, prefix: str, cache: CachedFeatures):
+        self.kv = as_kv(kv)
         self.registry = registry
         self.prefix = prefix
         self.cache = cache
@@ -28,32 +35,40 @@ class Enricher:
         """The published model version of item embeddings, re-read at most once a second."""
         now = time.monotonic()
         if self._version is None or now - self._version[0] >= 1.0:
-            v = await self.client.hget(pointer_key(self.prefix), "current")
+            v = await self.kv.hget(pointer_key(self.prefix), "current")
             self._version = (now, v.decode() if isinstance(v, bytes) else v)
         return self._version[1]
 
     def fields(self, tenant: Tenant) -> tuple[str, ...]:
         return self.registry.fields_of(tenant.enrichments)
 
-    async def apply(self, users: list[UserSequences], tenant: Tenant) -> int:
-        """Adds the tenant's enrichment fields to each event's features; returns items missing."""
+    async def apply(self, users: list[UserSequences], tenant: Tenant, attach: bool = True) -> tuple[int, dict]:
+        """Adds the tenant's enrichment fields to each event's features (unless ``attach`` is
+        False: model-ready arrays join them from the items instead); returns how many events'
+        items had none, and the items' features (item_id -> features or None)."""
         fields = self.fields(tenant)
         if not fields:
-            return 0
+            return 0, {}
         ids = {e["item_id"] for u in users for evs in u.sequences.values() for e in evs}
         version = await self.embedding_version() if "embedding" in fields else None
         self.cache.sync_version(version)
         found, missing = self.cache.lookup(ids)
         if missing:
-            mget = getattr(self.client, "mget_nonatomic", None) or self.client.mget  # cluster: split by slot
             keys = [item_key(self.prefix, i) for i in missing]
             if version is not None:
                 keys += [embedding_key(self.prefix, version, i) for i in missing]
-            raw = await mget(keys)
+            raw = await self.kv.mget(keys)
             fetched = {i: orjson.loads(r) for i, r in zip(missing, raw) if r is not None}
             if version is not None:
                 fetched = overlay(fetched, dict(zip(missing, raw[len(missing):])))
+            for item in fetched.values():  # once per item while cached: what model-ready arrays join
+                vec = item.get("embedding")
+                if isinstance(vec, list) and len(vec) == EMBEDDING_DIM:
+                    item[EMBEDDING_F32] = np.asarray(vec, dtype="<f4").tobytes()
             self.cache.fill(missing, fetched, found)
+        if not attach:
+            return sum(1 for u in users for evs in u.sequences.values() for e in evs
+                       if found.get(e["item_id"]) is None), found
         absent = 0
         for u in users:
             for evs in u.sequences.values():
@@ -66,4 +81,4 @@ class Enricher:
                     for f in fields:
                         if f in item:
                             feats[f] = item[f]
-        return absent
+        return absent, found

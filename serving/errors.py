@@ -87,11 +87,15 @@ async def validation_error(request: Request, exc: RequestValidationError) -> ORJ
     if "json" not in request.headers.get("content-type", "") and request.method in ("POST", "PUT"):
         return ORJSONResponse(error_body(400, "send a JSON body with Content-Type: application/json"),
                               status_code=400)
-    problems = "; ".join(
+    return ORJSONResponse(error_body(400, validation_message(exc.errors())), status_code=400)
+
+
+def validation_message(problems) -> str:
+    """One line naming each invalid field and what is wrong with it (pydantic's errors)."""
+    return "; ".join(
         f"{'.'.join(str(p) for p in e['loc'] if p not in ('query', 'path', 'body'))}: {e['msg']}"
-        for e in exc.errors()
-    )
-    return ORJSONResponse(error_body(400, problems or "invalid request"), status_code=400)
+        for e in problems
+    ) or "invalid request"
 
 
 async def http_error(_request: Request, exc: HTTPException) -> ORJSONResponse:

@@ -1,7 +1,7 @@
 """Served-feature logging: what serving returned, so training can use exactly that.
 
 Sampled per tenant (``log_sample_rate``); each record carries the request id, tenant,
-config version, user and the features served (ufr arrays as lists). It goes to a Kafka
+config version, user and the features served (arrow arrays as lists). It goes to a Kafka
 topic (``served_features``) without ever blocking or failing a request: when the
 producer's queue is full the record is dropped and counted.
 """

@@ -3,25 +3,32 @@
 ``json``: per user, each sequence as a list of events (ids, time, surface, dwell, query,
 features), each sequence's event type, and the tenant's aggregate views.
 
-``ufr`` (model-ready): for a batch of B users, per dataset ``<ds>`` of tenant length L,
-aligned arrays, left-aligned (index 0 = newest), padded with zeros where ``mask`` is 0:
+``arrow`` (model-ready): for a batch of B users, one Arrow record batch with a row per user
+(in request order) and, per dataset ``<ds>`` of tenant length L, fixed-size list columns,
+left-aligned (index 0 = newest), zero where ``mask`` is 0:
 
-    <ds>.item_hash   int64   [B, L]    stable 63-bit hash of item_id (blake2b)
-    <ds>.type_id     int16   [B, L]    event type id from the registry
-    <ds>.age_s       float32 [B, L]    request time minus event time, seconds
-    <ds>.dwell_ms    float32 [B, L]    0 when unknown
-    <ds>.mask        uint8   [B, L]    1 for a real event, 0 for padding
-    <ds>.embedding   float32 [B, L, D] only when the tenant's enrichments provide "embedding"
+    user_id           utf8
+    <ds>.item_hash    fixed_size_list<int64, L>     stable 63-bit hash of item_id (blake2b)
+    <ds>.type_id      fixed_size_list<int16, L>     event type id from the registry
+    <ds>.age_s        fixed_size_list<float32, L>   request time minus event time, seconds
+    <ds>.dwell_ms     fixed_size_list<float32, L>   0 when unknown
+    <ds>.mask         fixed_size_list<uint8, L>     1 for a real event, 0 for padding
+    <ds>.embedding    fixed_size_list<fixed_size_list<float32, D>, L>
+                      only when the tenant's enrichments provide "embedding"
 
-Binary encoding (``application/vnd.usersignals.ufr``): ``b"UFR1"``, a little-endian uint32
-header length, a JSON header ``{"users", "tenant", "config_version", "views", "arrays":
-[{"name", "dtype", "shape", "offset", "nbytes"}]}``, then the raw little-endian arrays, each
-starting at a multiple of 8 bytes from the end of the header. ``serving.client`` decodes it.
+The schema's metadata carries ``tenant``, ``config_version``, ``request_id`` and ``views``
+(a JSON list, one object per row). With ``Accept: application/vnd.apache.arrow.stream`` the
+response is that batch as an Arrow IPC stream, which any Arrow reader decodes
+(``pyarrow.ipc.open_stream``, arrow-rs, Arrow Java, ``apache-arrow`` in JS ...); otherwise
+the same arrays as JSON lists (``{"arrays": {name: [[...], ...]}}``).
+
+Columns are built per dataset from one pass over all users' events (a numpy record array of
+item hash, time and dwell; embeddings joined as float32 bytes from the enricher's cache), then
+placed into the padded [B, L] blocks by numpy, not event by event.
 """
 from __future__ import annotations
 
 import hashlib
-import struct
 from functools import lru_cache
 
 import numpy as np
@@ -30,10 +37,10 @@ import orjson
 from usersignals.models import EMBEDDING_DIM
 from usersignals.registry import Registry, Tenant
 
+from serving.enrich import EMBEDDING_F32
 from serving.model import UserSequences
 
-UFR_MAGIC = b"UFR1"
-UFR_CONTENT_TYPE = "application/vnd.usersignals.ufr"
+ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 
 
 @lru_cache(maxsize=200_000)
@@ -53,71 +60,125 @@ def to_json(users: list[UserSequences], registry: Registry) -> list[dict]:
     return out
 
 
-def ufr_layout(tenant: Tenant, registry: Registry, embedding_dim: int | None) -> list[tuple[str, str, tuple]]:
-    """(name, dtype, per-user shape) of every array, in order: the declared layout."""
-    layout = []
-    for ds, length in tenant.sequences.items():
-        layout += [(f"{ds}.item_hash", "<i8", (length,)), (f"{ds}.type_id", "<i2", (length,)),
-                   (f"{ds}.age_s", "<f4", (length,)), (f"{ds}.dwell_ms", "<f4", (length,)),
-                   (f"{ds}.mask", "u1", (length,))]
-        if embedding_dim is not None:
-            layout.append((f"{ds}.embedding", "<f4", (length, embedding_dim)))
-    return layout
-
-
 def has_embedding(tenant: Tenant, registry: Registry) -> bool:
     return "embedding" in registry.fields_of(tenant.enrichments)
 
 
+FIELDS = (("item_hash", np.int64), ("type_id", np.int16), ("age_s", np.float32), ("dwell_ms", np.float32),
+          ("mask", np.uint8))
+
+
+def layout(tenant: Tenant, registry: Registry, embedding_dim: int | None) -> list[tuple[str, np.dtype, tuple]]:
+    """(name, dtype, per-user shape) of every array after ``user_id``, in column order."""
+    out = []
+    for ds, length in tenant.sequences.items():
+        out += [(f"{ds}.{f}", np.dtype(t), (length,)) for f, t in FIELDS]
+        if embedding_dim is not None:
+            out.append((f"{ds}.embedding", np.dtype(np.float32), (length, embedding_dim)))
+    return out
+
+
+# One pass over a dataset's events fills this record array; each column is then a slice of it.
+_ROW = np.dtype([("item_hash", "<i8"), ("ts", "<i8"), ("dwell_ms", "<f4")])
+
+
 def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, now_ms: int,
-              embedding_dim: int = EMBEDDING_DIM) -> dict[str, np.ndarray]:
+              embedding_dim: int = EMBEDDING_DIM, items: dict | None = None) -> dict[str, np.ndarray]:
+    """The model-ready arrays, [B, L] (embedding [B, L, D]), keyed by column name. ``items``
+    (the enricher's item features) lets embeddings be joined as float32 bytes in one pass."""
     dim = embedding_dim if has_embedding(tenant, registry) else None
     b = len(users)
-    arrays = {name: np.zeros((b, *shape), dtype=dtype) for name, dtype, shape in ufr_layout(tenant, registry, dim)}
-    for ds in tenant.sequences:
+    arrays: dict[str, np.ndarray] = {}
+    for ds, length in tenant.sequences.items():
+        per_user = [u.sequences.get(ds, ())[:length] for u in users]
+        flat = [e for evs in per_user for e in evs]
+        rec = np.array([(item_hash(e["item_id"]), e["ts"], e.get("dwell_ms") or 0) for e in flat], dtype=_ROW)
+        # Where the events go in [B, L]: left-aligned rows; in row-major order, so a boolean
+        # mask takes the flat values in order. One user (the common request) is a plain slice.
+        if b == 1:
+            where: object = (0, slice(0, len(flat)))
+        else:
+            where = np.arange(length) < np.array([len(evs) for evs in per_user])[:, None]
+
+        def place(values, dtype, inner: int | None = None) -> np.ndarray:
+            out = np.zeros((b, length) if inner is None else (b, length, inner), dtype=dtype)
+            out[where] = values
+            return out
+
         type_id = registry.event_types[registry.datasets[ds].event_type].id
-        ih, ti, age, dw, mask = (arrays[f"{ds}.{k}"] for k in ("item_hash", "type_id", "age_s", "dwell_ms", "mask"))
-        emb = arrays.get(f"{ds}.embedding")
-        for row, u in enumerate(users):
-            for col, e in enumerate(u.sequences.get(ds, ())):
-                ih[row, col] = item_hash(e["item_id"])
-                ti[row, col] = type_id
-                age[row, col] = (now_ms - e["ts"]) / 1000.0
-                dw[row, col] = e.get("dwell_ms") or 0
-                mask[row, col] = 1
-                if emb is not None:
-                    vec = e.get("features", {}).get("embedding")
-                    if vec is not None and len(vec) == dim:
-                        emb[row, col] = vec
+        arrays[f"{ds}.item_hash"] = place(rec["item_hash"], np.int64)
+        arrays[f"{ds}.type_id"] = place(type_id, np.int16)
+        arrays[f"{ds}.age_s"] = place((now_ms - rec["ts"]) / 1000.0, np.float32)
+        arrays[f"{ds}.dwell_ms"] = place(rec["dwell_ms"], np.float32)
+        arrays[f"{ds}.mask"] = place(1, np.uint8)
+        if dim is not None:
+            arrays[f"{ds}.embedding"] = place(_embeddings(flat, dim, items), np.float32, dim)
     return arrays
+
+
+def _embeddings(flat: list[dict], dim: int, items: dict | None) -> np.ndarray:
+    """[n, dim] float32: each event's item embedding, zeros where it has none of that size."""
+    zero = bytes(4 * dim)
+    if items is not None and dim == EMBEDDING_DIM:
+        blobs = [(items.get(e["item_id"]) or _NONE).get(EMBEDDING_F32, zero) for e in flat]
+        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(flat), dim)
+    vecs = [e.get("features", _NONE).get("embedding") for e in flat]  # no enricher cache: lists
+    return np.array([v if v is not None and len(v) == dim else (0.0,) * dim for v in vecs],
+                    dtype=np.float32).reshape(len(flat), dim)
+
+
+_NONE: dict = {}
+
+
+def _fixed(a: np.ndarray):
+    """[B, L] or [B, L, D] numpy array -> Arrow fixed-size list column, without copying."""
+    import pyarrow as pa
+
+    values = pa.array(a.reshape(-1))
+    if a.ndim == 3:
+        values = pa.FixedSizeListArray.from_arrays(values, a.shape[2])
+    return pa.FixedSizeListArray.from_arrays(values, a.shape[1])
+
+
+def to_arrow(user_ids: list[str], arrays: dict[str, np.ndarray], meta: dict):
+    """The model-ready arrays as one Arrow record batch, a row per user; ``meta`` (JSON-able
+    values) goes into the schema metadata."""
+    import pyarrow as pa
+
+    columns = [pa.array(user_ids, pa.string())] + [_fixed(a) for a in arrays.values()]
+    names = ["user_id", *arrays]
+    metadata = {k: orjson.dumps(v) for k, v in meta.items()}
+    return pa.RecordBatch.from_arrays(columns, names=names).replace_schema_metadata(metadata)
+
+
+def encode_arrow(batch) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_arrow(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, {name: numpy array [B, L] / [B, L, D]}) of an Arrow response (``user_id`` too)."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(data).read_all()
+    meta = {k.decode(): orjson.loads(v) for k, v in (table.schema.metadata or {}).items()}
+    arrays = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(col.type):
+            shape = [len(col)]
+            while pa.types.is_fixed_size_list(col.type):
+                shape.append(col.type.list_size)
+                col = col.flatten()
+            arrays[name] = col.to_numpy(zero_copy_only=False).reshape(shape)
+        else:
+            arrays[name] = np.asarray(col.to_pylist(), dtype=object)
+    return meta, arrays
 
 
 def arrays_to_json(arrays: dict[str, np.ndarray]) -> dict[str, list]:
     return {name: a.tolist() for name, a in arrays.items()}
-
-
-def encode_ufr(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
-    specs, chunks, offset = [], [], 0
-    for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
-        pad = (-offset) % 8
-        if pad:
-            chunks.append(b"\0" * pad)
-            offset += pad
-        specs.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset,
-                      "nbytes": a.nbytes})
-        chunks.append(a.tobytes())
-        offset += a.nbytes
-    header = orjson.dumps({**meta, "arrays": specs})
-    return UFR_MAGIC + struct.pack("<I", len(header)) + header + b"".join(chunks)
-
-
-def decode_ufr(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
-    if data[:4] != UFR_MAGIC:
-        raise ValueError("not a UFR1 payload")
-    (n,) = struct.unpack("<I", data[4:8])
-    header = orjson.loads(data[8:8 + n])
-    body = memoryview(data)[8 + n:]
-    arrays = {s["name"]: np.frombuffer(body[s["offset"]:s["offset"] + s["nbytes"]], dtype=s["dtype"])
-              .reshape(s["shape"]) for s in header["arrays"]}
-    return header, arrays

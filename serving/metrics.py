@@ -62,6 +62,24 @@ class ServingMetrics:
                                            "Config version each tenant is served with.", ["tenant"], registry=r,
                                            multiprocess_mode="livemax")
 
+        self._tenants: dict[str, TenantMetrics] = {}
+        self._routes: dict[tuple[str, int], tuple] = {}
+
+    def of_tenant(self, name: str) -> "TenantMetrics":
+        """The tenant's labelled series, looked up once (``labels()`` costs microseconds a call)."""
+        tm = self._tenants.get(name)
+        if tm is None:
+            tm = self._tenants[name] = TenantMetrics(self, name)
+        return tm
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        series = self._routes.get((route, status))
+        if series is None:
+            series = self._routes[(route, status)] = (self.latency.labels(route),
+                                                      self.requests.labels(route, str(status)))
+        series[0].observe(seconds)
+        series[1].inc()
+
     def exposition(self) -> bytes:
         """The text /metrics answers: this process's samples, or every worker's summed."""
         return generate_latest(self.exposed)
@@ -70,6 +88,22 @@ class ServingMetrics:
         """A worker that stops drops out of the live gauges (its counters stay in the sums)."""
         if self.shared_dir:
             multiprocess.mark_process_dead(os.getpid(), self.shared_dir)
+
+
+class TenantMetrics:
+    """One tenant's series of the feature route and its stages."""
+
+    __slots__ = ("in_flight", "ok", "error", "timeout", "throttled", "latency", "stages", "events_served",
+                 "missing_features")
+
+    def __init__(self, m: ServingMetrics, name: str):
+        self.in_flight = m.in_flight.labels(name)
+        self.ok, self.error, self.timeout, self.throttled = (
+            m.tenant_requests.labels(name, o) for o in ("ok", "error", "timeout", "throttled"))
+        self.latency = m.tenant_latency.labels(name)
+        self.stages = {s: m.stage_latency.labels(name, s) for s in ("retrieve", "filter", "enrich", "size", "featurize")}
+        self.events_served = m.events_served.labels(name)
+        self.missing_features = m.missing_features.labels(name)
 
 
 def forget_dead_workers(path: str) -> list[int]:

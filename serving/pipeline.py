@@ -47,28 +47,31 @@ class Pipeline:
     async def run(self, cfg: TenantConfig, user_ids: list[str], fmt: str, accept: str,
                   exclude_items: list[str], request_id: str) -> Served:
         t = cfg.tenant
-        stage = self.metrics.stage_latency
+        tm = self.metrics.of_tenant(t.name)
+        stage = tm.stages
         now_ms = int(time.time() * 1000)
         parse = self.needs_parsing(t, fmt, exclude_items)
         t0 = time.perf_counter()
         users = await self.retrieve(t, user_ids, now_ms, parse)
         t1 = time.perf_counter()
-        stage.labels(t.name, "retrieve").observe(t1 - t0)
-        if parse:
+        stage["retrieve"].observe(t1 - t0)
+        items = None
+        if parse:  # stages that look inside events; a pass-through request skips (and does not time) them
             await self.filter(users, t, now_ms, exclude_items)
-        t2 = time.perf_counter()
-        stage.labels(t.name, "filter").observe(t2 - t1)
-        if parse:
-            await self.enrich(users, t)
-        t3 = time.perf_counter()
-        stage.labels(t.name, "enrich").observe(t3 - t2)
+            t2 = time.perf_counter()
+            stage["filter"].observe(t2 - t1)
+            items = await self.enrich(users, t, attach=fmt == "json")
+            t3 = time.perf_counter()
+            stage["enrich"].observe(t3 - t2)
+            t1 = t3
         self.size(users, t, parse)
         t4 = time.perf_counter()
-        stage.labels(t.name, "size").observe(t4 - t3)
-        served, logged = self.featurize(cfg, users, user_ids, fmt, accept, now_ms, request_id)
-        stage.labels(t.name, "featurize").observe(time.perf_counter() - t4)
+        if parse or t.views:
+            stage["size"].observe(t4 - t1)
+        served, logged = self.featurize(cfg, users, user_ids, fmt, accept, now_ms, request_id, items)
+        stage["featurize"].observe(time.perf_counter() - t4)
         if parse:
-            self.metrics.events_served.labels(t.name).inc(sum(len(e) for u in users for e in u.sequences.values()))
+            tm.events_served.inc(sum(len(e) for u in users for e in u.sequences.values()))
         if logged:
             self.feature_logger.log(request_id, t.name, cfg.version, fmt, logged)
         return served
@@ -96,11 +99,13 @@ class Pipeline:
             if len(users) > SLICE:
                 await asyncio.sleep(0)
 
-    async def enrich(self, users: list[UserSequences], t: Tenant) -> None:
-        """Stage 3: serving-time item features; events whose item has none are counted."""
-        missing = await self.enricher.apply(users, t)
+    async def enrich(self, users: list[UserSequences], t: Tenant, attach: bool = True) -> dict:
+        """Stage 3: serving-time item features; events whose item has none are counted.
+        Returns the items' features, which featurize joins in bulk."""
+        missing, items = await self.enricher.apply(users, t, attach)
         if missing:
-            self.metrics.missing_features.labels(t.name).inc(missing)
+            self.metrics.of_tenant(t.name).missing_features.inc(missing)
+        return items
 
     def size(self, users: list[UserSequences], t: Tenant, parse: bool) -> None:
         """Stage 4: each sequence cut to the tenant's length; the tenant's aggregate views."""
@@ -111,7 +116,7 @@ class Pipeline:
                 u.views = compute_views(t.views, u.state)
 
     def featurize(self, cfg: TenantConfig, users: list[UserSequences], user_ids: list[str], fmt: str,
-                  accept: str, now_ms: int, request_id: str) -> tuple[Served, list | None]:
+                  accept: str, now_ms: int, request_id: str, items: dict | None = None) -> tuple[Served, list | None]:
         """Stage 5: the response in the asked format, and what of it to send to the
         served-features log (None unless this request is in the tenant's sample)."""
         t = cfg.tenant
@@ -122,12 +127,13 @@ class Pipeline:
             served = Served({**meta, "users": per_user}, "application/json", "json")
             logged = [(u["user_id"], u) for u in per_user] if log else None
         else:
-            arrays = featurize.to_arrays(users, t, self.registry, now_ms)
-            meta["users"] = user_ids
+            arrays = featurize.to_arrays(users, t, self.registry, now_ms, items=items)
             meta["views"] = [u.views for u in users]
-            if featurize.UFR_CONTENT_TYPE in accept:
-                served = Served(featurize.encode_ufr(arrays, meta), featurize.UFR_CONTENT_TYPE, "ufr_binary")
+            if featurize.ARROW_CONTENT_TYPE in accept:
+                batch = featurize.to_arrow(user_ids, arrays, meta)
+                served = Served(featurize.encode_arrow(batch), featurize.ARROW_CONTENT_TYPE, "arrow_binary")
             else:
+                meta["users"] = user_ids
                 served = Served({**meta, "arrays": featurize.arrays_to_json(arrays)}, "application/json", fmt)
             logged = ([(u, {n: a[i] for n, a in arrays.items()} | {"views": users[i].views})
                        for i, u in enumerate(user_ids)] if log else None)

@@ -14,15 +14,17 @@ from usersignals.kv import READ_JSON_LUA, SequenceStore
 from usersignals.registry import Registry, Tenant
 
 from serving.filtering import has_filters
+from serving.kv_client import as_kv
 from serving.model import UserSequences
+
+_READ = READ_JSON_LUA.encode()
 
 
 class Retriever:
-    def __init__(self, aclient, registry: Registry, prefix: str):
-        self.client = aclient
+    def __init__(self, kv, registry: Registry, prefix: str):
+        self.kv = as_kv(kv)
         self.prefix = prefix
-        self.layout = SequenceStore(aclient, registry, prefix)  # key layout and read arguments only
-        self.script = aclient.register_script(READ_JSON_LUA)
+        self.layout = SequenceStore(None, registry, prefix)  # key layout and read arguments only
 
     @staticmethod
     def fetch_limits(tenant: Tenant, registry: Registry) -> dict[str, int]:
@@ -36,7 +38,7 @@ class Retriever:
         keys, args = self.layout.read_request(user_id, limits)
         if with_state:
             keys = keys + [agg_key(self.prefix, user_id)]
-        rows = await self.script(keys=keys, args=args)
+        rows = await self.kv.evalsha(_READ, keys, args)
         seqs = {name: orjson.loads(row) if parse else row for name, row in zip(limits, rows)}
         state = {}
         if with_state and len(rows) > len(args):

@@ -92,21 +92,21 @@ class CachedFeatures:
 
     def lookup(self, item_ids: Iterable[str]) -> tuple[dict[str, dict | None], list[str]]:
         """Cached features, and the ids to fetch (for callers that fetch asynchronously)."""
-        now = self.clock()
+        now, ttl = self.clock(), self.ttl_s
+        get, touch = self._cache.get, self._cache.move_to_end
         out: dict[str, dict | None] = {}
-        missing: dict[str, None] = {}  # ordered set
-        for item_id in item_ids:
-            if item_id in out or item_id in missing:
-                continue
-            entry = self._cache.get(item_id)
-            if entry is not None and now - entry[0] < self.ttl_s:
-                self._cache.move_to_end(item_id)
+        missing: list[str] = []
+        unique = item_ids if isinstance(item_ids, (set, frozenset, dict)) else dict.fromkeys(item_ids)
+        for item_id in unique:
+            entry = get(item_id)
+            if entry is not None and now - entry[0] < ttl:
+                touch(item_id)
                 out[item_id] = entry[1]
-                self.hits += 1
             else:
-                missing[item_id] = None
+                missing.append(item_id)
+        self.hits += len(out)
         self.misses += len(missing)
-        return out, list(missing)
+        return out, missing
 
     def fill(self, missing: list[str], fetched: Mapping[str, dict], out: dict[str, dict | None]) -> None:
         now = self.clock()

@@ -103,7 +103,8 @@ class TrimStats:
 
 
 class SequenceStore:
-    """Insert, read and trim user sequences. ``client`` is a redis-py Redis or RedisCluster."""
+    """Insert, read and trim user sequences. ``client`` is a redis-py Redis or RedisCluster
+    (None for a store used only for its key layout and read arguments)."""
 
     def __init__(self, client, registry: Registry, prefix: str = "us"):
         self.client = client
@@ -111,8 +112,9 @@ class SequenceStore:
         self.prefix = prefix
         # Clusters route each command by slot through redis-py; a single node gets the packed path.
         self._single_node = is_single_node(client)
-        self._read = client.register_script(_READ_LUA)
-        self._trim = client.register_script(_TRIM_LUA)
+        if client is not None:
+            self._read = client.register_script(_READ_LUA)
+            self._trim = client.register_script(_TRIM_LUA)
 
     # --- keys ---------------------------------------------------------------------
     def seq_key(self, dataset: str, user_id: str) -> str:

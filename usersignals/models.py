@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Sequence
 
 import orjson
 
-# Dimension of the item embeddings that serving's model-ready tensors carry (``ufr``): the
+# Dimension of the item embeddings that serving's model-ready tensors carry (``arrow``): the
 # generator's item features and every published model version have it.
 EMBEDDING_DIM = 16
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 DEFAULT_REGISTRY_PATH = Path(__file__).with_name("default_registry.toml")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 STAGES = ("indexing", "serving")
-FORMATS = ("json", "ufr")
+FORMATS = ("json", "arrow")
 MAX_RETENTION = 10_000
 
 
@@ -301,6 +301,8 @@ def _tenant(name, body, datasets, enrichments) -> Tenant:
         if e not in enrichments:
             raise RegistryError(f"{where}.enrichments: {e!r} is not a registered enrichment; known: {sorted(enrichments)}")
     fmt = body.get("format", "json")
+    if fmt == "ufr":  # the model-ready format before Arrow: configs stored with it keep loading
+        fmt = "arrow"
     if fmt not in FORMATS:
         raise RegistryError(f"{where}.format: {fmt!r} is not one of {list(FORMATS)}")
     views = _str_list(f"{where}.views", body.get("views", []))

@@ -120,7 +120,7 @@ def test_the_spec_declares_errors_keys_and_examples(api):
     assert not any("422" in s for s in statuses.values())
     features = spec["paths"]["/v1/features"]["post"]
     assert features["security"] == [{"TenantKey": []}, {"AdminKey": []}]
-    assert set(features["responses"]["200"]["content"]) == {"application/json", "application/vnd.usersignals.ufr"}
+    assert set(features["responses"]["200"]["content"]) == {"application/json", "application/vnd.apache.arrow.stream"}
     assert features["responses"]["404"]["content"]["application/json"]["schema"] == error
     assert spec["components"]["schemas"]["FeaturesRequest"]["examples"]
     put = spec["paths"]["/v1/tenants/{name}"]["put"]

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.client import UserSignalsClient, UserSignalsError
 from serving.feature_log import FeatureLogger
-from serving.featurize import UFR_CONTENT_TYPE, decode_ufr
+from serving.featurize import ARROW_CONTENT_TYPE
 from usersignals.aggregates import AggregateStore
 from usersignals.features import ItemFeatureStore
 from usersignals.kv import SequenceStore, StoredEvent
@@ -88,22 +88,33 @@ def test_json_sequences_are_filtered_enriched_sized_and_carry_views(api, registr
     assert list(user["views"]["category_affinity"])[0] == "c1"
 
 
-def test_ufr_binary_matches_the_declared_layout(api, registry):
-    r = post(api, {"tenant": "homefeed_ranking", "user_ids": ["u1", "nobody"], "format": "ufr"},
-             headers={**HOME, "Accept": UFR_CONTENT_TYPE})
-    assert r.status_code == 200 and r.headers["content-type"] == UFR_CONTENT_TYPE
-    header, arrays = decode_ufr(r.content)
-    assert header["users"] == ["u1", "nobody"]
-    assert arrays["clicks.item_hash"].shape == (2, 50) and arrays["clicks.embedding"].shape == (2, 50, 16)
-    assert arrays["closeups.mask"].shape == (2, 100)
+def test_arrow_stream_matches_the_declared_layout(api, registry):
+    import pyarrow as pa
+
+    r = post(api, {"tenant": "homefeed_ranking", "user_ids": ["u1", "nobody"], "format": "arrow"},
+             headers={**HOME, "Accept": ARROW_CONTENT_TYPE})
+    assert r.status_code == 200 and r.headers["content-type"] == ARROW_CONTENT_TYPE
+    table = pa.ipc.open_stream(r.content).read_all()  # a plain Arrow reader, nothing of ours
+    assert table.num_rows == 2 and table.column("user_id").to_pylist() == ["u1", "nobody"]
+    meta = table.schema.metadata
+    assert meta[b"tenant"] == b'"homefeed_ranking"' and int(meta[b"config_version"]) >= 1
+    assert table.schema.field("clicks.item_hash").type == pa.list_(pa.int64(), 50)
+    assert table.schema.field("clicks.embedding").type == pa.list_(pa.list_(pa.float32(), 16), 50)
+    assert table.schema.field("closeups.mask").type == pa.list_(pa.uint8(), 100)
+    arrays = {name: np.array(table.column(name).to_pylist()) for name in table.column_names[1:]}
     assert arrays["clicks.mask"][0].sum() == 40 and arrays["clicks.mask"][1].sum() == 0
     assert arrays["closeups.mask"][0].sum() == 15
     assert (arrays["clicks.type_id"][0, :40] == registry.event_types["click"].id).all()
     assert np.all(np.diff(arrays["clicks.age_s"][0, :40]) > 0)  # newest first
     assert arrays["clicks.embedding"][0, 0, 0] == pytest.approx(0.39)
-    # The JSON rendering of ufr carries the same numbers.
-    j = post(api, {"tenant": "homefeed_ranking", "user_ids": ["u1", "nobody"], "format": "ufr"}).json()
+    # Without the Arrow Accept header, the same numbers as JSON lists.
+    j = post(api, {"tenant": "homefeed_ranking", "user_ids": ["u1", "nobody"], "format": "arrow"}).json()
     assert np.array_equal(np.array(j["arrays"]["clicks.item_hash"]), arrays["clicks.item_hash"])
+
+
+def test_the_retired_ufr_format_gets_a_400_that_names_arrow(api):
+    r = post(api, {"tenant": "homefeed_ranking", "user_ids": ["u1"], "format": "ufr"})
+    assert r.status_code == 400 and "arrow" in r.json()["message"]
 
 
 def test_request_level_exclusions(api):
@@ -200,8 +211,9 @@ def test_python_client(app, seeded):
         client = UserSignalsClient("http://testserver", "homefeed_ranking", "homefeed-dev-key", transport=tc._transport)
         users = client.features(["u1"])
         assert len(users[0]["sequences"]["clicks"]) == 40
-        header, arrays = client.features_ufr(["u1"])
-        assert arrays["clicks.mask"].shape == (1, 50)
+        meta, arrays = client.features_arrays(["u1"])
+        assert arrays["clicks.mask"].shape == (1, 50) and meta["tenant"] == "homefeed_ranking"
+        assert client.features_arrow(["u1", "u2"]).num_rows == 2
         with pytest.raises(UserSignalsError) as info:
             UserSignalsClient("http://testserver", "homefeed_ranking", "wrong", transport=tc._transport).features(["u1"])
         assert info.value.status == 403

@@ -41,16 +41,36 @@ def test_size_cuts_to_the_tenant_length():
     assert len(u.sequences["clicks"]) == 3 and len(u.sequences["closeups"]) == 1
 
 
-def test_ufr_round_trips_through_the_binary_encoding():
+def test_arrow_batch_is_read_by_a_plain_arrow_reader_with_golden_values():
+    import pyarrow as pa
+
     t = tenant(enrichments=["item_embedding"])
-    u = UserSequences("u", {"clicks": [ev(1, dwell_ms=5, features={"embedding": [0.5] * 16})], "closeups": []})
-    arrays = featurize.to_arrays([u], t, REG, NOW)
-    header, back = featurize.decode_ufr(featurize.encode_ufr(arrays, {"users": ["u"]}))
-    assert header["users"] == ["u"]
+    users = [UserSequences("u", {"clicks": [ev(1, dwell_ms=5, features={"embedding": [0.5] * 16}),
+                                            ev(2, item="i9", features={})],
+                                 "closeups": []}),
+             UserSequences("empty", {"clicks": [], "closeups": []})]
+    arrays = featurize.to_arrays(users, t, REG, NOW)
+    batch = featurize.to_arrow(["u", "empty"], arrays, {"tenant": "t", "views": [{"activity": 2.0}, {}]})
+    table = pa.ipc.open_stream(featurize.encode_arrow(batch)).read_all()  # any Arrow reader
+    assert table.column_names == ["user_id", "clicks.item_hash", "clicks.type_id", "clicks.age_s", "clicks.dwell_ms",
+                                  "clicks.mask", "clicks.embedding", "closeups.item_hash", "closeups.type_id",
+                                  "closeups.age_s", "closeups.dwell_ms", "closeups.mask", "closeups.embedding"]
+    assert table.schema.field("clicks.embedding").type == pa.list_(pa.list_(pa.float32(), 16), 3)
+    assert table.schema.field("closeups.mask").type == pa.list_(pa.uint8(), 2)
+    assert table.schema.metadata[b"views"] == b'[{"activity":2.0},{}]'
+    clicks = table.to_pylist()[0]
+    assert clicks["user_id"] == "u"
+    assert clicks["clicks.mask"] == [1, 1, 0]
+    assert clicks["clicks.type_id"] == [REG.event_types["click"].id] * 2 + [0]
+    assert clicks["clicks.age_s"] == [1.0, 2.0, 0.0] and clicks["clicks.dwell_ms"] == [5.0, 0.0, 0.0]
+    assert clicks["clicks.item_hash"][:2] == [featurize.item_hash("i1"), featurize.item_hash("i9")]
+    assert featurize.item_hash("i1") == 389430377700070743  # blake2b-8 of "i1" >> 1: stable across releases
+    assert clicks["clicks.embedding"][0] == [0.5] * 16 and clicks["clicks.embedding"][1] == [0.0] * 16
+    assert table.to_pylist()[1]["clicks.mask"] == [0, 0, 0]
+    meta, back = featurize.decode_arrow(featurize.encode_arrow(batch))
+    assert meta["tenant"] == "t" and back["clicks.embedding"].shape == (2, 3, 16)
     for name, a in arrays.items():
         assert back[name].dtype == a.dtype and np.array_equal(back[name], a)
-    assert back["clicks.dwell_ms"][0, 0] == 5 and back["clicks.age_s"][0, 0] == 1.0
-    assert featurize.item_hash("i1") == featurize.item_hash("i1") >= 0
 
 
 datasets = st.sampled_from(sorted(REG.datasets))
@@ -62,13 +82,13 @@ datasets = st.sampled_from(sorted(REG.datasets))
     embed=st.booleans(),
     counts=st.lists(st.integers(0, 30), min_size=1, max_size=5),
 )
-def test_ufr_shapes_always_match_the_declared_layout(seq, embed, counts):
+def test_arrays_always_match_the_declared_layout(seq, embed, counts):
     seq = {ds: min(n, REG.datasets[ds].retention) for ds, n in seq.items()}
     t = parse_tenant("t", {"sequences": seq, "enrichments": ["item_embedding"] if embed else []}, REG)
     users = [UserSequences(f"u{i}", {ds: [ev(j, features={"embedding": [0.1] * 16}) for j in range(c)][:seq[ds]]
                                      for ds in seq}) for i, c in enumerate(counts)]
     arrays = featurize.to_arrays(users, t, REG, NOW)
-    layout = featurize.ufr_layout(t, REG, 16 if embed else None)
+    layout = featurize.layout(t, REG, 16 if embed else None)
     assert [name for name, _, _ in layout] == list(arrays)
     for name, dtype, shape in layout:
         assert arrays[name].shape == (len(users), *shape)
