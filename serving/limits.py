@@ -11,21 +11,21 @@ its share of every tenant's limits, in memory, with no coordination on the reque
   N in flight). A changed limit applies to the next request; in-flight counts carry over.
 
 Why not shared in the KV layer (a Lua token bucket and a ZSET of in-flight leases, exact across
-workers and surviving a killed worker)? Its cost, measured (``python -m bench.api_workers``) on
-this 2-core machine against the stack's redis-server (redis.asyncio + hiredis, uvloop; an
-acquire EVALSHA and a release ZREM per request): 98-115 us of API CPU and 40-57 us of KV CPU a
-request with 32 requests concurrent, 207-294 us of API CPU one at a time: a third of the issue's
-0.35 ms of API CPU a request, for the limits alone. Dividing costs 0.7 us a request.
+workers and surviving a killed worker)? Its cost, measured by ``python -m bench.api_workers``
+(five runs, 2026-12-02, this 2-core machine, the stack's redis-server; redis.asyncio + hiredis,
+uvloop; an acquire EVALSHA and a release ZREM a request): 92-119 us of API CPU and 41-47 us of
+KV CPU a request with 32 requests concurrent, 175-267 us of API CPU one at a time. That is a
+third of the issue's 0.35 ms of API CPU a request, for the limits alone. Dividing costs
+0.7-1.0 us a request.
 
-Accuracy, measured the same way (2 workers, a tenant with max_rps 40 and max_concurrency 2
-flooded for 4 s by closed loops of 20-user requests; the rate counted after the first second):
-spread over 8 connections, 4 on each worker, it got 40.0 requests/s (1.00 of max_rps; 78 in
-the first second: both workers' bursts of 20 and the rate) with in flight never seen above 2;
-over 4 connections all on one worker 20.3/s (0.51); over one connection 20.0/s (0.50). So a
-flood gets its limit and never more; a tenant whose traffic is uneven across workers gets less:
-a connection is served by one worker for its life, so a tenant with a single connection gets
-1/N of its rate (and its concurrency share); concurrent requests through a connection pool
-spread over the workers.
+Accuracy, measured the same way (three runs; 2 workers; a tenant with max_rps 40 and max_concurrency 2
+flooded for 4 s by closed loops of 20-user requests; allowed: 40 × 4 s plus both workers'
+buckets of 20 full at the start = 200): spread over 8 connections, 4 on each worker, it got
+196-198 of the 200 (0.98-0.99), in flight never seen above 2; over 4 connections all on one
+worker 99-100 (0.50); over one connection 99 (0.50). So a flood gets its limit and never more;
+a tenant whose traffic is uneven across workers gets less: a connection is served by one worker
+for its life, so a tenant with a single connection gets 1/N of its rate (and its concurrency
+share); concurrent requests through a connection pool spread over the workers.
 """
 from __future__ import annotations
 
