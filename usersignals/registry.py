@@ -73,8 +73,8 @@ class Tenant:
     description: str = ""
     filters: Filters = field(default_factory=Filters)
     views: tuple[str, ...] = ()         # aggregate views derived from per-user state
-    max_concurrency: int = 32           # in-flight requests before 429
-    max_rps: float = 0.0                # requests per second per API process before 429 (0: no limit)
+    max_concurrency: int = 32           # in-flight requests per API server before 429 (serving/limits.py)
+    max_rps: float = 0.0                # requests per second per API server before 429 (0: no limit)
     timeout_ms: int = 100               # per request, all users of a batch
     log_sample_rate: float = 0.0        # share of responses logged to the served-features topic
     api_key_sha256: str = ""            # sha256 hex of the tenant's API key ("" = no key accepted)
