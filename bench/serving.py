@@ -1,15 +1,25 @@
-"""make bench-serving: POST /v1/features latency at a fixed request rate, against the same
-fetch done directly on the KV server, measured side by side in one run.
+"""make bench-serving: POST /v1/features — API CPU per request and latency at a fixed request
+rate, against the same fetch done directly on the KV server, measured side by side in one run.
 
-A private stack (broker, KV, API as its own uvicorn process) on free ports. One user holds
-3 datasets × 100+ events; a bench tenant reads 100 of each. The load is open-loop: each
-of 8 keep-alive connections sends on a fixed schedule, and latency is measured from the
-scheduled send time (so a slow response also delays, and is charged to, the next one).
-The raw baseline runs the same Lua read of the same keys over redis.asyncio at the same
-rate. The API process's RSS is read from /proc after the load.
+A private stack (broker, KV, API as its own uvicorn process(es)) on free ports. One user holds
+3 datasets × 150 events; a bench tenant reads 100 of each, as ``json`` and as the binary
+model-ready format (``--binary``, Arrow by default). A second user holds the home-feed
+datasets, read through the registry's ``homefeed_ranking`` tenant (filters, serving-time
+embeddings, views, its own format): the realistic heavy request.
+
+The load is open-loop: each of 8 keep-alive connections sends on a fixed schedule, and
+latency is measured from the scheduled send time (so a slow response also delays, and is
+charged to, the next one). The raw baseline runs the same Lua read of the same keys through
+the API's own KV client at the same rate. CPU is read from /proc for the API's process group (all its
+workers) and for the KV server around each phase, so ``api_cpu_ms_per_req`` (API CPU seconds
+/ requests answered) holds on a noisy or slower machine where latency swings; the KV server's
+CPU per raw fetch (``raw_cpu_ms_per_req``) is the same-run reference.
 
 Last line: {"bench": "serving", "rps": …, "p50_ms": …, "p99_ms": …, "raw_p99_ms": …,
-"ratio_to_raw": …, "rss_mb": …, "ufr_p99_ms": …}  (the headline figures are for json)
+"ratio_to_raw": …, "rss_mb": …, "api_cpu_ms_per_req": …, "raw_cpu_ms_per_req": …,
+"api_to_raw_cpu": …, "<binary>_p50_ms": …, "<binary>_p99_ms": …,
+"<binary>_api_cpu_ms_per_req": …, "home_api_cpu_ms_per_req": …, "home_p99_ms": …}
+(the headline figures are for json; <binary> is ``arrow`` unless ``--binary`` says otherwise)
 """
 from __future__ import annotations
 
@@ -21,14 +31,17 @@ import time
 
 import orjson
 
-from bench.common import bench_settings, emit, log, open_loop, percentile, rss_mb
+from bench.common import bench_settings, emit, group_cpu_s, log, open_loop, percentile, rss_mb
 from infra.stack import Stack
 
-USER = "bench-user"
+USER, HOME_USER = "bench-user", "home-user"
 DATASETS = {"clicks": "click", "closeups": "closeup", "views": "view"}
+HOME_DATASETS = ("clicks", "repins", "closeups")
+BINARY_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "ufr": "application/vnd.usersignals.ufr"}
 
 
-def seed(settings, registry) -> None:
+def seed(settings, registry) -> int:
+    """Writes both users' events and every item's features; returns the home-feed events stored."""
     from usersignals.features import ItemFeatureStore
     from usersignals.kv import SequenceStore, StoredEvent, connect
 
@@ -36,15 +49,27 @@ def seed(settings, registry) -> None:
     store = SequenceStore(client, registry, settings.kv_prefix)
     now = int(time.time() * 1000)
     events = []
+
+    def add(ds: str, user: str, n: int, item: str, dwell: int) -> None:
+        body = {"event_id": f"{user}-{ds}-{n}", "item_id": item, "ts": now - n * 1000, "surface": "homefeed",
+                "dwell_ms": dwell, "features": {"category": f"c{n % 7}", "popularity": 0.25}}
+        events.append(StoredEvent(ds, user, body["event_id"], body["ts"], orjson.dumps(body)))
+
     for ds in DATASETS:
         for n in range(150):
-            body = {"event_id": f"{ds}-{n}", "item_id": f"i{n}", "ts": now - n * 1000, "surface": "homefeed",
-                    "dwell_ms": 1000 + n, "features": {"category": f"c{n % 7}", "popularity": 0.25}}
-            events.append(StoredEvent(ds, USER, f"{ds}-{n}", now - n * 1000, orjson.dumps(body)))
+            add(ds, USER, n, f"i{n}", 1000 + n)
+    # Home feed: distinct items per dataset (the tenant dedups items), every fourth close-up
+    # under its dwell threshold, so the filters have work to do.
+    for ds in HOME_DATASETS:
+        for n in range(registry.datasets[ds].retention + 20):
+            add(ds, HOME_USER, n, f"{ds}-i{n}", 400 if ds == "closeups" and n % 4 == 0 else 1500 + n)
     store.write(events)
     store.trim_all()
+    items = {orjson.loads(e.payload)["item_id"] for e in events}
     ItemFeatureStore(client, settings.kv_prefix).put_many(
-        {f"i{n}": {"category": f"c{n % 7}", "popularity": 0.25, "embedding": [0.01 * n] * 16} for n in range(150)})
+        {i: {"category": "c1", "popularity": 0.25, "embedding": [0.01 * (k % 100)] * 16}
+         for k, i in enumerate(sorted(items))})
+    return sum(1 for e in events if e.user_id == HOME_USER)
 
 
 async def http_load(host: str, port: int, request: bytes, rate: float, seconds: float, conns: int = 8):
@@ -58,15 +83,15 @@ async def http_load(host: str, port: int, request: bytes, rate: float, seconds: 
 
 
 async def raw_load(settings, registry, rate: float, seconds: float, conns: int = 8):
-    import redis.asyncio as aioredis
-
+    """The same Lua read of the same keys, straight to the KV server through the API's own
+    pipelined client (serving.kv_client), at the same rate."""
+    from serving.kv_client import AsyncKV
     from usersignals.kv import READ_JSON_LUA, SequenceStore
 
-    client = aioredis.Redis.from_url(settings.kv_url)
-    layout = SequenceStore(client, registry, settings.kv_prefix)
-    script = client.register_script(READ_JSON_LUA)
-    keys, args = layout.read_request(USER, {ds: 100 for ds in DATASETS})
-    await script(keys=keys, args=args)
+    kv = AsyncKV.for_url(settings.kv_url)
+    keys, args = SequenceStore(None, registry, settings.kv_prefix).read_request(USER, {ds: 100 for ds in DATASETS})
+    script = READ_JSON_LUA.encode()
+    await kv.evalsha(script, keys, args)
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.2
     total = int(rate * seconds)
@@ -78,28 +103,50 @@ async def raw_load(settings, registry, rate: float, seconds: float, conns: int =
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            rows = await script(keys=keys, args=args)
+            rows = await kv.evalsha(script, keys, args)
             assert len(rows) == 3
             latencies.append(loop.time() - due)
 
     await asyncio.gather(*(worker(k) for k in range(conns)))
-    await client.aclose()
+    kv.close()
     return latencies
+
+
+class CpuMeter:
+    """CPU seconds used by the API's process group and the KV server over one phase."""
+
+    def __init__(self, stack: Stack):
+        self.pids = {"api": stack.component("api").proc.pid, "kv": stack.component("kv").proc.pid}
+
+    def __enter__(self):
+        self.start = {n: group_cpu_s(p) for n, p in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc):
+        self.used = {n: group_cpu_s(p) - self.start[n] for n, p in self.pids.items()}
+
+    def ms_per(self, name: str, requests: int) -> float:
+        return round(self.used[name] * 1000 / max(1, requests), 4)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=500.0)
+    ap.add_argument("--home-rate", type=float, default=250.0, help="home-feed requests per second")
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--binary", choices=sorted(BINARY_TYPES), default="arrow",
+                    help="the binary model-ready format measured beside json")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="API worker processes (default: USERSIGNALS_API_WORKERS, i.e. the cores)")
     args = ap.parse_args(argv)
     from usersignals.registry import load_registry
 
     registry = load_registry()
-    settings = bench_settings("bench-serving")
+    settings = bench_settings("bench-serving", **({"api_workers": args.workers} if args.workers else {}))
     stack = Stack(settings, components=("broker", "kv", "api"))
     try:
         stack.start()
-        seed(settings, registry)
+        home_stored = seed(settings, registry)
         import httpx
 
         admin = {"X-Admin-Key": "admin-dev-key"}
@@ -108,11 +155,17 @@ def main(argv=None) -> int:
         base = f"http://{settings.host}:{settings.api_port}"
         r = httpx.put(f"{base}/v1/tenants/bench", json=tenant, headers=admin)
         r.raise_for_status()
-        time.sleep(1.2)  # every worker picks the tenant up from the KV layer
+        # The home-feed tenant as registered, with a timeout and concurrency that a bench's
+        # queueing does not trip (the registry's 50 ms is for production traffic).
+        home = httpx.get(f"{base}/v1/tenants", headers=admin).json()
+        home_cfg = next(t["config"] for t in home["tenants"] if t["name"] == "homefeed_ranking")
+        home_cfg.update({"timeout_ms": 1000, "max_concurrency": 256, "log_sample_rate": 0.0})
+        httpx.put(f"{base}/v1/tenants/homefeed_ranking", json=home_cfg, headers=admin).raise_for_status()
+        time.sleep(1.2)  # every worker picks the tenants up from the KV layer
 
-        def request(fmt: str, accept: str) -> bytes:
-            body = orjson.dumps({"tenant": "bench", "user_ids": [USER], "format": fmt})
-            return (f"POST /v1/features HTTP/1.1\r\nHost: bench\r\nX-API-Key: bench-key\r\n"
+        def request(tenant: str, key: str, user: str, fmt: str | None, accept: str) -> bytes:
+            body = orjson.dumps({"tenant": tenant, "user_ids": [user], **({"format": fmt} if fmt else {})})
+            return (f"POST /v1/features HTTP/1.1\r\nHost: bench\r\nX-API-Key: {key}\r\n"
                     f"Content-Type: application/json\r\nAccept: {accept}\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
@@ -120,26 +173,56 @@ def main(argv=None) -> int:
                            headers={"X-API-Key": "bench-key"}).json()
         served = sum(len(v) for v in check["users"][0]["sequences"].values())
         assert served == 300, f"expected 300 events, got {served}"
+        home_check = httpx.post(f"{base}/v1/features", json={"tenant": "homefeed_ranking", "user_ids": [HOME_USER],
+                                                             "format": "json"},
+                                headers={"X-API-Key": "homefeed-dev-key"}).json()
+        home_served = sum(len(v) for v in home_check["users"][0]["sequences"].values())
+        log(f"home feed: {home_stored} events stored, {home_served} served after filters")
 
         host, port = settings.host, settings.api_port
-        json_req = request("json", "application/json")
-        ufr_req = request("ufr", "application/vnd.usersignals.ufr")
-        asyncio.run(http_load(host, port, json_req, args.rate, 3))  # warm-up
-        lat_json, err_json, took = asyncio.run(http_load(host, port, json_req, args.rate, args.seconds))
-        lat_raw = asyncio.run(raw_load(settings, registry, args.rate, args.seconds))
-        lat_ufr, err_ufr, _ = asyncio.run(http_load(host, port, ufr_req, args.rate, args.seconds))
+        binary_type = BINARY_TYPES[args.binary]
+        json_req = request("bench", "bench-key", USER, "json", "application/json")
+        bin_req = request("bench", "bench-key", USER, args.binary, binary_type)
+        home_req = request("homefeed_ranking", "homefeed-dev-key", HOME_USER, None,
+                           f"{binary_type}, application/json;q=0.5")
+        for req in (json_req, bin_req, home_req):
+            asyncio.run(http_load(host, port, req, args.rate / 2, 2))  # warm-up
+
+        def measured(load):
+            meter = CpuMeter(stack)
+            with meter:
+                out = asyncio.run(load)
+            return out, meter
+
+        (lat_json, err_json, took), cpu_json = measured(http_load(host, port, json_req, args.rate, args.seconds))
+        lat_raw, cpu_raw = measured(raw_load(settings, registry, args.rate, args.seconds))
+        (lat_bin, err_bin, _), cpu_bin = measured(http_load(host, port, bin_req, args.rate, args.seconds))
+        (lat_home, err_home, _), cpu_home = measured(
+            http_load(host, port, home_req, args.home_rate, args.seconds))
         rss = rss_mb(stack.component("api").proc.pid)
 
         ms = lambda xs, q: round(percentile(xs, q) * 1000, 3)  # noqa: E731
         p99, raw99 = ms(lat_json, 99), ms(lat_raw, 99)
+        api_cpu = cpu_json.ms_per("api", len(lat_json))
+        raw_cpu = cpu_raw.ms_per("kv", len(lat_raw))
+        b = args.binary
         log(f"json: {len(lat_json)} requests in {took:.1f}s, p50 {ms(lat_json, 50)} ms, p99 {p99} ms, "
-            f"errors {err_json}")
-        log(f"ufr (binary): p50 {ms(lat_ufr, 50)} ms, p99 {ms(lat_ufr, 99)} ms, errors {err_ufr}")
-        log(f"raw KV read: p50 {ms(lat_raw, 50)} ms, p99 {raw99} ms; API RSS {rss:.0f} MB")
+            f"errors {err_json}; API CPU {api_cpu} ms/request, KV {cpu_json.ms_per('kv', len(lat_json))} ms")
+        log(f"{b} (binary): p50 {ms(lat_bin, 50)} ms, p99 {ms(lat_bin, 99)} ms, errors {err_bin}; "
+            f"API CPU {cpu_bin.ms_per('api', len(lat_bin))} ms/request")
+        log(f"home feed ({home_served} events + embeddings, {args.home_rate:g}/s): p50 {ms(lat_home, 50)} ms, "
+            f"p99 {ms(lat_home, 99)} ms, errors {err_home}; API CPU {cpu_home.ms_per('api', len(lat_home))} ms/request")
+        log(f"raw KV read: p50 {ms(lat_raw, 50)} ms, p99 {raw99} ms, KV CPU {raw_cpu} ms/read; API RSS {rss:.0f} MB")
         emit({"bench": "serving", "rps": round(len(lat_json) / took), "p50_ms": ms(lat_json, 50), "p99_ms": p99,
               "raw_p50_ms": ms(lat_raw, 50), "raw_p99_ms": raw99, "ratio_to_raw": round(p99 / raw99, 2),
-              "rss_mb": round(rss, 1), "ufr_p50_ms": ms(lat_ufr, 50), "ufr_p99_ms": ms(lat_ufr, 99),
-              "errors": err_json + err_ufr, "events_per_response": served})
+              "rss_mb": round(rss, 1), "api_workers": settings.api_workers,
+              "api_cpu_ms_per_req": api_cpu, "kv_cpu_ms_per_req": cpu_json.ms_per("kv", len(lat_json)),
+              "raw_cpu_ms_per_req": raw_cpu, "api_to_raw_cpu": round(api_cpu / raw_cpu, 2) if raw_cpu else None,
+              "binary_format": b, f"{b}_p50_ms": ms(lat_bin, 50), f"{b}_p99_ms": ms(lat_bin, 99),
+              f"{b}_api_cpu_ms_per_req": cpu_bin.ms_per("api", len(lat_bin)),
+              "home_api_cpu_ms_per_req": cpu_home.ms_per("api", len(lat_home)), "home_rps": args.home_rate,
+              "home_p50_ms": ms(lat_home, 50), "home_p99_ms": ms(lat_home, 99), "home_events_per_response": home_served,
+              "errors": err_json + err_bin + err_home, "events_per_response": served})
         return 0
     finally:
         stack.stop()

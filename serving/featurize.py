@@ -146,9 +146,8 @@ def to_arrow(user_ids: list[str], arrays: dict[str, np.ndarray], meta: dict):
     import pyarrow as pa
 
     columns = [pa.array(user_ids, pa.string())] + [_fixed(a) for a in arrays.values()]
-    names = ["user_id", *arrays]
-    metadata = {k: orjson.dumps(v) for k, v in meta.items()}
-    return pa.RecordBatch.from_arrays(columns, names=names).replace_schema_metadata(metadata)
+    return pa.RecordBatch.from_arrays(columns, names=["user_id", *arrays],
+                                      metadata={k: orjson.dumps(v) for k, v in meta.items()})
 
 
 def encode_arrow(batch) -> bytes:
