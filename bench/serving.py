@@ -31,7 +31,7 @@ import time
 
 import orjson
 
-from bench.common import bench_settings, emit, group_cpu_s, log, open_loop, percentile, rss_mb
+from bench.common import bench_settings, emit, group_cpu_s, group_rss_mb, log, open_loop, percentile
 from infra.stack import Stack
 
 USER, HOME_USER = "bench-user", "home-user"
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         (lat_bin, err_bin, _), cpu_bin = measured(http_load(host, port, bin_req, args.rate, args.seconds))
         (lat_home, err_home, _), cpu_home = measured(
             http_load(host, port, home_req, args.home_rate, args.seconds))
-        rss = rss_mb(stack.component("api").proc.pid)
+        rss = group_rss_mb(stack.component("api").proc.pid)  # every worker process
 
         ms = lambda xs, q: round(percentile(xs, q) * 1000, 3)  # noqa: E731
         p99, raw99 = ms(lat_json, 99), ms(lat_raw, 99)
