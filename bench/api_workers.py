@@ -23,7 +23,7 @@ import uuid
 
 import orjson
 
-from bench.common import bench_settings, emit, group_cpu_s, log
+from bench.common import WorkerConn, bench_settings, emit, group_cpu_s, log
 from infra.stack import Stack
 
 ADMIN = f"adm-{uuid.uuid4().hex}"
@@ -108,35 +108,10 @@ def limiter_cpu(kv_url: str, n: int = 20000) -> dict:
     return out
 
 
-class Conn:
-    """One keep-alive HTTP/1.1 connection (so: one worker), raw bytes in and out."""
-
-    def __init__(self, reader, writer):
-        self.reader, self.writer, self.worker = reader, writer, 0
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> "Conn":
-        c = cls(*await asyncio.open_connection(host, port))
-        _, body = await c.request("GET", "/readyz")
-        c.worker = orjson.loads(body)["worker_pid"]
-        return c
-
-    async def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
-        head = f"{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Length: {len(body)}\r\n"
-        if body:
-            head += "Content-Type: application/json\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.writer.write(head.encode() + b"\r\n" + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in raw.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        return int(raw[9:12]), await self.reader.readexactly(length)
-
-
-async def by_worker(host: str, port: int, workers: int, per_worker: int) -> dict[int, list[Conn]]:
-    found: dict[int, list[Conn]] = {}
+async def by_worker(host: str, port: int, workers: int, per_worker: int) -> dict[int, list[WorkerConn]]:
+    found: dict[int, list[WorkerConn]] = {}
     for _ in range(50 * workers * per_worker):
-        c = await Conn.open(host, port)
+        c = await WorkerConn.open(host, port)
         conns = found.setdefault(c.worker, [])
         if len(conns) < per_worker:
             conns.append(c)
@@ -157,7 +132,7 @@ async def flood(stack: Stack, workers: int, seconds: float, max_rps: float, max_
     body = orjson.dumps({"tenant": "flooded", "user_ids": USERS})
     out = {}
     for case in ("even", "one_worker", "one_connection"):
-        admin = await Conn.open(s.host, s.api_port)
+        admin = await WorkerConn.open(s.host, s.api_port)
         # a fresh tenant config each case: the buckets start full, then drain
         status, raw = await admin.request("PUT", "/v1/tenants/flooded", orjson.dumps(
             {"sequences": {"clicks": 20}, "max_rps": max_rps, "max_concurrency": max_concurrency,
@@ -176,7 +151,7 @@ async def flood(stack: Stack, workers: int, seconds: float, max_rps: float, max_
         start = loop.time()
         end = start + seconds
 
-        async def send(c: Conn) -> None:
+        async def send(c: WorkerConn) -> None:
             while loop.time() < end:
                 status, _ = await c.request("POST", "/v1/features", body, {"X-API-Key": KEY})
                 codes.append((loop.time() - start, status))
@@ -206,7 +181,7 @@ async def cpu_per_request(stack: Stack, rate: float, seconds: float) -> float:
     """Closed loops paced to ``rate`` in total; the API's CPU seconds per request."""
     s = stack.settings
     body = orjson.dumps({"tenant": "plain", "user_ids": USERS[:1]})
-    conns = [await Conn.open(s.host, s.api_port) for _ in range(8)]
+    conns = [await WorkerConn.open(s.host, s.api_port) for _ in range(8)]
     status, raw = await conns[0].request("PUT", "/v1/tenants/plain", orjson.dumps(
         {"sequences": {"clicks": 20}, "max_concurrency": 256, "timeout_ms": 10_000, "api_key": KEY}),
         {"X-Admin-Key": ADMIN})
@@ -218,7 +193,7 @@ async def cpu_per_request(stack: Stack, rate: float, seconds: float) -> float:
     cpu0 = group_cpu_s(pgid)
     start = loop.time()
 
-    async def send(k: int, c: Conn) -> None:
+    async def send(k: int, c: WorkerConn) -> None:
         i = k
         while True:
             due = start + i / rate

@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import orjson
+
 from infra.stack import metric_total, private_settings
 from usersignals.settings import REPO_ROOT, Settings
 
@@ -178,3 +180,33 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, se
 
     await asyncio.gather(*(worker(k) for k in range(conns)))
     return unsent
+
+
+class WorkerConn:
+    """One keep-alive HTTP/1.1 connection (so: one worker), raw bytes in and out."""
+
+    def __init__(self, reader, writer):
+        self.reader, self.writer, self.worker = reader, writer, 0
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> "WorkerConn":
+        c = cls(*await asyncio.open_connection(host, port))
+        status, body = await c.request("GET", "/readyz")
+        if status != 200:
+            raise RuntimeError(f"/readyz answered {status}: {body[:200]!r}")
+        c.worker = orjson.loads(body)["worker_pid"]
+        return c
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+        head = f"{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Length: {len(body)}\r\n"
+        if body:
+            head += "Content-Type: application/json\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.writer.write(head.encode() + b"\r\n" + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in raw.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        return int(raw[9:12]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()

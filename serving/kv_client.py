@@ -105,8 +105,12 @@ class AsyncKV:
             setup.append(conn.send(pack(("AUTH", user, password) if user else ("AUTH", password))))
         if self.db:
             setup.append(conn.send(pack(("SELECT", self.db))))
-        for fut in setup:
-            await asyncio.wait_for(fut, self.connect_timeout_s)
+        try:
+            for fut in setup:
+                await asyncio.wait_for(fut, self.connect_timeout_s)
+        except BaseException:
+            conn.transport.close()  # a wrong password or a server that does not answer
+            raise
         self._conns[slot] = conn
         return conn
 

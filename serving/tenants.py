@@ -19,7 +19,6 @@ import orjson
 
 from usersignals.registry import Registry, RegistryError, Tenant, parse_tenant, tenant_to_dict
 
-from serving.limits import TokenBucket  # noqa: F401  (its old home; the limits are serving/limits.py)
 
 HISTORY = 50
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import redis
 
+from bench.common import WorkerConn
 from infra.stack import Stack, private_settings
 from usersignals.kv import SequenceStore, StoredEvent
 from usersignals.registry import load_registry
@@ -44,40 +45,11 @@ def api(tmp_path_factory):
     stack.stop()
 
 
-# --- a small HTTP/1.1 client: one keep-alive connection stays with one worker ---------------
-class Conn:
-    def __init__(self, reader, writer):
-        self.reader, self.writer = reader, writer
-        self.worker = 0
-
-    @classmethod
-    async def open(cls, stack) -> "Conn":
-        c = cls(*await asyncio.open_connection(stack.settings.host, stack.settings.api_port))
-        status, body = await c.request("GET", "/readyz")
-        assert status == 200, body
-        c.worker = orjson.loads(body)["worker_pid"]
-        return c
-
-    async def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
-        head = f"{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Length: {len(body)}\r\n"
-        if body:
-            head += "Content-Type: application/json\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.writer.write(head.encode() + b"\r\n" + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in raw.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        return int(raw[9:12]), await self.reader.readexactly(length)
-
-    def close(self):
-        self.writer.close()
-
-
-async def pinned(stack, per_worker: int, max_tries: int = 200) -> dict[int, list[Conn]]:
+async def pinned(stack, per_worker: int, max_tries: int = 200) -> dict[int, list[WorkerConn]]:
     """``per_worker`` connections to each worker (the kernel hands a new one to either)."""
-    by_worker: dict[int, list[Conn]] = {}
+    by_worker: dict[int, list[WorkerConn]] = {}
     for _ in range(max_tries):
-        c = await Conn.open(stack)
+        c = await WorkerConn.open(stack.settings.host, stack.settings.api_port)
         conns = by_worker.setdefault(c.worker, [])
         if len(conns) < per_worker:
             conns.append(c)

@@ -90,3 +90,34 @@ def test_a_dropped_connection_fails_what_waits_on_it_then_reconnects(kv_server, 
             kv.close()
 
     assert run(go()) == b"v"
+
+
+def test_no_server_means_a_prompt_connection_error(kv_server):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def go():
+        kv = AsyncKV("127.0.0.1", port)
+        with pytest.raises(OSError):
+            await kv.execute("PING")
+
+    run(go())
+
+
+def test_a_wrong_password_is_refused(kv_server, kv_client):
+    async def go():
+        kv = AsyncKV(kv_server.settings.host, kv_server.settings.kv_port, password="not-the-password")
+        with pytest.raises(KVError):
+            await kv.execute("PING")
+
+    kv_client.config_set("requirepass", "right-password")
+    try:
+        run(go())
+    finally:
+        import redis
+
+        redis.Redis(host=kv_server.settings.host, port=kv_server.settings.kv_port,
+                    password="right-password").config_set("requirepass", "")

@@ -105,15 +105,3 @@ def test_views_share_one_decayed_state():
     assert top_category(state) == "c1"
     assert compute_views(["activity", "top_category"], state) == {"activity": 3.0, "top_category": "c1"}
     assert compute_views(["category_affinity", "top_category"], {}) == {"category_affinity": {}, "top_category": None}
-
-
-def test_token_bucket_allows_the_rate_with_a_burst_and_says_how_long_to_wait():
-    from serving.tenants import TokenBucket
-
-    t = [0.0]
-    b = TokenBucket(rate=2.0, clock=lambda: t[0])
-    assert [b.take() for _ in range(2)] == [0.0, 0.0]   # burst of 2
-    wait = b.take()
-    assert 0.49 < wait <= 0.5
-    t[0] += 0.5
-    assert b.take() == 0.0 and b.take() > 0
