@@ -60,13 +60,13 @@ async def pinned(stack, per_worker: int, max_tries: int = 200) -> dict[int, list
     raise AssertionError(f"connections by worker: { {w: len(v) for w, v in by_worker.items()} }")
 
 
-async def put_tenant(conn: Conn, name: str, body: dict) -> int:
+async def put_tenant(conn: WorkerConn, name: str, body: dict) -> int:
     status, raw = await conn.request("PUT", f"/v1/tenants/{name}", orjson.dumps(body), {"X-Admin-Key": ADMIN_KEY})
     assert status == 200, raw
     return orjson.loads(raw)["version"]
 
 
-async def version_seen(conn: Conn, name: str) -> int:
+async def version_seen(conn: WorkerConn, name: str) -> int:
     status, raw = await conn.request("GET", "/v1/tenants", headers={"X-Admin-Key": ADMIN_KEY})
     assert status == 200, raw
     return next((t["version"] for t in orjson.loads(raw)["tenants"] if t["name"] == name), 0)

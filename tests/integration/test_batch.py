@@ -122,7 +122,15 @@ def test_jobs_end_to_end_on_the_lake_and_kv(env, kv_client):
     assert sel == [(1, "e5"), (2, "e4")] and figs["kv_rows"] == 2
     assert kv_client.zrange(store.seq_key("exp_dwell2", "u1"), 0, -1) == [b"e4", b"e5"]
 
-    # maintenance compacts the small files the appends and overwrites left
+    # maintenance compacts small files: the clicks' partition, rewritten as three files, becomes one
+    clicks = io.read(lake.ENRICHED_EVENTS).where("event_type = 'click'")
+    rows, schema = clicks.collect(), clicks.schema
+    io.overwrite_partitions(lake.ENRICHED_EVENTS, io.spark.createDataFrame(rows[:2], schema))
+    io.append(lake.ENRICHED_EVENTS, io.spark.createDataFrame(rows[2:4], schema))
+    io.append(lake.ENRICHED_EVENTS, io.spark.createDataFrame(rows[4:], schema))
+    files = lambda: io.spark.sql(  # noqa: E731
+        f"SELECT count(*) AS n FROM {io.catalog}.{io.namespace}.{lake.ENRICHED_EVENTS}.files").first()["n"]
+    assert files() == 4  # three for clicks, one for the view
     figs = jobs.maintenance(io, [lake.ENRICHED_EVENTS, lake.RAW_EVENTS], expire_older_than_days=0, retain_last=1)
-    assert figs["enriched_events.rewritten_files"] >= 0
+    assert figs["enriched_events.rewritten_files"] == 3 and files() == 2
     assert io.read(lake.ENRICHED_EVENTS).count() == 7

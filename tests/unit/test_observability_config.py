@@ -17,9 +17,23 @@ SOURCES = [*REPO_ROOT.glob("usersignals/*.py"), *REPO_ROOT.glob("streaming/*.py"
            *REPO_ROOT.glob("batch/*.py")]
 
 
-def exported_metric_names() -> set[str]:
-    text = "\n".join(p.read_text() for p in SOURCES)
-    return set(re.findall(r'"(usersignals_[a-z0-9_]+)"', text))
+# A metric is exported where the code constructs it: Counter("usersignals_…", …) and the like.
+_CONSTRUCTED = re.compile(r'\b(?:Counter|Gauge|Histogram|Summary)\(\s*"(usersignals_[a-z0-9_]+)"')
+
+
+def exported_metric_names(text: str | None = None) -> set[str]:
+    if text is None:
+        text = "\n".join(p.read_text() for p in SOURCES)
+    return set(_CONSTRUCTED.findall(text))
+
+
+def test_only_constructed_metrics_count_as_exported():
+    text = '''X = Counter("usersignals_a_total", "help")
+    y = Histogram(
+        "usersignals_b_seconds", "help")
+    log("usersignals_not_a_metric")  # a quoted name is not an exported metric'''
+    assert exported_metric_names(text) == {"usersignals_a_total", "usersignals_b_seconds"}
+    assert "usersignals_api_requests_total" in exported_metric_names()
 
 
 def referenced(expr: str) -> set[str]:
