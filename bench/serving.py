@@ -3,7 +3,7 @@ rate, against the same fetch done directly on the KV server, measured side by si
 
 A private stack (broker, KV, API as its own uvicorn process(es)) on free ports. One user holds
 3 datasets × 150 events; a bench tenant reads 100 of each, as ``json`` and as the binary
-model-ready format (``--binary``, Arrow by default). A second user holds the home-feed
+model-ready format (an Arrow IPC stream). A second user holds the home-feed
 datasets, read through the registry's ``homefeed_ranking`` tenant (filters, serving-time
 embeddings, views, its own format): the realistic heavy request.
 
@@ -17,9 +17,9 @@ CPU per raw fetch (``raw_cpu_ms_per_req``) is the same-run reference.
 
 Last line: {"bench": "serving", "rps": …, "p50_ms": …, "p99_ms": …, "raw_p99_ms": …,
 "ratio_to_raw": …, "rss_mb": …, "api_cpu_ms_per_req": …, "raw_cpu_ms_per_req": …,
-"api_to_raw_cpu": …, "<binary>_p50_ms": …, "<binary>_p99_ms": …,
-"<binary>_api_cpu_ms_per_req": …, "home_api_cpu_ms_per_req": …, "home_p99_ms": …}
-(the headline figures are for json; <binary> is ``arrow`` unless ``--binary`` says otherwise)
+"api_to_raw_cpu": …, "binary_format": "arrow", "arrow_p50_ms": …, "arrow_p99_ms": …,
+"arrow_api_cpu_ms_per_req": …, "home_api_cpu_ms_per_req": …, "home_p99_ms": …}
+(the headline figures are for json)
 """
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ import orjson
 
 from bench.common import bench_settings, emit, group_cpu_s, group_rss_mb, log, open_loop, percentile
 from infra.stack import Stack
+from serving.featurize import ARROW_CONTENT_TYPE
 
 USER, HOME_USER = "bench-user", "home-user"
 DATASETS = {"clicks": "click", "closeups": "closeup", "views": "view"}
 HOME_DATASETS = ("clicks", "repins", "closeups")
-BINARY_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "ufr": "application/vnd.usersignals.ufr"}
 
 
 def seed(settings, registry) -> int:
@@ -134,8 +134,6 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--home-rate", type=float, default=250.0, help="home-feed requests per second")
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--binary", choices=sorted(BINARY_TYPES), default="arrow",
-                    help="the binary model-ready format measured beside json")
     ap.add_argument("--workers", type=int, default=None,
                     help="API worker processes (default: USERSIGNALS_API_WORKERS, i.e. the cores)")
     args = ap.parse_args(argv)
@@ -180,11 +178,10 @@ def main(argv=None) -> int:
         log(f"home feed: {home_stored} events stored, {home_served} served after filters")
 
         host, port = settings.host, settings.api_port
-        binary_type = BINARY_TYPES[args.binary]
         json_req = request("bench", "bench-key", USER, "json", "application/json")
-        bin_req = request("bench", "bench-key", USER, args.binary, binary_type)
+        bin_req = request("bench", "bench-key", USER, "arrow", ARROW_CONTENT_TYPE)
         home_req = request("homefeed_ranking", "homefeed-dev-key", HOME_USER, None,
-                           f"{binary_type}, application/json;q=0.5")
+                           f"{ARROW_CONTENT_TYPE}, application/json;q=0.5")
         for req in (json_req, bin_req, home_req):
             asyncio.run(http_load(host, port, req, args.rate / 2, 2))  # warm-up
 
@@ -205,10 +202,9 @@ def main(argv=None) -> int:
         p99, raw99 = ms(lat_json, 99), ms(lat_raw, 99)
         api_cpu = cpu_json.ms_per("api", len(lat_json))
         raw_cpu = cpu_raw.ms_per("kv", len(lat_raw))
-        b = args.binary
         log(f"json: {len(lat_json)} requests in {took:.1f}s, p50 {ms(lat_json, 50)} ms, p99 {p99} ms, "
             f"errors {err_json}; API CPU {api_cpu} ms/request, KV {cpu_json.ms_per('kv', len(lat_json))} ms")
-        log(f"{b} (binary): p50 {ms(lat_bin, 50)} ms, p99 {ms(lat_bin, 99)} ms, errors {err_bin}; "
+        log(f"arrow: p50 {ms(lat_bin, 50)} ms, p99 {ms(lat_bin, 99)} ms, errors {err_bin}; "
             f"API CPU {cpu_bin.ms_per('api', len(lat_bin))} ms/request")
         log(f"home feed ({home_served} events + embeddings, {args.home_rate:g}/s): p50 {ms(lat_home, 50)} ms, "
             f"p99 {ms(lat_home, 99)} ms, errors {err_home}; API CPU {cpu_home.ms_per('api', len(lat_home))} ms/request")
@@ -218,8 +214,8 @@ def main(argv=None) -> int:
               "rss_mb": round(rss, 1), "api_workers": settings.api_workers,
               "api_cpu_ms_per_req": api_cpu, "kv_cpu_ms_per_req": cpu_json.ms_per("kv", len(lat_json)),
               "raw_cpu_ms_per_req": raw_cpu, "api_to_raw_cpu": round(api_cpu / raw_cpu, 2) if raw_cpu else None,
-              "binary_format": b, f"{b}_p50_ms": ms(lat_bin, 50), f"{b}_p99_ms": ms(lat_bin, 99),
-              f"{b}_api_cpu_ms_per_req": cpu_bin.ms_per("api", len(lat_bin)),
+              "binary_format": "arrow", "arrow_p50_ms": ms(lat_bin, 50), "arrow_p99_ms": ms(lat_bin, 99),
+              "arrow_api_cpu_ms_per_req": cpu_bin.ms_per("api", len(lat_bin)),
               "home_api_cpu_ms_per_req": cpu_home.ms_per("api", len(lat_home)), "home_rps": args.home_rate,
               "home_p50_ms": ms(lat_home, 50), "home_p99_ms": ms(lat_home, 99), "home_events_per_response": home_served,
               "errors": err_json + err_bin + err_home, "events_per_response": served})

@@ -147,9 +147,6 @@ class AsyncKV:
     async def hget(self, key, field):
         return await self.execute(b"HGET", key, field)
 
-    async def ping(self) -> bool:
-        return await self.execute(b"PING") in (b"PONG", "PONG")
-
     def close(self) -> None:
         for conn in self._conns:
             if conn is not None and conn.transport is not None:
@@ -179,13 +176,10 @@ class RedisPyKV:
     async def hget(self, key, field):
         return await self.client.hget(key, field)
 
-    async def ping(self) -> bool:
-        return bool(await self.client.ping())
-
     def close(self) -> None:
         pass
 
 
 def as_kv(client):
     """``client`` itself when it is one of the above, else a redis.asyncio client wrapped."""
-    return client if hasattr(client, "evalsha") and not hasattr(client, "register_script") else RedisPyKV(client)
+    return client if isinstance(client, (AsyncKV, RedisPyKV)) else RedisPyKV(client)

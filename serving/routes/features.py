@@ -105,7 +105,7 @@ def admit(limits: TenantLimits, metrics: ServingMetrics, cfg: TenantConfig) -> S
     t = cfg.tenant
     refused = limits.acquire(t)
     if refused is not None:
-        metrics.tenant_requests.labels(t.name, "throttled").inc()
+        metrics.of_tenant(t.name).throttled.inc()
         wait = refused.retry_after_s
         raise HTTPException(429, refused.message,
                             headers={"Retry-After": str(max(1, math.ceil(wait)))} if wait else None)
