@@ -90,3 +90,9 @@ lock:
 
 clean: down
 	rm -rf var build .install-stamp
+
+# Render the pages generated from the code: docs/reference/configuration.md, docs/reference/metrics.md,
+# docs/benchmarks.md (tests/unit/test_docs.py fails when the committed ones drift). Standard library only.
+.PHONY: docs
+docs:
+	@$(if $(wildcard $(PY)),$(PY),python3) -m infra.docs
