@@ -6,7 +6,8 @@ The jars come from Maven Central (profile ``kafka`` of ``infra/pom.xml``, copied
 Its metrics reach Prometheus through the JMX exporter agent (``infra/kafka/jmx-exporter.yaml``).
 
 Topics are created by the stack with their partition counts and per-topic retention
-(``topic_configs``); an existing topic gets its retention updated to the settings' values.
+(``topic_configs``); an existing topic gets its retention updated to the settings' values. The
+events topic stamps its records with the broker's append time (``timestamp_configs``).
 """
 from __future__ import annotations
 
@@ -85,6 +86,17 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     }
 
 
+# The broker's clock, not the producer's, stamps each record of the events topic (a producer may
+# set the event time there): the job's ingestion lag, which the lag and freshness alerts watch,
+# is measured from it, so valid late events do not page anyone.
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+
+def timestamp_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topics whose records carry the broker's append time instead of the producer's."""
+    return {settings.events_topic: APPEND_TIME}
+
+
 def _java(main_class: str, *args: str, flags: list[str] | None = None) -> list[str]:
     cp = f"{JARS_DIR / 'kafka'}/*"
     log4j = f"-Dlog4j2.configurationFile={CONFIG_DIR / 'log4j2.yaml'}"
@@ -127,11 +139,13 @@ def broker_argv(settings: Settings) -> list[str]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create the platform's topics that are missing; set every topic's retention to the settings'."""
+    """Create the platform's topics that are missing; set every topic's retention (and the events
+    topic's timestamp type) to the settings'."""
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
     admin = AdminClient({"bootstrap.servers": settings.broker})
-    wanted = topic_configs(settings)
+    timestamps = timestamp_configs(settings)
+    wanted = {t: {**cfg, **timestamps.get(t, {})} for t, cfg in topic_configs(settings).items()}
     deadline = time.monotonic() + timeout_s
     while True:
         existing = set(admin.list_topics(timeout=10).topics)

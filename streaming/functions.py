@@ -86,9 +86,11 @@ class IndexEvents(ProcessFunction):
         )
 
     def process_element(self, value, ctx):
-        key, payload, partition, offset = value[0], value[1], value[2], value[3]
+        # RawRecordDeserializer's row: the record's timestamp is the broker's append time
+        # (the events topic is LogAppendTime), the start of the ingestion lag.
+        key, payload, partition, offset, appended_ms = value[0], value[1], value[2], value[3], value[4]
         self._offsets[partition] = offset
-        out = self.indexer.accept(key, payload)
+        out = self.indexer.accept(key, payload, appended_ms)
         if isinstance(out, Rejection):
             yield DLQ_TAG, Row(key, payload if payload is not None else b"", out.reason,
                                out.detail, self.source_topic, partition, offset)

@@ -68,15 +68,17 @@ class Indexer:
         self.limits = limits
         self.clock = clock
         self._buffer: list[tuple[Indexed, str | None]] = []  # with the item's category
+        self._appended_ms: list[int] = []   # the broker's append time of each buffered record
         self._fields = {
             et: (ds.name, registry.indexing_fields(ds))
             for et in registry.event_types
             for ds in [registry.dataset_for_type(et)]
         }
 
-    def accept(self, key: bytes | None, value: bytes | None) -> Rejection | Indexed:
+    def accept(self, key: bytes | None, value: bytes | None, appended_ms: int | None = None) -> Rejection | Indexed:
         """Validate and enrich one record: buffer it for the KV write and return it, or return
-        why it belongs in the DLQ."""
+        why it belongs in the DLQ. ``appended_ms`` is the record's broker timestamp (epoch ms),
+        from which the ingestion lag is measured once the event is written."""
         self.metrics.events_in.inc()
         now_ms = int(self.clock() * 1000)
         try:
@@ -94,6 +96,8 @@ class Indexer:
             enrichment = {f: item[f] for f in fields if f in item}
         indexed = Indexed(event, dataset, enrichment, now_ms)
         self._buffer.append((indexed, item.get("category") if item else None))
+        if appended_ms is not None and appended_ms > 0:   # Kafka's "no timestamp" is -1
+            self._appended_ms.append(appended_ms)
         return indexed
 
     @property
@@ -124,6 +128,7 @@ class Indexer:
                                 for i, _ in batch])
         done = time.perf_counter()
         self._buffer = []
+        appended, self._appended_ms = self._appended_ms, []
 
         now_ms = self.clock() * 1000
         m = self.metrics
@@ -136,4 +141,6 @@ class Indexer:
             m.lag_seconds.observe(max(0.0, (now_ms - s.ts) / 1000.0))
         for dataset, n in per_dataset.items():
             m.kv_writes(dataset, n)
+        for at_ms in appended:
+            m.ingestion_lag_seconds.observe(max(0.0, (now_ms - at_ms) / 1000.0))
         return len(stored)

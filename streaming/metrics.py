@@ -27,9 +27,17 @@ class IndexerMetrics:
                             "Records sent to the dead-letter topic, by reason.", ["reason"], **kw)
         self._kv_writes = Counter("usersignals_indexer_kv_writes_total",
                                   "Events written to the KV layer, by dataset.", ["dataset"], **kw)
+        # How old events are when indexed: late events (valid up to an hour by the event contract)
+        # raise it on an idle stack, so it is for dashboards, never for paging.
         self.lag_seconds = Histogram("usersignals_indexer_end_to_end_lag_seconds",
                                      "Now minus event time when the event is written to the KV layer.",
                                      buckets=_LAG_BUCKETS, **kw)
+        # What an operator can act on: how far behind the broker the indexer writes. The events
+        # topic stamps each record when the broker appends it (LogAppendTime, infra/kafka.py).
+        self.ingestion_lag_seconds = Histogram(
+            "usersignals_indexer_ingestion_lag_seconds",
+            "Now minus the broker's append time of the record when its event is written to the KV layer.",
+            buckets=_LAG_BUCKETS, **kw)
         self.kv_write_seconds = Histogram("usersignals_indexer_kv_write_seconds",
                                           "Duration of one pipelined batch write to the KV layer.",
                                           buckets=_FAST_BUCKETS, **kw)

@@ -71,3 +71,65 @@ def test_dashboard_queries_are_valid_promql_on_exported_metrics(tmp_path):
     out = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+
+
+# What UsersignalsIndexerLagging and UsersignalsFreshnessP99High measured before (issue 19): event
+# time to KV, which events up to an hour late (valid by the event contract) raise on an idle stack.
+EVENT_TIME_P99 = "histogram_quantile(0.99, sum by (le) (rate(usersignals_indexer_end_to_end_lag_seconds_bucket[5m])))"
+LAG_ALERTS = ("UsersignalsIndexerLagging", "UsersignalsFreshnessP99High")
+
+
+def test_lag_and_freshness_alerts_watch_ingestion_time_not_event_time():
+    alerts = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    for name in LAG_ALERTS:
+        assert referenced(alerts[name]["expr"]) == {"usersignals_indexer_ingestion_lag_seconds"}, name
+    assert not [n for n, r in alerts.items() if "usersignals_indexer_end_to_end_lag_seconds" in r["expr"]]
+
+
+def histogram_series(name: str, per_minute_at_or_below: dict[str, int]) -> list[dict]:
+    """promtool input series of a histogram whose buckets grow by these counts a minute."""
+    return [{"series": f'{name}_bucket{{le="{le}"}}', "values": f"0+{n}x30"}
+            for le, n in per_minute_at_or_below.items()]
+
+
+def promtool_test(tmp_path, tests: list[dict]) -> subprocess.CompletedProcess:
+    path = tmp_path / "alerts-test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}))
+    return subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True)
+
+
+def test_hour_late_events_indexed_at_once_raise_no_lag_or_freshness_alert(tmp_path):
+    # 100 events a minute, each an hour old by event time, written 0.1-0.25 s after the broker got them.
+    series = [*histogram_series("usersignals_indexer_ingestion_lag_seconds",
+                                {"0.1": 0, "0.25": 100, "30": 100, "+Inf": 100}),
+              *histogram_series("usersignals_indexer_end_to_end_lag_seconds",
+                                {"30": 0, "300": 0, "3600": 100, "+Inf": 100})]
+    out = promtool_test(tmp_path, [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": t, "alertname": a, "exp_alerts": []}
+                            for t in ("5m", "20m") for a in LAG_ALERTS],
+        # The event-time p99 the alerts used to watch: 300 + 0.99 * (3600 - 300), over both thresholds.
+        "promql_expr_test": [{"expr": f"{EVENT_TIME_P99} > 30", "eval_time": "20m",
+                              "exp_samples": [{"labels": "{}", "value": 3567}]}],
+    }])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_job_writing_events_45_seconds_after_the_broker_pages_then_tickets(tmp_path):
+    # Fresh events by event time, but the job writes them 30-60 s after their append: p99 59.7 s.
+    series = [*histogram_series("usersignals_indexer_ingestion_lag_seconds", {"30": 0, "60": 100, "+Inf": 100}),
+              *histogram_series("usersignals_indexer_end_to_end_lag_seconds", {"30": 0, "60": 100, "+Inf": 100})]
+    lagging = {"exp_labels": {"severity": "page"},
+               "exp_annotations": {"summary": "The indexing job writes events 59.7s after the broker got them (p99)."}}
+    freshness = {"exp_labels": {"severity": "ticket"},
+                 "exp_annotations": {"summary": "p99 broker-to-KV freshness is 59.7s (target: under 1 s)."}}
+    out = promtool_test(tmp_path, [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "3m", "alertname": "UsersignalsIndexerLagging", "exp_alerts": []},   # pending
+            {"eval_time": "8m", "alertname": "UsersignalsIndexerLagging", "exp_alerts": [lagging]},
+            {"eval_time": "8m", "alertname": "UsersignalsFreshnessP99High", "exp_alerts": []},  # pending
+            {"eval_time": "13m", "alertname": "UsersignalsFreshnessP99High", "exp_alerts": [freshness]},
+        ],
+    }])
+    assert out.returncode == 0, out.stdout + out.stderr
