@@ -85,11 +85,10 @@ def make_io(spark, settings: Settings):
     from batch.jobs import LakeIO
     from batch.kv_load import load_features_into_kv, load_into_kv
 
-    reg = str(settings.registry_path) if settings.registry_path else None
     return LakeIO(spark, settings.lake_catalog, settings.lake_namespace,
-                  to_kv=lambda df: load_into_kv(df, settings.kv_url, settings.kv_prefix, reg),
-                  features_to_kv=lambda df: load_features_into_kv(df, settings.kv_url, settings.kv_prefix),
-                  metrics_dir=settings.data_dir / "metrics", kv_url=settings.kv_url)
+                  to_kv=lambda df: load_into_kv(df, settings),
+                  features_to_kv=lambda df: load_features_into_kv(df, settings),
+                  metrics_dir=settings.data_dir / "metrics", kv=settings)
 
 
 def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
         from usersignals import models
         from usersignals.kv import connect
 
-        return {"current": models.rollback(connect(settings.kv_url), settings.kv_prefix)}
+        return {"current": models.rollback(connect(settings), settings.kv_prefix)}
     registry = load_registry(settings.registry_path)
     own = spark is None
     spark = spark or spark_session(settings, f"usersignals-{args.job}")
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
         if args.job == "parity":
             from usersignals.kv import SequenceStore, connect
 
-            store = SequenceStore(connect(settings.kv_url), registry, settings.kv_prefix)
+            store = SequenceStore(connect(settings), registry, settings.kv_prefix)
             wm = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=args.watermark_minutes)
             return jobs.parity(io, registry, store, args.sample, wm, args.threshold, seed=args.seed)
         if args.job == "publish-features":
@@ -136,7 +135,7 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
             from batch.retrain import publish
             from usersignals.kv import connect
 
-            return publish(io, connect(settings.kv_url), settings.kv_prefix, args.version)
+            return publish(io, connect(settings), settings.kv_prefix, args.version)
         raise ValueError(f"unknown job {args.job}")
     finally:
         if own:

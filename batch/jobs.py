@@ -34,7 +34,7 @@ class LakeIO:
     to_kv: Callable[[DataFrame], int]
     features_to_kv: Callable[[DataFrame], int] | None = None
     metrics_dir: object = None
-    kv_url: str = ""
+    kv: object = None      # Settings: the KV store the executors write to (kv_url, kv_cluster)
     written: list[tuple[str, int]] = field(default_factory=list)
 
     def name(self, table: str) -> str:

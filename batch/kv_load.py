@@ -11,6 +11,8 @@ from typing import Callable, Iterable, Iterator
 
 from pyspark.sql import DataFrame
 
+from usersignals.settings import Settings
+
 
 def write_partitions(df: DataFrame, write: Callable[[Iterator], int]) -> int:
     """Run ``write(rows)`` on every partition (on the executors); returns the sum of what they wrote."""
@@ -34,15 +36,16 @@ def chunked(rows: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def load_into_kv(stored: DataFrame, kv_url: str, prefix: str, registry_path: str | None,
-                 chunk: int = 5000) -> int:
-    """Write rows ``dataset, user_id, event_id, ts, payload``; returns the number written."""
+def load_into_kv(stored: DataFrame, settings: Settings, chunk: int = 5000) -> int:
+    """Write rows ``dataset, user_id, event_id, ts, payload`` into the KV store of ``settings``
+    (sent to the executors with the closure); returns the number written."""
 
     def write(rows) -> int:
         from usersignals.kv import SequenceStore, StoredEvent, connect
         from usersignals.registry import load_registry
 
-        store = SequenceStore(connect(kv_url, socket_timeout=60), load_registry(registry_path), prefix)
+        store = SequenceStore(connect(settings, socket_timeout=60), load_registry(settings.registry_path),
+                              settings.kv_prefix)
         n = 0
         for batch in chunked(rows, chunk):
             store.write([StoredEvent(r.dataset, r.user_id, r.event_id, int(r.ts), r.payload.encode()) for r in batch])
@@ -52,7 +55,7 @@ def load_into_kv(stored: DataFrame, kv_url: str, prefix: str, registry_path: str
     return write_partitions(stored, write)
 
 
-def load_features_into_kv(features: DataFrame, kv_url: str, prefix: str, chunk: int = 5000) -> int:
+def load_features_into_kv(features: DataFrame, settings: Settings, chunk: int = 5000) -> int:
     """Write item features (one JSON object per item, null fields left out) where enrichment reads them."""
     fields = [c for c in features.columns if c != "item_id"]
 
@@ -60,7 +63,7 @@ def load_features_into_kv(features: DataFrame, kv_url: str, prefix: str, chunk: 
         from usersignals.features import ItemFeatureStore
         from usersignals.kv import connect
 
-        store = ItemFeatureStore(connect(kv_url, socket_timeout=60), prefix)
+        store = ItemFeatureStore(connect(settings, socket_timeout=60), settings.kv_prefix)
         n = 0
         for batch in chunked(rows, chunk):
             store.put_many({r.item_id: {f: r[f] for f in fields if r[f] is not None} for r in batch})

@@ -250,13 +250,13 @@ def publish(io, kv_client, prefix: str, version: str | None = None) -> dict:
     dims = {len(r["embedding"]) for r in emb.limit(100).collect()}
     if dims != {EMBEDDING_DIM}:
         raise ValueError(f"version {version} has {sorted(dims)}-d embeddings; serving expects {EMBEDDING_DIM}")
-    url = io.kv_url
+    kv_settings = io.kv
 
     def write(rows) -> int:
         from usersignals.kv import connect
         from usersignals.models import write_embeddings
 
-        return write_embeddings(connect(url, socket_timeout=60), prefix, version,
+        return write_embeddings(connect(kv_settings, socket_timeout=60), prefix, version,
                                 ((r["item_id"], r["embedding"]) for r in rows))
 
     p.stage("written", write_partitions(emb, write))

@@ -44,7 +44,6 @@ from bench.common import bench_settings, emit, group_pids, log, metric_total, pe
 
 TENANT = "faults"
 TENANT_KEY = "faults-dev-key"
-ADMIN = {"X-Admin-Key": os.environ.get("USERSIGNALS_ADMIN_KEY", "admin-dev-key")}
 FAULTS = ("job-worker", "job", "kv", "broker", "postgres", "api")
 
 
@@ -327,7 +326,8 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         tenant = {"sequences": {d.name: d.retention for d in registry.datasets.values()},
                   "filters": {"dedup_items": False}, "max_concurrency": 64, "timeout_ms": 2000,
                   "api_key": TENANT_KEY, "format": "json"}
-        httpx.put(f"{base}/v1/tenants/{TENANT}", json=tenant, headers=ADMIN).raise_for_status()
+        httpx.put(f"{base}/v1/tenants/{TENANT}", json=tenant,
+                  headers={"X-Admin-Key": settings.admin_key}).raise_for_status()
         time.sleep(1.5)  # the API's workers pick the tenant up from the KV layer
 
         def supervise() -> None:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         tenant = {"sequences": dict(home.sequences), "enrichments": list(home.enrichments), "format": "json",
                   "filters": {"dedup_items": True}, "max_concurrency": 256, "timeout_ms": 1000, "api_key": KEY}
         httpx.put(f"{base}/v1/tenants/{TENANT}", json=tenant,
-                  headers={"X-Admin-Key": os.environ.get("USERSIGNALS_ADMIN_KEY", "admin-dev-key")}).raise_for_status()
+                  headers={"X-Admin-Key": settings.admin_key}).raise_for_status()
         time.sleep(5)  # the generator's first sessions land; every API worker sees the tenant
         rng = random.Random(5)
         requests = [request_bytes(f"u{rng.randrange(2000)}") for _ in range(5000)]

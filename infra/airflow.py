@@ -1,7 +1,7 @@
 """Airflow for the local stack, from its own environment (``.venv-airflow``).
 
     python -m infra.airflow env          # print the variables (eval "$(...)" in a shell)
-    python -m infra.airflow standalone   # scheduler + API server + UI on USERSIGNALS_AIRFLOW_PORT (8080)
+    python -m infra.airflow standalone   # scheduler + API server + UI on settings.airflow_port (8080)
     python -m infra.airflow password     # the generated admin password
 
 ``AIRFLOW_HOME`` is ``<data_dir>/airflow``; the metadata database is the ``airflow`` database of
@@ -31,7 +31,7 @@ AIRFLOW_PYTHON = AIRFLOW_ENV / "bin" / "python"
 def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     home = settings.data_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
-    port = port or int(os.environ.get("USERSIGNALS_AIRFLOW_PORT", "8080"))
+    port = port or settings.airflow_port
     batch_python = settings.batch_python
     return {
         **settings.to_env(),
@@ -39,7 +39,7 @@ def airflow_env(settings: Settings, port: int | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__API__HOST": settings.host,
+        "AIRFLOW__API__HOST": settings.bind_host,
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://{settings.host}:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.host}:{port}/execution/",

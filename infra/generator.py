@@ -210,12 +210,14 @@ def history(cfg: WorkloadConfig, n_events: int, start_ms: int, end_ms: int,
     return rows[:n_events]
 
 
-def write_features(catalog: ItemCatalog, kv_url: str, prefix: str) -> int:
+def write_features(catalog: ItemCatalog, kv, prefix: str) -> int:
+    """The catalog's item features into the KV store: ``kv`` is Settings (a cluster if they say
+    so) or a single node's URL, as ``usersignals.kv.connect`` takes them."""
     from usersignals.features import ItemFeatureStore
     from usersignals.kv import connect
 
     feats = catalog.features()
-    ItemFeatureStore(connect(kv_url), prefix).put_many(feats)
+    ItemFeatureStore(connect(kv), prefix).put_many(feats)
     return len(feats)
 
 
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                          dup_share=args.dup_share, bad_share=args.bad_share, seed=args.seed)
     catalog = ItemCatalog(cfg)
     if not args.no_features:
-        n = write_features(catalog, settings.kv_url, settings.kv_prefix)
+        n = write_features(catalog, settings, settings.kv_prefix)
         log.info("wrote features of %d items to %s", n, settings.kv_url)
         if not args.no_lake:
             try:

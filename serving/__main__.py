@@ -1,4 +1,4 @@
-"""``python -m serving``: run the API on USERSIGNALS_HOST:USERSIGNALS_API_PORT.
+"""``python -m serving``: run the API on USERSIGNALS_BIND_HOST:USERSIGNALS_API_PORT.
 
 With ``USERSIGNALS_API_WORKERS`` = N > 1 (default: the number of cores) uvicorn runs N worker
 processes on the one port and restarts any that dies. Before they start, this sets
@@ -35,7 +35,7 @@ def remove_dead_runs() -> None:
 
 def main() -> None:
     s = load_settings()
-    run = dict(host=s.host, port=s.api_port, log_level="warning", access_log=False)
+    run = dict(host=s.bind_host, port=s.api_port, log_level="warning", access_log=False)
     if s.api_workers == 1:
         uvicorn.run("serving.app:create_app", factory=True, **run)
         return

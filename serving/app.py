@@ -22,11 +22,11 @@ from usersignals.features import CachedFeatures
 from usersignals.registry import Registry, load_registry
 from usersignals.settings import Settings, load_settings
 
-from serving import auth, errors
+from serving import auth, errors, kv_client
 from serving.enrich import Enricher
 from serving.errors import MAX_BODY_BYTES, ORJSONResponse
 from serving.feature_log import FeatureLogger
-from serving.kv_client import AsyncKV, as_kv
+from serving.kv_client import as_kv
 from serving.limits import TenantLimits
 from serving.metrics import ServingMetrics, multiprocess_dir
 from serving.pipeline import Pipeline
@@ -39,19 +39,12 @@ MAX_USERS_PER_REQUEST = features.MAX_USERS_PER_REQUEST
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None,
                aclient=None, feature_logger: FeatureLogger | None = None) -> "ObservedApp":
-    import redis.asyncio as aioredis
-
     settings = settings or load_settings()
     registry = registry or load_registry(settings.registry_path)
     if aclient is None:
-        # Blocking pool: a 100-user batch waits for a free connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(settings.kv_url, max_connections=64, timeout=2,
-                                                        socket_timeout=2, socket_connect_timeout=2)
-        aclient = aioredis.Redis(connection_pool=pool)
-        # The hot path (sequence reads, item features) on pipelined connections of its own.
-        hot = AsyncKV.for_url(settings.kv_url)
+        aclient, hot = kv_client.connect(settings)   # single node or cluster, as settings say
     else:
-        hot = as_kv(aclient)  # a client of the caller's (tests; Redis Cluster) for everything
+        hot = as_kv(aclient)  # a client of the caller's (tests) for everything
     metrics = ServingMetrics()
     directory = TenantDirectory(registry, aclient, settings.kv_prefix)
     retriever = Retriever(hot, registry, settings.kv_prefix)
@@ -90,7 +83,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     state.metrics = metrics
     state.feature_logger = feature_logger
     state.pipeline = Pipeline(registry, retriever, enricher, metrics, feature_logger)
-    state.admin_sha256 = auth.admin_key_sha256()
+    state.admin_sha256 = auth.admin_key_sha256(settings)
     errors.install(app)
     for module in (features, users, tenants, ops):
         add_routes(app, module.router)

@@ -7,16 +7,13 @@ Both headers are ``APIKeyHeader`` security schemes, so the OpenAPI spec declares
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from serving.tenants import TenantConfig, key_matches, sha256_hex
-
-ADMIN_KEY_ENV = "USERSIGNALS_ADMIN_KEY"
-DEFAULT_ADMIN_KEY = "admin-dev-key"
+from usersignals.settings import Settings
 
 tenant_key = APIKeyHeader(name="X-API-Key", scheme_name="TenantKey", auto_error=False,
                           description="A tenant's API key: reads that tenant's features.")
@@ -24,9 +21,9 @@ admin_key = APIKeyHeader(name="X-Admin-Key", scheme_name="AdminKey", auto_error=
                          description="The admin key (USERSIGNALS_ADMIN_KEY): reads every tenant, changes tenants.")
 
 
-def admin_key_sha256() -> str:
-    """The hash of the admin key this process accepts (read once, when the app is created)."""
-    return sha256_hex(os.environ.get(ADMIN_KEY_ENV, DEFAULT_ADMIN_KEY))
+def admin_key_sha256(settings: Settings) -> str:
+    """The hash of the admin key the app accepts (``settings.admin_key``, taken when it is created)."""
+    return sha256_hex(settings.admin_key)
 
 
 @dataclass(frozen=True, slots=True)

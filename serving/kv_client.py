@@ -9,8 +9,8 @@ long-lived connections (round robin), so many requests in flight cost no extra s
 
 A connection that breaks fails the commands waiting on it with ``ConnectionError`` and is
 reopened by the next command. A caller that gives up (its request timed out) leaves its
-reply to be read and dropped, so the connection stays in step. Redis Cluster clients keep
-redis-py (commands must be routed by slot); ``AsyncKV.for_url`` says which to use.
+reply to be read and dropped, so the connection stays in step. On a Redis Cluster the hot path
+keeps redis-py (commands must be routed by slot): ``connect(settings)`` picks.
 """
 from __future__ import annotations
 
@@ -183,3 +183,17 @@ class RedisPyKV:
 def as_kv(client):
     """``client`` itself when it is one of the above, else a redis.asyncio client wrapped."""
     return client if isinstance(client, (AsyncKV, RedisPyKV)) else RedisPyKV(client)
+
+
+def connect(settings):
+    """The API's KV clients: (redis.asyncio client, hot-path client). The first serves the tenant
+    directory and /readyz; the second sequence reads (EVALSHA) and item features (MGET, HGET).
+    A single node: a blocking pool, and AsyncKV's pipelined connections for the hot path. A Redis
+    Cluster: one RedisCluster for both, routed by slot (a user's keys share a hash tag, so the
+    read script runs on one node; item features are fetched per slot)."""
+    from usersignals.kv import connect_async
+
+    client = connect_async(settings)
+    if settings.kv_cluster:
+        return client, RedisPyKV(client)
+    return client, AsyncKV.for_url(settings.kv_url)

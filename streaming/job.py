@@ -4,9 +4,12 @@ Run with the streaming environment's Python::
 
     .venv-streaming/bin/python -m streaming.job
 
-Settings come from ``USERSIGNALS_*`` variables (see ``usersignals.settings``). The job
-resumes from the consumer group's committed offsets (earliest when there are none),
-checkpoints every ``checkpoint_interval_ms`` and commits offsets on each checkpoint.
+Settings come from ``USERSIGNALS_*`` variables (see ``usersignals.settings``): the broker,
+the KV store (``kv_url``, ``kv_cluster``), the checkpoint and savepoint directories. The job
+resumes from its newest retained checkpoint when those are on local disk (under a Kubernetes
+operator, the operator restores it), else from the consumer group's committed offsets (earliest
+when there are none); it checkpoints every ``checkpoint_interval_ms`` and commits offsets on
+each checkpoint.
 Every indexed event is also produced, enriched, to ``enriched_topic``. Iceberg's Flink sink
 (``streaming.lake_sql``) writes ``raw_events``, ``enriched_events``, ``dead_letters`` and,
 from its topic, ``served_features``, committing on each checkpoint: exactly once.
@@ -21,6 +24,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 from usersignals import lake
 from usersignals.settings import REPO_ROOT, Settings, jars, load_settings
@@ -28,6 +32,12 @@ from usersignals.settings import REPO_ROOT, Settings, jars, load_settings
 log = logging.getLogger("usersignals.job")
 HELPERS_JAR = REPO_ROOT / "build" / "usersignals-flink.jar"
 DLQ_MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+def local_dir(uri: str) -> Path | None:
+    """The directory of a ``file://`` URI (None for object storage: s3://, gs://, ...)."""
+    u = urlparse(uri)
+    return Path(u.path) if u.scheme in ("file", "") else None
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -67,11 +77,12 @@ def build_environment(settings: Settings):
     conf.set_string("pipeline.name", "usersignals-indexer")
     # Retained checkpoints (with the source's offsets) are what a restarted job resumes from;
     # the offsets committed to the broker on each checkpoint are the fallback and the lag signal.
-    checkpoints = settings.data_dir / "checkpoints"
-    conf.set_string("execution.checkpointing.dir", f"file://{checkpoints}")
+    conf.set_string("execution.checkpointing.dir", settings.checkpoint_dir)
+    conf.set_string("execution.checkpointing.savepoint-dir", settings.savepoint_dir)
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     conf.set_string("execution.checkpointing.num-retained", "2")
-    restore = latest_checkpoint(checkpoints)
+    checkpoints = local_dir(settings.checkpoint_dir)
+    restore = latest_checkpoint(checkpoints) if checkpoints is not None else None
     if restore is not None:
         log.info("restoring from checkpoint %s", restore)
         conf.set_string("execution.state-recovery.path", f"file://{restore}")
@@ -102,7 +113,7 @@ def enriched_feature_fields(t_env, settings: Settings) -> list[tuple[str, str]]:
     return feature_columns([(c.getName(), c.getDataType().toString()) for c in schema.getColumns()])
 
 
-def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluster: bool = False) -> None:
+def build_pipeline(env, settings: Settings, registry_path: str | None) -> None:
     from streaming import lake_sql
     from streaming.functions import row_type
 
@@ -142,7 +153,7 @@ def build_pipeline(env, settings: Settings, registry_path: str | None, kv_cluste
     records = env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka:" + settings.events_topic) \
         .uid("events-source")
     indexed = records.process(
-        IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, kv_cluster,
+        IndexEvents(settings.kv_url, settings.kv_prefix, registry_path, settings.events_topic, settings.kv_cluster,
                     settings.broker, settings.enriched_topic, tuple(feature_fields)),
         output_type=row_type(lake_sql.INDEXED_FIELDS + tuple(feature_fields)),
     ).name("validate-enrich-index").uid("validate-enrich-index")
@@ -230,13 +241,16 @@ def serve_metrics(settings: Settings, multiproc_dir: Path) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(multiproc_dir))
-    start_http_server(settings.job_metrics_port, addr=settings.host, registry=registry)
+    start_http_server(settings.job_metrics_port, addr=settings.bind_host, registry=registry)
+
+
+def parser() -> argparse.ArgumentParser:
+    # No options: everything comes from settings (a Redis Cluster too: USERSIGNALS_KV_CLUSTER).
+    return argparse.ArgumentParser(prog="streaming.job", description=__doc__.splitlines()[0])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kv-cluster", action="store_true", help="the KV URL points at a Redis Cluster")
-    args = parser.parse_args(argv)
+    parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
 
@@ -252,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLINK_LOG_DIR", str(settings.log_dir / "flink"))
     env = build_environment(settings)
     registry_path = str(settings.registry_path) if settings.registry_path else None
-    build_pipeline(env, settings, registry_path, args.kv_cluster)
+    build_pipeline(env, settings, registry_path)
     client = env.execute_async("usersignals-indexer")
     log.info("submitted job %s (parallelism %d, %s workers, bundle %d/%dms, metrics :%d)",
              client.get_job_id(), settings.parallelism, settings.python_worker_mode,

@@ -1,6 +1,6 @@
 """The KV layer: each user's last N enriched events per dataset, newest first.
 
-Data model (Redis protocol; runs on Redis, Redis Cluster and Apache Kvrocks)::
+Data model (Redis protocol; runs on a single Redis and on Redis Cluster, both tested)::
 
     {p}:{<user_id>}:<dataset>:z   ZSET  member = event_id, score = event time (ms)
     {p}:{<user_id>}:<dataset>:h   HASH  field  = event_id, value = stored event (JSON)
@@ -17,7 +17,7 @@ Why this shape:
   of several datasets is one Lua call, one round trip, on one node.
 * Sequences may grow past N between trims; reads never return more than N. A
   background trimmer drains the dirty sets and cuts each key in one range delete
-  (``ZREMRANGEBYRANK``), not member by member: cheap on RocksDB-backed Kvrocks too.
+  (``ZREMRANGEBYRANK``), not member by member.
 
 Cost per event: 2 commands on the hot path (+1 per user and dataset per batch), about
 ``len(payload) + 2 * len(event_id) + ~90`` bytes of memory while retained.
@@ -27,10 +27,13 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from usersignals.registry import Registry
 from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error, run_script_batch
+
+if TYPE_CHECKING:
+    from usersignals.settings import Settings
 
 DIRTY_BUCKETS = 16
 
@@ -264,15 +267,38 @@ def run_trimmer(store: SequenceStore, interval_s: float = 1.0, stop=None, on_sta
             time.sleep(interval_s)
 
 
-def connect(url: str, cluster: bool = False, **kwargs):
-    """A redis-py client for the KV layer; ``cluster=True`` for Redis Cluster / Kvrocks cluster."""
+def connect(target: "Settings | str", cluster: bool | None = None, **kwargs):
+    """The KV layer's redis-py client: ``connect(settings)`` reaches ``settings.kv_url``, as a
+    RedisCluster (commands routed by slot) when ``settings.kv_cluster``. Every part of the
+    platform connects through here. A URL instead of settings (``cluster`` then defaults to
+    False) is for a KV server of one's own: tests, benchmarks, Spark executors given the URL."""
     import redis
 
-    if cluster:
+    if isinstance(target, str):
+        url, in_cluster = target, bool(cluster)
+    else:
+        url, in_cluster = target.kv_url, target.kv_cluster if cluster is None else cluster
+    if in_cluster:
         from redis.cluster import RedisCluster
 
         return RedisCluster.from_url(url, **kwargs)
     return redis.Redis.from_url(url, **kwargs)
+
+
+def connect_async(settings: "Settings", max_connections: int = 64, timeout_s: float = 2.0):
+    """``connect``'s redis.asyncio counterpart (the serving API's), from ``settings``. A single
+    node gets a blocking pool: a 100-user batch waits for a free connection (up to ``timeout_s``)
+    instead of failing. A cluster gets a RedisCluster with ``max_connections`` per node."""
+    import redis.asyncio as aioredis
+
+    timeouts = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    if settings.kv_cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(settings.kv_url, max_connections=max_connections, **timeouts)
+    pool = aioredis.BlockingConnectionPool.from_url(settings.kv_url, max_connections=max_connections,
+                                                    timeout=timeout_s, **timeouts)
+    return aioredis.Redis(connection_pool=pool)
 
 
 def decode_all(rows: Sequence[bytes]) -> list[dict]:

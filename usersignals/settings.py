@@ -1,15 +1,19 @@
 """Runtime settings, read once from the environment (prefix ``USERSIGNALS_``).
 
-Every part of the platform (streaming job, serving API, local stack, benchmarks)
-takes its addresses and limits from here, so one variable moves them all.
+Every part of the platform (streaming job, serving API, trimmer, batch jobs, local stack,
+benchmarks) takes its addresses and limits from here, so one variable moves them all. Servers
+listen on ``bind_host``; peers are reached at their own addresses (``broker_bootstrap``,
+``kv_url``), which default to the local stack and must be set in a deployment, where
+``bind_host`` is ``0.0.0.0`` and every peer is another service.
 """
 from __future__ import annotations
 
 import os
 import secrets
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The main environment's Python: the API, trimmer, generator, batch jobs.
@@ -28,77 +32,123 @@ def jars(group: str) -> list[Path]:
 
 POSTGRES_USER = "usersignals"
 LAKE_DATABASE = "lake"      # the Iceberg catalog's database on the stack's PostgreSQL
+# Addresses that mean "every interface" to a server and nothing useful to a client.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def setting(default=None, help: str = "", *, factory=None, secret: bool = False):
+    """A field of Settings with its one-line description (``metadata["help"]``), from which
+    docs/reference/configuration.md is generated. ``secret``: left out of repr."""
+    if not help:
+        raise ValueError("every setting needs a one-line help")
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help}, repr=not secret)
+    return field(default=default, metadata={"help": help}, repr=not secret)
 
 
 @dataclass(frozen=True)
 class Settings:
-    broker_port: int = 9092
-    kv_port: int = 6379
-    api_port: int = 8000
-    # Worker processes of the serving API on its one port (``python -m serving``); 1: a single
-    # process. Each tenant's max_concurrency and max_rps are divided among them (serving/limits.py).
-    api_workers: int = os.cpu_count() or 1
-    job_metrics_port: int = 9250
-    host: str = "127.0.0.1"
-    data_dir: Path = REPO_ROOT / "var"
-    registry_path: Path | None = None
-    events_topic: str = "user_events"
-    dlq_topic: str = "user_events_dlq"
-    served_topic: str = "served_features"
-    topic_partitions: int = 4
-    # Apache Kafka (KRaft, one combined broker + controller locally): its controller listener and
-    # the JMX exporter that publishes its metrics. The log lives in data_dir/kafka.
-    controller_port: int = 9093
-    broker_metrics_port: int = 9254
-    # Retention of the topics, per topic kind: time (hours) and size (MiB per partition), whichever
-    # comes first. Events and their enriched copies are replayable for a week; the DLQ for a month.
-    events_retention_hours: int = 168
-    dlq_retention_hours: int = 720
-    topic_retention_mb: int = 4096
-    # PostgreSQL: Airflow's metadata database (a cluster of the stack's own in data_dir/postgres).
-    postgres_port: int = 5433
-    # Airflow's SQLAlchemy URL; empty: the "airflow" database of the stack's PostgreSQL.
-    airflow_db_url: str = ""
-    consumer_group: str = "usersignals-indexer"
-    kv_prefix: str = "us"
-    # Flink job tuning; the defaults favour latency (see README "Tuning").
-    parallelism: int = 2
-    checkpoint_interval_ms: int = 5000
-    bundle_size: int = 1000
-    bundle_time_ms: int = 10
-    python_worker_mode: str = "process"
-    source_fetch_wait_ms: int = 10      # the job's Kafka fetch wait: lower is fresher, higher is lighter
-    # Lakehouse (Iceberg). Catalog type "sql": Iceberg's JDBC catalog in PostgreSQL, which every
-    # engine (pyiceberg, Spark, Flink, DuckDB through pyiceberg, Trino) reads and writes; or "rest".
-    # Empty URI: the "lake" database of the stack's PostgreSQL; empty warehouse: data_dir/lake.
-    lake_catalog: str = "lake"
-    lake_catalog_type: str = "sql"
-    lake_catalog_uri: str = ""
-    lake_warehouse: str = ""
-    lake_namespace: str = "usersignals"
-    enriched_topic: str = "user_events_enriched"
-    # The indexing job's Iceberg sink commits on each checkpoint (checkpoint_interval_ms is the
-    # lake's commit interval); it rolls a data file at this size. Each commit closes its files,
-    # so small files come from short intervals: the daily maintenance compacts them.
-    lake_target_file_mb: int = 128
-    node_exporter_port: int = 9253    # serves the batch jobs' textfile metrics
-    prometheus_port: int = 9090
-    spark_master: str = "local[2]"
-    # The Python that runs the batch jobs under spark-submit (driver and executors); spark-submit
-    # is taken from its bin/. Empty: the main environment's (<repo>/.venv), else the running one.
-    spark_python: str = ""
-    # Analysts' SQL: a Trino server if a host is set, else the embedded engine (analytics/).
-    trino_host: str = ""
-    trino_port: int = 8081   # (Airflow has 8080)
-    trino_user: str = "usersignals"
+    # --- where servers listen, where peers are -------------------------------------------------
+    bind_host: str = setting("127.0.0.1", "Address every server of this process listens on (0.0.0.0 in a pod).")
+    broker_bootstrap: str = setting(
+        "", "Kafka bootstrap servers clients connect to (host:port,...); empty: the local stack's "
+            "broker at bind_host:broker_port.")
+    kv_url: str = setting(
+        "", "URL of the KV store (redis://[user:password@]host:port/db); empty: the local stack's "
+            "redis://bind_host:kv_port/0. With kv_cluster, any node of the cluster.")
+    kv_cluster: bool = setting(False, "The KV store is a Redis Cluster (true/false): clients route each key by slot.")
+    # --- ports of the local stack's servers -----------------------------------------------------
+    broker_port: int = setting(9092, "Kafka broker port of the local stack (its client listener).")
+    kv_port: int = setting(6379, "Port of the local stack's redis-server.")
+    api_port: int = setting(8000, "Port the serving API listens on.")
+    # Each tenant's max_concurrency and max_rps are divided among the workers (serving/limits.py).
+    api_workers: int = setting(
+        help="Worker processes of the serving API on its one port (python -m serving); default: the cores.",
+        factory=lambda: os.cpu_count() or 1)
+    job_metrics_port: int = setting(9250, "Port of the indexing job's Prometheus metrics.")
+    trimmer_metrics_port: int = setting(9251, "Port of the trimmer's Prometheus metrics.")
+    trim_interval_s: float = setting(1.0, "Seconds the trimmer sleeps when no key is waiting to be trimmed.")
+    airflow_port: int = setting(8080, "Port of Airflow's API server and UI (python -m infra.airflow); "
+                                      "its log servers take the next two.")
+    # Apache Kafka (KRaft, one combined broker + controller locally). The log lives in data_dir/kafka.
+    controller_port: int = setting(9093, "Kafka controller port of the local stack (KRaft).")
+    broker_metrics_port: int = setting(9254, "Port of the JMX exporter publishing the local broker's metrics.")
+    postgres_port: int = setting(5433, "Port of the local stack's PostgreSQL (Airflow's metadata, the lake's catalog).")
+    node_exporter_port: int = setting(9253, "Port of the node exporter serving the batch jobs' textfile metrics.")
+    prometheus_port: int = setting(9090, "Port of the local stack's Prometheus.")
+    # --- state on disk ----------------------------------------------------------------------------
+    data_dir: Path = setting(REPO_ROOT / "var", "Directory of the local stack's state: logs, KV, broker log, lake.")
+    checkpoint_dir: str = setting(
+        "", "Where the indexing job keeps its checkpoints (a Flink file system URI: file://, s3://); "
+            "empty: file://<data_dir>/checkpoints.")
+    savepoint_dir: str = setting(
+        "", "Where the indexing job's savepoints go (a Flink file system URI); empty: file://<data_dir>/savepoints.")
+    registry_path: Path | None = setting(
+        None, "The registry of event types, datasets, enrichments and tenants (TOML); "
+              "empty: usersignals/default_registry.toml.")
+    admin_key: str = setting(
+        "admin-dev-key", "The serving API's admin key (X-Admin-Key): reads every tenant and changes them. "
+                         "The default is for the local stack only.", secret=True)
+    # --- topics -----------------------------------------------------------------------------------
+    events_topic: str = setting("user_events", "Kafka topic of incoming user events.")
+    dlq_topic: str = setting("user_events_dlq", "Kafka topic of rejected events (dead letters).")
+    served_topic: str = setting("served_features", "Kafka topic of the features the API served (feature log).")
+    enriched_topic: str = setting("user_events_enriched", "Kafka topic of indexed events, enriched.")
+    topic_partitions: int = setting(4, "Partitions of the platform's topics when the stack creates them.")
+    # Events and their enriched copies are replayable for a week; the DLQ for a month.
+    events_retention_hours: int = setting(168, "Retention (hours) of the events and enriched topics.")
+    dlq_retention_hours: int = setting(720, "Retention (hours) of the dead-letter topic.")
+    topic_retention_mb: int = setting(4096, "Retention (MiB per partition) of every topic, whichever comes first.")
+    # --- Airflow ----------------------------------------------------------------------------------
+    airflow_db_url: str = setting("", "Airflow's SQLAlchemy URL; empty: the 'airflow' database of the stack's PostgreSQL.")
+    # --- the indexing job (Flink); the defaults favour latency (see README "Tuning") ---------------
+    consumer_group: str = setting("usersignals-indexer", "Kafka consumer group of the indexing job.")
+    kv_prefix: str = setting("us", "Prefix of every KV key.")
+    parallelism: int = setting(2, "Parallelism of the indexing job (at most the events topic's partitions).")
+    checkpoint_interval_ms: int = setting(
+        5000, "Checkpoint interval of the indexing job (ms); also the lake's commit interval.")
+    bundle_size: int = setting(1000, "Records a Python worker bundle holds at most (python.fn-execution.bundle.size).")
+    bundle_time_ms: int = setting(10, "Milliseconds a Python worker bundle waits at most (python.fn-execution.bundle.time).")
+    python_worker_mode: str = setting("process", "Where the job's Python functions run: process or loopback.")
+    source_fetch_wait_ms: int = setting(10, "The job's Kafka fetch wait (ms): lower is fresher, higher is lighter.")
+    # --- the lake (Iceberg) -----------------------------------------------------------------------
+    # Catalog "sql": Iceberg's JDBC catalog in PostgreSQL, which every engine reads and writes.
+    lake_catalog: str = setting("lake", "Name of the lake's Iceberg catalog in every engine.")
+    lake_catalog_type: str = setting("sql", "Iceberg catalog type: sql (JDBC, PostgreSQL) or rest.")
+    lake_catalog_uri: str = setting("", "The catalog's URI; empty: the 'lake' database of the stack's PostgreSQL.")
+    lake_warehouse: str = setting("", "The lake's warehouse location; empty: file://<data_dir>/lake/warehouse.")
+    lake_namespace: str = setting("usersignals", "Iceberg namespace of the lake's tables.")
+    # Each commit closes its files, so small files come from short intervals: the daily
+    # maintenance compacts them.
+    lake_target_file_mb: int = setting(128, "Size (MiB) at which the job's Iceberg sink rolls a data file.")
+    # --- batch and analytics ------------------------------------------------------------------------
+    spark_master: str = setting("local[2]", "Spark master of the batch jobs (local[N], k8s://...).")
+    spark_python: str = setting(
+        "", "The Python that runs the batch jobs under spark-submit (spark-submit from its bin/); "
+            "empty: <repo>/.venv's, else the running one.")
+    trino_host: str = setting("", "Trino server of the analysts' SQL; empty: the local one if it answers, "
+                                  "else the embedded engine.")
+    trino_port: int = setting(8081, "Trino's port (Airflow has 8080).")
+    trino_user: str = setting("usersignals", "User name the analytics client gives Trino.")
+
+    def __post_init__(self):
+        # Empty peer addresses and directories follow the local stack (bind_host, ports, data_dir),
+        # filled in here and re-derived by with_overrides when what they follow changes.
+        derived = frozenset(name for name in _DERIVED if not getattr(self, name))
+        for name in derived:
+            object.__setattr__(self, name, _DERIVED[name](self))
+        object.__setattr__(self, "_derived", derived)
+
+    @property
+    def host(self) -> str:
+        """The local stack's own address: where its servers listen and its processes reach
+        each other (``bind_host``; 127.0.0.1 when that is a wildcard)."""
+        return _local(self.bind_host)
 
     @property
     def broker(self) -> str:
-        return f"{self.host}:{self.broker_port}"
-
-    @property
-    def kv_url(self) -> str:
-        return f"redis://{self.host}:{self.kv_port}/0"
+        """Kafka bootstrap servers (``broker_bootstrap``)."""
+        return self.broker_bootstrap
 
     @property
     def postgres_password(self) -> str:
@@ -135,49 +185,94 @@ class Settings:
         return self.data_dir / "logs"
 
     def with_overrides(self, **kwargs) -> "Settings":
-        return replace(self, **kwargs)
+        # A derived setting not overridden is derived again (a new kv_port moves the default kv_url).
+        again = {name: "" for name in self._derived if name not in kwargs}
+        return replace(self, **again, **kwargs)
 
     def to_env(self) -> dict[str, str]:
-        """The ``USERSIGNALS_*`` variables that make ``load_settings()`` return these settings."""
-        env = {_var(f.name): str(getattr(self, f.name)) for f in fields(self)}
+        """The ``USERSIGNALS_*`` variables that make ``load_settings()`` return these settings.
+        A derived setting is passed empty, so the child derives it the same way (and no value
+        inherited from the parent's environment takes its place)."""
+        env = {_var(f.name): "" if f.name in self._derived else _format(getattr(self, f.name))
+               for f in fields(self)}
         if self.registry_path is None:
             del env[_var("registry_path")]
         return env
 
 
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in WILDCARD_HOSTS else host
+
+
+# Settings whose empty value means "the local stack's": how each is derived.
+_DERIVED = {
+    "broker_bootstrap": lambda s: f"{_local(s.bind_host)}:{s.broker_port}",
+    "kv_url": lambda s: f"redis://{_local(s.bind_host)}:{s.kv_port}/0",
+    "checkpoint_dir": lambda s: f"file://{s.data_dir / 'checkpoints'}",
+    "savepoint_dir": lambda s: f"file://{s.data_dir / 'savepoints'}",
+}
 # Every field is read from USERSIGNALS_<FIELD>, but for these names.
 _VAR_NAMES = {"registry_path": "REGISTRY"}
-_PATHS = {"data_dir", "registry_path"}
 # Settings that must be at least this number.
-_MINIMUMS = {"api_workers": 1}
+_MINIMUMS = {"api_workers": 1, "trim_interval_s": 0.001}
 # Settings that take one of a few words.
 _CHOICES = {
     "python_worker_mode": ("process", "loopback"),
     "lake_catalog_type": ("sql", "rest"),
 }
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def _var(field_name: str) -> str:
     return "USERSIGNALS_" + _VAR_NAMES.get(field_name, field_name.upper())
 
 
-def load_settings() -> Settings:
-    """Settings from ``USERSIGNALS_*`` environment variables, defaulting to the local stack."""
+def _format(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _parse(f, var: str, raw: str):
+    """A variable's text as the field's type (annotations are strings: ``from __future__``)."""
+    kind = f.type
+    if kind in ("Path", "Path | None"):
+        return Path(raw).resolve()
+    if kind == "bool":
+        try:
+            return _BOOLEANS[raw.strip().lower()]
+        except KeyError:
+            raise ValueError(f"{var}={raw!r}: expected true or false (or 1 / 0)") from None
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{var}={raw!r} is not an integer") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{var}={raw!r} is not a number") from None
+    if kind == "str":
+        return raw
+    raise TypeError(f"setting {f.name} has a type load_settings cannot read: {kind}")
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from ``USERSIGNALS_*`` variables (``environ``, else the process's), defaulting
+    to the local stack."""
+    environ = os.environ if environ is None else environ
+    if "USERSIGNALS_HOST" in environ:  # was both the bind address and every peer's: say what replaced it
+        raise ValueError(f"USERSIGNALS_HOST={environ['USERSIGNALS_HOST']!r} is no longer read: set "
+                         "USERSIGNALS_BIND_HOST (where servers listen), USERSIGNALS_BROKER_BOOTSTRAP and "
+                         "USERSIGNALS_KV_URL (where the broker and the KV store are)")
     values = {}
     for f in fields(Settings):
         var = _var(f.name)
-        raw = os.environ.get(var)
+        raw = environ.get(var)
         if raw is None or (f.name == "registry_path" and not raw):
             continue
-        if f.name in _PATHS:
-            values[f.name] = Path(raw).resolve()
-        elif isinstance(f.default, int):
-            try:
-                values[f.name] = int(raw)
-            except ValueError:
-                raise ValueError(f"{var}={raw!r} is not an integer") from None
-        else:
-            values[f.name] = raw
+        values[f.name] = _parse(f, var, raw)
     settings = Settings(**values)
     for name, least in _MINIMUMS.items():
         if getattr(settings, name) < least:
@@ -187,4 +282,7 @@ def load_settings() -> Settings:
         if value not in allowed:
             quoted = [repr(a) for a in allowed]
             raise ValueError(f"{_var(name)}={value!r}: expected {', '.join(quoted[:-1])} or {quoted[-1]}")
+    if settings.kv_cluster and urlparse(settings.kv_url).path.strip("/") not in ("", "0"):
+        raise ValueError(f"{_var('kv_url')}={settings.kv_url!r}: a Redis Cluster has database 0 only "
+                         f"({_var('kv_cluster')}=true)")
     return settings

@@ -1,12 +1,12 @@
 """The KV layer's background trimmer: keeps every sequence at its dataset's retention N.
 
 ``python -m usersignals.trimmer`` runs it forever against the configured KV server,
-serving its metrics on ``USERSIGNALS_TRIMMER_METRICS_PORT`` (default 9251).
+serving its metrics on ``trimmer_metrics_port``; with nothing to trim it sleeps ``trim_interval_s``
+(both settings, ``usersignals.settings``).
 """
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 
@@ -27,11 +27,10 @@ PASS = Histogram("usersignals_trimmer_pass_seconds", "Duration of one trim pass.
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
-    port = int(os.environ.get("USERSIGNALS_TRIMMER_METRICS_PORT", "9251"))
-    interval = float(os.environ.get("USERSIGNALS_TRIM_INTERVAL_S", "1.0"))
-    start_http_server(port, addr=settings.host)
+    port, interval = settings.trimmer_metrics_port, settings.trim_interval_s
+    start_http_server(port, addr=settings.bind_host)
     registry = load_registry(settings.registry_path)
-    store = SequenceStore(connect(settings.kv_url), registry, settings.kv_prefix)
+    store = SequenceStore(connect(settings), registry, settings.kv_prefix)
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
@@ -46,7 +45,8 @@ def main() -> int:
             log.info("trimmed %d events in the last 30s", last_log[1])
             last_log[:] = [time.monotonic(), 0]
 
-    log.info("trimming %s every %.1fs (metrics :%d)", settings.kv_url, interval, port)
+    log.info("trimming %s%s every %.1fs (metrics :%d)", settings.kv_url.rsplit("@", 1)[-1],
+             " (cluster)" if settings.kv_cluster else "", interval, port)
     while not stopping:
         try:
             run_trimmer(store, interval, stop=lambda: bool(stopping), on_stats=on_stats)

@@ -58,7 +58,7 @@ LOCAL = TRINO / "local"
 def local_settings(tmp_path):
     from usersignals.settings import Settings
 
-    return Settings(data_dir=tmp_path, trino_port=18123, host="127.0.0.1",
+    return Settings(data_dir=tmp_path, trino_port=18123, bind_host="127.0.0.1",
                     lake_catalog_uri="postgresql+psycopg2://usersignals:s%40cret@127.0.0.1:15433/lake_x")
 
 
