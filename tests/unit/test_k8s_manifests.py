@@ -1,17 +1,46 @@
-"""The production manifests load and agree with the code: settings names, entry points, catalog."""
+"""The production manifests load and agree with the code: settings, peers, registry, entry points."""
 import dataclasses
+import importlib
+import importlib.util
+import ipaddress
+import re
+from urllib.parse import urlparse
 
 import pytest
 import yaml
 
-from usersignals.settings import REPO_ROOT, Settings, _var
+from usersignals.registry import load_registry
+from usersignals.settings import REPO_ROOT, Settings, _var, load_settings
 
 K8S = REPO_ROOT / "infra" / "k8s"
 MANIFESTS = [p for p in sorted(K8S.glob("*.yaml")) if p.name != "airflow-values.yaml"]  # that one is Helm values
 DOCS = [(p.name, d) for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d]
 SETTING_VARS = {_var(f.name) for f in dataclasses.fields(Settings)}
-# Read outside Settings: the trimmer's metrics port and interval, the admin key.
-OTHER_VARS = {"USERSIGNALS_TRIMMER_METRICS_PORT", "USERSIGNALS_TRIM_INTERVAL_S", "USERSIGNALS_ADMIN_KEY"}
+
+
+def config_map(name: str) -> dict:
+    return next(d for _, d in DOCS if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name)
+
+
+def containers(d):
+    spec = d.get("spec", {})
+    if d["kind"] in ("Deployment", "StatefulSet", "Job"):
+        return spec["template"]["spec"]["containers"]
+    if d["kind"] == "FlinkDeployment":
+        return spec["podTemplate"]["spec"]["containers"]
+    return []
+
+
+def pod_spec(d) -> dict:
+    return d["spec"]["podTemplate"]["spec"] if d["kind"] == "FlinkDeployment" else d["spec"]["template"]["spec"]
+
+
+def reads_settings(c) -> bool:
+    return any(e.get("configMapRef", {}).get("name") == "usersignals-settings" for e in c.get("envFrom", []))
+
+
+def plain_env(c) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
 
 
 def test_every_manifest_parses_and_names_its_kind():
@@ -21,20 +50,77 @@ def test_every_manifest_parses_and_names_its_kind():
 
 
 def test_the_settings_configmap_uses_only_real_settings():
-    cm = next(d for _, d in DOCS if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "usersignals-settings")
-    assert set(cm["data"]) <= SETTING_VARS, set(cm["data"]) - SETTING_VARS
-    assert cm["data"]["USERSIGNALS_LAKE_CATALOG_TYPE"] in ("sql", "rest")
+    data = config_map("usersignals-settings")["data"]
+    assert set(data) <= SETTING_VARS, set(data) - SETTING_VARS
 
 
-def containers(d):
-    spec = d.get("spec", {})
-    if d["kind"] in ("Deployment", "StatefulSet"):
-        return spec["template"]["spec"]["containers"]
-    if d["kind"] == "Job":
-        return spec["template"]["spec"]["containers"]
-    if d["kind"] == "FlinkDeployment":
-        return spec["podTemplate"]["spec"]["containers"]
-    return []
+def is_local(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+@pytest.mark.parametrize("name,doc", [(n, d) for n, d in DOCS if any(reads_settings(c) for c in containers(d))])
+def test_every_pod_finds_its_peers_by_their_service_names(name, doc):
+    """config.yaml's settings (with the container's own variables) load, servers bind every
+    interface, and no peer address is the pod itself."""
+    for c in containers(doc):
+        s = load_settings({**config_map("usersignals-settings")["data"], **plain_env(c)})
+        assert s.bind_host == "0.0.0.0", (name, c["name"])
+        peers = {"broker": [b.rsplit(":", 1)[0] for b in s.broker.split(",")],
+                 "kv": [urlparse(s.kv_url).hostname], "catalog": [urlparse(s.lake_catalog_uri).hostname],
+                 "trino": [s.trino_host]}
+        for peer, hosts in peers.items():
+            for host in hosts:
+                assert not is_local(host) and host.endswith(".svc"), (name, c["name"], peer, host)
+        assert s.kv_cluster, "redis-cluster.yaml deploys a Redis Cluster: kv_cluster must say so"
+        assert urlparse(s.checkpoint_dir).scheme == urlparse(s.savepoint_dir).scheme == "s3"
+
+
+def test_the_peers_named_are_the_services_the_manifests_deploy():
+    s = load_settings(config_map("usersignals-settings")["data"])
+    services = {d["metadata"]["name"] for _, d in DOCS if d["kind"] == "Service"}
+    kafka = next(d for _, d in DOCS if d["kind"] == "Kafka")   # Strimzi's bootstrap Service: <cluster>-kafka-bootstrap
+    port = next(lst["port"] for lst in kafka["spec"]["kafka"]["listeners"] if not lst["tls"])
+    assert s.broker == f"{kafka['metadata']['name']}-kafka-bootstrap.usersignals.svc:{port}"
+    kv = urlparse(s.kv_url)
+    assert kv.hostname.split(".")[0] in services and kv.port == 6379
+
+
+def test_the_job_checkpoints_where_the_operator_restores_from():
+    s = load_settings(config_map("usersignals-settings")["data"])
+    conf = next(d for _, d in DOCS if d["kind"] == "FlinkDeployment")["spec"]["flinkConfiguration"]
+    assert conf["execution.checkpointing.dir"] == s.checkpoint_dir
+    assert conf["execution.checkpointing.savepoint-dir"] == s.savepoint_dir
+
+
+def test_the_registry_configmap_is_the_default_registry_and_loads(tmp_path):
+    text = config_map("usersignals-registry")["data"]["registry.toml"]
+    default = (REPO_ROOT / "usersignals" / "default_registry.toml").read_text()
+    assert text == default, ("infra/k8s/config.yaml's usersignals-registry ConfigMap differs from "
+                             "usersignals/default_registry.toml: copy the file into it")
+    path = tmp_path / "registry.toml"
+    path.write_text(text)
+    registry = load_registry(path)
+    assert dataclasses.replace(registry, source="") == dataclasses.replace(load_registry(), source="")
+    assert registry.tenants and registry.datasets
+
+
+def test_every_pod_that_reads_the_registry_mounts_it():
+    where = load_settings(config_map("usersignals-settings")["data"]).registry_path
+    for name, d in DOCS:
+        for c in containers(d):
+            if not reads_settings(c):
+                continue
+            mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in pod_spec(d).get("volumes", [])}
+            mounted = [v for n, v in volumes.items()
+                       if v.get("configMap", {}).get("name") == "usersignals-registry" and mounts.get(n) == str(where.parent)]
+            assert mounted, (name, c["name"], f"mounts no usersignals-registry at {where.parent}")
 
 
 @pytest.mark.parametrize("name,doc", [(n, d) for n, d in DOCS if d["kind"] in ("Deployment", "StatefulSet")])
@@ -44,18 +130,61 @@ def test_long_running_containers_have_limits_probes_and_valid_env(name, doc):
         assert "livenessProbe" in c or "readinessProbe" in c, (name, c["name"])
         for e in c.get("env", []):
             if e["name"].startswith("USERSIGNALS_"):
-                assert e["name"] in SETTING_VARS | OTHER_VARS, e["name"]
+                assert e["name"] in SETTING_VARS, e["name"]
 
 
-def test_entry_points_exist():
-    for _, d in DOCS:
+def python_entry_points():
+    """(manifest, module, arguments) of every container that runs one of our modules."""
+    found = []
+    for name, d in DOCS:
         for c in containers(d):
-            cmd = c.get("command") or []
-            if cmd[:2] == ["python", "-m"]:
-                module = cmd[2].replace(".", "/")
-                assert (REPO_ROOT / f"{module}.py").exists() or (REPO_ROOT / module / "__main__.py").exists(), cmd
+            argv = [*(c.get("command") or []), *(c.get("args") or [])]
+            if argv[:2] == ["python", "-m"]:
+                found.append((name, argv[2], argv[3:]))
+        if d["kind"] == "FlinkDeployment":   # PythonDriver's -pym <module> [arguments]
+            args = d["spec"]["job"]["args"]
+            assert args[0] == "-pym", args
+            found.append((name, args[1], args[2:]))
+    return found
+
+
+ENTRY_POINTS = python_entry_points()
+
+
+def test_the_manifests_run_the_api_the_trimmer_and_the_job():
+    assert {m for _, m, _ in ENTRY_POINTS} == {"serving", "usersignals.trimmer", "streaming.job"}
+
+
+@pytest.mark.parametrize("manifest,module,args", ENTRY_POINTS)
+def test_every_command_names_a_real_entry_point(manifest, module, args):
+    """``python -m module args`` would run: the module has a __main__ and takes those arguments."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None, (manifest, module)
+    if spec.submodule_search_locations:   # a package: python -m runs its __main__
+        spec = importlib.util.find_spec(f"{module}.__main__")
+        assert spec is not None, (manifest, f"{module} has no __main__")
+        main = importlib.import_module(f"{module}.__main__")
+    else:
+        assert re.search(r'^if __name__ == "__main__":', open(spec.origin).read(), re.M), (manifest, module)
+        main = importlib.import_module(module)
+    parser = getattr(main, "parser", None)
+    if parser is None:
+        assert not args, (manifest, module, f"takes no arguments, given {args}")
+    else:
+        parser().parse_args(args)   # argparse exits (SystemExit) on what it does not accept
+
+
+def test_a_command_the_module_does_not_take_fails_the_check():
+    with pytest.raises(SystemExit):
+        test_every_command_names_a_real_entry_point("flink-indexer.yaml", "streaming.job", ["--kv-cluster"])
+    with pytest.raises(AssertionError):
+        test_every_command_names_a_real_entry_point("services.yaml", "serving", ["--port", "80"])
+
+
+def test_the_flink_version_is_the_pyflink_pin():
+    pin = re.search(r"^apache-flink==(\d+)\.(\d+)\.", (REPO_ROOT / "requirements" / "streaming.lock").read_text(), re.M)
     flink = next(d for _, d in DOCS if d["kind"] == "FlinkDeployment")
-    assert flink["spec"]["job"]["args"][:2] == ["-pym", "streaming.job"]
+    assert flink["spec"]["flinkVersion"] == f"v{pin[1]}_{pin[2]}"
 
 
 def test_spark_defaults_mount_the_same_catalog_as_local_spark():
@@ -66,13 +195,16 @@ def test_spark_defaults_mount_the_same_catalog_as_local_spark():
     assert keys <= set(conf)
     assert conf["spark.sql.catalog.lake.type"] == "rest" and conf["spark.sql.defaultCatalog"] == "lake"
     assert conf["spark.sql.catalog.lake"] == "org.apache.iceberg.spark.SparkCatalog"
-    assert conf["spark.sql.catalog.lake.uri"] == "http://iceberg-rest.usersignals.svc:8181"
+    assert conf["spark.sql.catalog.lake.uri"] == load_settings(config_map("usersignals-settings")["data"]).lake_catalog_uri
 
 
-def test_airflow_values_point_spark_at_kubernetes():
+def test_airflow_values_point_spark_at_kubernetes_and_mount_the_registry():
     values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
     env = {e["name"]: e["value"] for e in values["env"]}
     assert "k8s://" in env["AIRFLOW_CONN_SPARK_DEFAULT"] and values["dags"]["gitSync"]["subPath"] == "dags"
+    assert "usersignals-settings" in values["extraEnvFrom"]
+    registry = next(v["name"] for v in values["volumes"] if v.get("configMap", {}).get("name") == "usersignals-registry")
+    assert {"name": registry, "mountPath": "/etc/usersignals", "readOnly": True} in values["volumeMounts"]
 
 
 def test_the_api_sets_its_workers_within_its_cpu_request():
@@ -83,3 +215,11 @@ def test_the_api_sets_its_workers_within_its_cpu_request():
     cpu = str(api["resources"]["requests"]["cpu"])
     cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
     assert 1 <= int(env["USERSIGNALS_API_WORKERS"]) <= max(1, cores)
+
+
+def test_the_admin_key_comes_from_a_secret_not_the_configmap():
+    assert _var("admin_key") not in config_map("usersignals-settings")["data"]
+    api = next(c for _, d in DOCS if d["kind"] == "Deployment" and d["metadata"]["name"] == "serving"
+               for c in containers(d))
+    admin = next(e for e in api["env"] if e["name"] == _var("admin_key"))
+    assert admin["valueFrom"]["secretKeyRef"]["name"] == "usersignals-admin"
