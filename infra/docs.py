@@ -11,6 +11,9 @@ runs it, so a setting, a metric or a recorded benchmark run cannot drift from it
 - ``docs/reference/metrics.md``: every ``usersignals_*`` metric the code constructs, read from
   the constructor calls with ``ast`` (the job's metrics are imported only in PyFlink's
   environment and the retraining gauges only inside a Spark run, so importing cannot see them all).
+- ``docs/reference/registry.md``: the registry file's schema (the keys each section accepts, read
+  from the validation code, with the defaults of the dataclasses behind them) and the entries of
+  the default registry.
 - ``docs/benchmarks.md``: every run recorded in ``bench/results/*.jsonl`` (``bench.common.emit``
   appends the bench's last JSON line with the date, commit and machine).
 
@@ -26,12 +29,14 @@ import json
 import sys
 from pathlib import Path
 
+from usersignals import registry as registry_module
 from usersignals import settings as settings_module
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 CONFIGURATION = DOCS / "reference" / "configuration.md"
 METRICS = DOCS / "reference" / "metrics.md"
+REGISTRY = DOCS / "reference" / "registry.md"
 BENCHMARKS = DOCS / "benchmarks.md"
 RESULTS = REPO / "bench" / "results"
 
@@ -256,6 +261,147 @@ def render_metrics(root: Path = REPO) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Registry
+
+# Each registry section: the function of usersignals/registry.py that validates one entry (its
+# _check_keys call names the keys allowed and required) and the dataclass it builds.
+REGISTRY_SECTIONS = (
+    ("enrichments.<name>", "_enrichment", "Enrichment"),
+    ("event_types.<name>", "_event_type", "EventType"),
+    ("datasets.<name>", "_dataset", "Dataset"),
+    ("tenants.<name>", "_tenant", "Tenant"),
+    ("tenants.<name>.filters", "_filters", "Filters"),
+)
+# What a key means, where its dataclass field has no comment of its own in registry.py. Allowed
+# values are filled in from the module ({STAGES} ...), so they cannot drift.
+REGISTRY_KEYS = {
+    ("enrichments", "fields"): "item-feature fields it copies onto an event (`category`, `popularity`, `embedding`)",
+    ("enrichments", "stage"): "where it is joined, one of {STAGES}: `indexing` stores the value with the event in "
+                              "the KV layer, `serving` joins it at request time",
+    ("enrichments", "source"): "where the features come from: `item_features`",
+    ("event_types", "id"): "stable integer (1 to 255) used in model tensors; unique, never reused",
+    ("datasets", "event_type"): "the registered event type it holds; exactly one dataset per type",
+    ("datasets", "retention"): "N, the events kept per user, newest first (at most {MAX_RETENTION})",
+    ("datasets", "enrichments"): "indexing-stage enrichments stored with each event",
+    ("datasets", "ttl_days"): "days a user's sequence lives after its last write (at most 3650)",
+    ("tenants", "sequences"): "dataset → length served (at most the dataset's retention)",
+    ("tenants", "enrichments"): "enrichments joined at serving time",
+    ("tenants", "format"): "default response format, one of {FORMATS}",
+    ("tenants", "filters"): "what not to serve: the next table",
+    ("tenants", "views"): "aggregate views served, from {VIEWS}",
+    ("filters", "max_age_s"): "drop events older than this many seconds",
+    ("filters", "min_dwell_ms"): "dataset → the least dwell (ms) an event of it needs to be served",
+}
+
+
+def _check_keys_calls() -> dict[str, tuple[list[str], list[str]]]:
+    """Per validating function of registry.py: the keys its _check_keys call allows and requires."""
+    source = Path(registry_module.__file__).read_text()
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for call in ast.walk(node):
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "_check_keys":
+                allowed, required = (
+                    getattr(registry_module, a.id) if isinstance(a, ast.Name) else ast.literal_eval(a)
+                    for a in call.args[2:4])
+                found[node.name] = (sorted(allowed), sorted(required))
+    return found
+
+
+def _field_comments(class_name: str) -> dict[str, str]:
+    """The comment at the end of each field's line in a registry dataclass."""
+    source = Path(registry_module.__file__).read_text()
+    lines = source.splitlines()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return {stmt.target.id: lines[stmt.lineno - 1].split("#", 1)[1].strip()
+                    for stmt in node.body
+                    if isinstance(stmt, ast.AnnAssign) and "#" in lines[stmt.lineno - 1]}
+    raise LookupError(f"no class {class_name} in {registry_module.__file__}")
+
+
+def _registry_default(cls, key: str) -> str:
+    f = {f.name: f for f in dataclasses.fields(cls)}.get(key)
+    if f is None:
+        return "–"
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "(required)"
+    if dataclasses.is_dataclass(value):
+        return "none"
+    if value in ("", (), {}, None):
+        return "none"
+    return f"`{json.dumps(value) if isinstance(value, (bool, str)) else value}`"
+
+
+def render_registry() -> str:
+    calls = _check_keys_calls()
+    constants = {name: ", ".join(f"`{v}`" for v in value) if isinstance(value, tuple) else f"{value:,}"
+                 for name, value in vars(registry_module).items() if name.isupper()
+                 and isinstance(value, (tuple, int))}
+    lines = [
+        "# Registry",
+        "",
+        GENERATED.format(source="`usersignals/registry.py` and `usersignals/default_registry.toml`"),
+        "",
+        "The registry is the one definition the job, the batch jobs, the API and the DAGs read: event",
+        "types, their real-time datasets, enrichments and tenants. It is a TOML file,",
+        "`usersignals/default_registry.toml` unless `USERSIGNALS_REGISTRY` names another. It is validated",
+        "on load: an unknown or missing key, a bad value or a reference to an unknown entry fails with",
+        "a message naming the entry, the value and what is allowed. Names are lowercase snake_case, at",
+        "most 63 characters. Tenants can also be changed at runtime (`PUT /v1/tenants/{name}`), with the",
+        "same rules.",
+        "",
+        "## Schema",
+    ]
+    missing = []
+    for section, function, class_name in REGISTRY_SECTIONS:
+        if function not in calls:
+            raise LookupError(f"usersignals/registry.py: no _check_keys call in {function}()")
+        allowed, required = calls[function]
+        cls = getattr(registry_module, class_name)
+        comments = _field_comments(class_name)
+        kind = "filters" if section.endswith(".filters") else section.split(".")[0]
+        lines += ["", f"### `[{section}]`", "", "| key | required | default | what |", "| --- | --- | --- | --- |"]
+        for key in allowed:
+            what = REGISTRY_KEYS.get((kind, key)) or comments.get(key)
+            if what is None and key == "description":
+                what = "free text for people"
+            if what is None:
+                missing.append(f"{section}.{key}")
+                continue
+            what = what.format(**constants)
+            lines.append(f"| `{key}` | {'yes' if key in required else 'no'} | "
+                         f"{'–' if key in required else _registry_default(cls, key)} | {what} |")
+    if missing:
+        raise ValueError(f"registry keys without a description (a comment on the dataclass field in "
+                         f"usersignals/registry.py, or REGISTRY_KEYS in infra/docs.py): {', '.join(missing)}")
+    reg = registry_module.load_registry(registry_module.DEFAULT_REGISTRY_PATH)
+    lines += ["", "## The default registry", "", "| event type | id | dataset | retention | TTL days | stored enrichments |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for et in sorted(reg.event_types.values(), key=lambda e: e.id):
+        for ds in reg.datasets_for(et.name):
+            lines.append(f"| `{et.name}` | {et.id} | `{ds.name}` | {ds.retention} | {ds.ttl_days} | "
+                         f"{', '.join(f'`{e}`' for e in ds.enrichments) or '–'} |")
+    lines += ["", "| enrichment | fields | stage | |", "| --- | --- | --- | --- |"]
+    for e in reg.enrichments.values():
+        lines.append(f"| `{e.name}` | {', '.join(f'`{f}`' for f in e.fields)} | {e.stage} | {e.description} |")
+    lines += ["", "| tenant | sequences | serving enrichments | format | views | max concurrency | max rps | timeout ms | log sample rate |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for t in reg.tenants.values():
+        seqs = ", ".join(f"`{d}` {n}" for d, n in t.sequences.items())
+        lines.append(f"| `{t.name}` | {seqs} | {', '.join(f'`{e}`' for e in t.enrichments) or '–'} | {t.format} | "
+                     f"{', '.join(f'`{v}`' for v in t.views) or '–'} | {t.max_concurrency} | "
+                     f"{t.max_rps or 'no limit'} | {t.timeout_ms} | {t.log_sample_rate} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # Benchmarks
 
 # Per bench: what it measures, its target, and the figures of its last JSON line shown per run
@@ -417,6 +563,7 @@ def render(require_help: bool = REQUIRE_HELP) -> dict[Path, str]:
     return {
         CONFIGURATION: render_configuration(require_help),
         METRICS: render_metrics(),
+        REGISTRY: render_registry(),
         BENCHMARKS: render_benchmarks(),
     }
 

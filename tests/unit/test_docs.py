@@ -76,6 +76,15 @@ def test_benchmarks_page_has_a_row_per_recorded_run(tmp_path):
         docs.render_benchmarks(tmp_path)
 
 
+def test_registry_page_names_every_key_the_validation_accepts():
+    from usersignals.registry import TENANT_KEYS
+
+    page = docs.REGISTRY.read_text()
+    tenants = page.split("### `[tenants.<name>]`")[1].split("###")[0]
+    assert sorted(re.findall(r"^\| `(\w+)` \|", tenants, re.M)) == sorted(TENANT_KEYS)
+    assert "| `retention` | yes | – |" in page and "| `click` | 1 | `clicks` |" in page
+
+
 def _links(page: Path) -> list[str]:
     text = CODE.sub("", page.read_text())
     return [a or b for a, b in LINK.findall(text)]
