@@ -30,6 +30,17 @@ def test_every_setting_has_help():
     assert missing == []
 
 
+def test_a_setting_without_help_fails_the_render(monkeypatch):
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        api_port: int = dataclasses.field(default=8000, metadata={"help": "Port the serving API listens on."})
+        kv_port: int = 6379
+
+    monkeypatch.setattr(docs.settings_module, "Settings", Settings)
+    with pytest.raises(ValueError, match=r"without metadata\['help'\].*: kv_port;"):
+        docs.render_configuration()
+
+
 def test_metrics_page_lists_every_constructed_metric_once():
     page = docs.METRICS.read_text()
     found = docs.find_metrics()
