@@ -80,6 +80,12 @@ trino-cli: install
 lake-migrate: install
 	@$(PY) -m iceberg_schemas
 
+# hadolint (requirements/main.lock) on every image's Dockerfile (infra/images/), failing on warnings;
+# tests/unit/test_images.py runs it too, with the manifests' image names and the pinned versions.
+.PHONY: images-lint
+images-lint: install
+	@.venv/bin/hadolint --failure-threshold warning infra/images/*.Dockerfile && echo "infra/images: hadolint clean"
+
 # Re-record infra/jars.sha256 after a deliberate change of infra/pom.xml.
 jars-lock:
 	@bash infra/jars.sh lock
