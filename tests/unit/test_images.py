@@ -163,3 +163,15 @@ def test_spark_and_python_bases_match_the_locks():
         assert base_tag(dockerfile, "python").startswith(minor + "."), (dockerfile, minor)
     airflow = locked("airflow.lock", "apache-airflow")
     assert base_tag("airflow.Dockerfile", "apache/airflow") == f"{airflow}-python{minor}"
+
+
+def test_the_batch_image_puts_the_catalog_jars_where_spark_defaults_loads_them():
+    """spark-defaults.conf's extraClassPath is the directory batch.Dockerfile copies the `spark`
+    profile's jars to, which is <repo>/build/jars/spark (usersignals.settings.JARS_DIR) in the image."""
+    copies = [args.split() for op, args in instructions(IMAGES / "batch.Dockerfile") if op == "COPY"]
+    jars_dir = next(words[-1] for words in copies if words[-2].endswith("build/jars/spark"))
+    repo_dirs = {words[-1] for words in copies if words[-2] == "/opt/usersignals"}
+    assert repo_dirs == {"/opt/usersignals"} and jars_dir == "/opt/usersignals/build/jars/spark"
+    conf = dict(line.split(None, 1) for line in (K8S / "spark-defaults.conf").read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+    assert conf["spark.driver.extraClassPath"] == conf["spark.executor.extraClassPath"] == f"{jars_dir}/*"
