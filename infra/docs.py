@@ -532,6 +532,9 @@ def render_benchmarks(results: Path = RESULTS) -> str:
         lines += ["", f"## {bench}", "", what]
         if target:
             lines += ["", f"Target: {target}"]
+        newest = runs[-1]["result"]
+        lines += ["", "Its last line, as of the newest run: `{" + ", ".join(
+            f'"bench": "{newest["bench"]}"' if k == "bench" else f'"{k}"' for k in newest) + "}`."]
         header = ["date (UTC)", "commit", "machine", "arguments"] + [c[0] for c in columns]
         lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         notes = []
