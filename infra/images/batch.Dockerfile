@@ -8,7 +8,7 @@
 # usersignals.lake.spark_jars() looks for them.
 #   docker build -f infra/images/batch.Dockerfile -t ghcr.io/usersignals/batch:0.1.0 .
 
-FROM maven:3-eclipse-temurin-17-noble@sha256:42a3ac393abbc64dae6c96703e5ead2e921fe9103371ac58b5b404b0d6a26502 AS jars
+FROM maven:3.9.16-eclipse-temurin-17-noble@sha256:b1420375ab2a5f3ef6e0f355367bff4096e23bdea2191af2b95f9f1c71984690 AS jars
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY infra/pom.xml infra/jars.sha256 infra/

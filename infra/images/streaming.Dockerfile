@@ -11,7 +11,7 @@
 # Flink's own jars (the image's lib/ and opt/ are the jars PyFlink's wheel carries).
 FROM flink:2.1.3-scala_2.12-java17@sha256:cc557bbe316d804e83195717a41788dc1ddb9a965887bd0ab83d148480a7802d AS flink
 
-FROM maven:3-eclipse-temurin-17-noble@sha256:42a3ac393abbc64dae6c96703e5ead2e921fe9103371ac58b5b404b0d6a26502 AS jvm
+FROM maven:3.9.16-eclipse-temurin-17-noble@sha256:b1420375ab2a5f3ef6e0f355367bff4096e23bdea2191af2b95f9f1c71984690 AS jvm
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY infra/pom.xml infra/jars.sha256 infra/
