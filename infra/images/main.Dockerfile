@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # ghcr.io/usersignals/main: the main environment (requirements/main.lock) and the repo, laid out as
 # `make install` lays them (/opt/usersignals/.venv beside the code), so settings' defaults that
-# derive from the repo root (the registry, data_dir) hold. Runs the serving API, the trimmer and
-# the lake migration (infra/k8s/services.yaml, infra/k8s/lake-catalog.yaml).
+# derive from the repo root (the registry, data_dir) hold. Runs the serving API and the trimmer
+# (infra/k8s/services.yaml) and the lake's migration (python -m iceberg_schemas).
 #   docker build -f infra/images/main.Dockerfile -t ghcr.io/usersignals/main:0.1.0 .
 # Base: python 3.11 (pyproject: >=3.11,<3.12), exact patch on Debian 12, pinned by digest.
 
