@@ -1,47 +1,28 @@
-"""The local stack: Kafka, KV server, PostgreSQL, indexing job, trimmer, API, Prometheus (+ generator, Trino).
+"""One definition per part of the local stack: Kafka, the KV server (Redis), PostgreSQL, the indexing
+job, the trimmer, the API, Prometheus and its node exporter (+ the event generator, Trino): how each
+starts, when it counts as ready, what it needs first and what it does once up.
 
-Everything runs on 127.0.0.1 as child processes of one supervisor, each in its own
-process group, logging to ``<data_dir>/logs/<name>.log``. A component is "ready" when
-its health check passes; the job is ready when a canary event produced to the topic
-can be read back from the KV layer, which proves the whole path. A component that
-dies is restarted with backoff. Stopping goes in reverse order: SIGTERM, then SIGKILL.
-
-    python -m infra.stack run     # foreground with the generator; Ctrl-C stops everything
-    python -m infra.stack up      # background (make up); `down` stops it; --trino adds Trino
-    python -m infra.stack status
+The job is ready when a canary event produced to the topic can be read back from the KV layer,
+which proves the whole path.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from infra import kafka, postgres, trino
+from infra.stack.probes import free_port, http_ok, port_open
+from infra.stack.supervisor import Component, Supervisor
 from usersignals.settings import MAIN_PYTHON, REPO_ROOT, Settings, load_settings
 
 STREAMING_PY = REPO_ROOT / ".venv-streaming" / "bin" / "python"
 CANARY_USER = "__usersignals_canary__"
-
-
-def _say(msg: str) -> None:
-    # stderr: benchmarks and scripts keep stdout for their results.
-    print(f"[stack] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def private_settings(data_dir: Path, **over) -> Settings:
@@ -53,76 +34,22 @@ def private_settings(data_dir: Path, **over) -> Settings:
     return load_settings().with_overrides(**{**ports, "data_dir": data_dir, **over})
 
 
-def metric_total(port: int, name: str, host: str = "127.0.0.1") -> float | None:
-    """Sum of a metric's samples (all label sets) on a Prometheus endpoint; None if unreachable."""
-    import urllib.request
-
-    try:
-        text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return None
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@dataclass
-class Component:
-    name: str
-    argv: list[str]
-    ready: Callable[[], bool]
-    ports: tuple[int, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
-    ready_timeout_s: float = 30.0
-    on_ready: Callable[[], None] | None = None
-    before_start: Callable[[], None] | None = None
-    restart: bool = True
-    stop_timeout_s: float | None = None   # grace before SIGKILL (default: stop()'s)
-    stop_signal: int = signal.SIGTERM
-    proc: subprocess.Popen | None = None
-    restarts: int = 0
-    next_restart_at: float = 0.0
-
-
-class Stack:
-    """Starts, watches and stops the local stack's processes."""
+class Stack(Supervisor):
+    """The local stack's components, supervised."""
 
     def __init__(self, settings: Settings | None = None, with_generator: bool = False,
                  generator_rate: float = 1000.0, components: tuple[str, ...] | None = None,
                  env: dict[str, dict[str, str]] | None = None, with_trino: bool = False,
                  trino_timeout_s: float = trino.STARTUP_TIMEOUT_S):
-        """``env``: extra environment variables by component name (e.g. ``{"api": {...}}``).
-        ``with_trino``: also run a Trino server over the lake (``components`` may name it too)."""
-        self.settings = settings or load_settings()
+        """``components``: run only these (by name). ``env``: extra environment variables by component
+        name (e.g. ``{"api": {...}}``). ``with_trino``: also run a Trino server over the lake
+        (``components`` may name it too)."""
+        super().__init__(settings or load_settings(), env)
         self.with_generator = with_generator
         self.with_trino = with_trino or "trino" in (components or ())
         self.trino_timeout_s = trino_timeout_s
         self.generator_rate = generator_rate
         self.only = components
-        self.extra_env = env or {}
-        self.components: list[Component] = []
-        self.stopping = False
-        self.log_dir = self.settings.log_dir
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-
-    # --- environment shared by every child ---------------------------------------
-    def child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        s = self.settings
-        env = dict(os.environ)
-        env.update(s.to_env())
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(extra or {})
-        return env
 
     def define(self) -> list[Component]:
         s = self.settings
@@ -162,7 +89,7 @@ class Stack:
             ),
             Component(
                 "api", [str(MAIN_PYTHON), "-m", "serving"],
-                ready=lambda: self.http_ok(f"http://{s.host}:{s.api_port}/readyz"), ports=(s.api_port,),
+                ready=lambda: http_ok(f"http://{s.host}:{s.api_port}/readyz"), ports=(s.api_port,),
             ),
         ]
         if shutil.which("prometheus") and shutil.which("prometheus-node-exporter"):
@@ -182,7 +109,7 @@ class Stack:
                      f"--storage.tsdb.path={s.data_dir / 'prometheus' / 'data'}",
                      f"--web.listen-address={s.host}:{s.prometheus_port}", "--storage.tsdb.retention.time=7d",
                      "--web.enable-lifecycle", "--log.level=warn"],
-                    ready=lambda: self.http_ok(f"http://{s.host}:{s.prometheus_port}/-/ready"),
+                    ready=lambda: http_ok(f"http://{s.host}:{s.prometheus_port}/-/ready"),
                     ports=(s.prometheus_port,), before_start=lambda: self.write_prometheus_config(trimmer_port),
                 ),
             ]
@@ -209,16 +136,6 @@ class Stack:
         retained checkpoints (offsets into the old topics) must not be restored."""
         if kafka.format_storage(self.settings):
             shutil.rmtree(self.settings.data_dir / "checkpoints", ignore_errors=True)
-
-    @staticmethod
-    def http_ok(url: str) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return r.status == 200
-        except Exception:
-            return False
 
     def kv_ready(self) -> bool:
         import redis
@@ -289,86 +206,6 @@ class Stack:
             self._canary_sent = time.monotonic()
         return False
 
-    # --- lifecycle ----------------------------------------------------------------
-    def _spawn(self, c: Component) -> None:
-        log = open(self.log_dir / f"{c.name}.log", "ab", buffering=0)
-        log.write(f"\n=== {time.strftime('%F %T')} start {' '.join(c.argv)}\n".encode())
-        env = self.child_env({**c.env, **self.extra_env.get(c.name, {})})
-        c.proc = subprocess.Popen(c.argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-
-    def start(self) -> None:
-        self.stopping = False
-        self.components = self.define()
-        for c in self.components:
-            for port in c.ports:
-                if port_open(self.settings.host, port):
-                    self.stop()
-                    raise SystemExit(f"port {port} ({c.name}) is already in use: stop what holds it "
-                                     f"(`make down`?) or choose another port with USERSIGNALS_*_PORT")
-            _say(f"starting {c.name}")
-            if c.before_start:
-                c.before_start()
-            self._spawn(c)
-            deadline = time.monotonic() + c.ready_timeout_s
-            while not c.ready():
-                if c.proc.poll() is not None:
-                    self.stop()
-                    raise SystemExit(f"{c.name} exited with code {c.proc.returncode} before it was ready; "
-                                     f"see {self.log_dir / (c.name + '.log')}")
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise SystemExit(f"{c.name} was not ready within {c.ready_timeout_s:.0f}s; "
-                                     f"see {self.log_dir / (c.name + '.log')}")
-                time.sleep(0.2)
-            if c.on_ready:
-                c.on_ready()
-            _say(f"{c.name} ready (pid {c.proc.pid})")
-
-    def watch_once(self) -> None:
-        """Restart components that died (with backoff); called by the supervisor loop."""
-        now = time.monotonic()
-        for c in self.components:
-            if self.stopping or c.proc is None or c.proc.poll() is None or not c.restart:
-                continue
-            if c.next_restart_at == 0.0:
-                try:  # what it started may outlive it (the API's workers hold its port): not into the restart
-                    os.killpg(c.proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                delay = min(30.0, 2.0 ** min(c.restarts, 5))
-                c.next_restart_at = now + delay
-                _say(f"{c.name} exited with code {c.proc.returncode}; restarting in {delay:.0f}s")
-            elif now >= c.next_restart_at:
-                c.restarts += 1
-                c.next_restart_at = 0.0
-                self._spawn(c)
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        self.stopping = True  # a supervisor thread still calling watch_once() must not restart anything
-        for c in reversed(self.components):
-            if c.proc is None or c.proc.poll() is not None:
-                continue
-            _say(f"stopping {c.name}")
-            try:
-                os.killpg(c.proc.pid, c.stop_signal)
-            except ProcessLookupError:
-                continue
-            grace = timeout_s if c.stop_timeout_s is None else c.stop_timeout_s
-            try:
-                c.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                _say(f"{c.name} did not stop in {grace:.0f}s; killing it")
-            try:  # the group may still hold children (Flink's JVM and Python workers)
-                os.killpg(c.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            c.proc.wait()
-
-    def component(self, name: str) -> Component:
-        return next(c for c in self.components if c.name == name)
-
     def banner(self) -> str:
         s = self.settings
         return "\n".join([
@@ -399,123 +236,3 @@ def lake_location(settings: Settings) -> str:
     if parts.password:
         return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
     return settings.catalog_uri
-
-
-def _pidfile(settings: Settings) -> Path:
-    return settings.data_dir / "stack.pid"
-
-
-def supervise(stack: Stack, state_file: Path | None = None) -> int:
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    try:
-        stack.start()
-    except SystemExit as exc:
-        if state_file:
-            state_file.write_text(json.dumps({"state": "failed", "error": str(exc)}))
-        raise
-    print(stack.banner(), flush=True)
-    if state_file:
-        state_file.write_text(json.dumps({"state": "ready", "pid": os.getpid()}))
-    try:
-        while not stopping:
-            stack.watch_once()
-            time.sleep(0.5)
-    finally:
-        _say("shutting down")
-        stack.stop()
-        if state_file:
-            state_file.unlink(missing_ok=True)
-        _say("stopped")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Run the usersignals local stack.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run in the foreground with the event generator (Ctrl-C stops)")
-    run.add_argument("--rate", type=float, default=1000.0, help="generator events per second")
-    run.add_argument("--no-generator", action="store_true")
-    run.add_argument("--trino", action="store_true", help="also run Trino over the lake")
-    up = sub.add_parser("up", help="start in the background")
-    up.add_argument("--generator", action="store_true", help="also run the event generator")
-    up.add_argument("--rate", type=float, default=1000.0)
-    up.add_argument("--trino", action="store_true", help="also run Trino over the lake")
-    sub.add_parser("down", help="stop the background stack")
-    sub.add_parser("status", help="is the background stack running?")
-    sub.add_parser("supervise", help=argparse.SUPPRESS).add_argument("--generator", action="store_true")
-    sub.choices["supervise"].add_argument("--rate", type=float, default=1000.0)
-    sub.choices["supervise"].add_argument("--trino", action="store_true")
-    args = p.parse_args(argv)
-    settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    pidfile = _pidfile(settings)
-
-    if args.cmd == "run":
-        return supervise(Stack(settings, with_generator=not args.no_generator, generator_rate=args.rate,
-                               with_trino=args.trino))
-    if args.cmd == "supervise":
-        return supervise(Stack(settings, with_generator=args.generator, generator_rate=args.rate,
-                               with_trino=args.trino), pidfile)
-    if args.cmd == "up":
-        if pidfile.exists():
-            print(f"the stack is already running (state in {pidfile}); `make down` first")
-            return 1
-        settings.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(settings.log_dir / "stack.log", "ab")
-        cmd = [sys.executable, "-m", "infra.stack", "supervise", "--rate", str(args.rate)]
-        if args.generator:
-            cmd.append("--generator")
-        if args.trino:
-            cmd.append("--trino")
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_s = 240 + (trino.STARTUP_TIMEOUT_S if args.trino else 0)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if pidfile.exists():
-                state = json.loads(pidfile.read_text() or "{}")
-                if state.get("state") == "ready":
-                    print(Stack(settings, with_trino=args.trino).banner())
-                    print("stop it with `make down`")
-                    return 0
-                if state.get("state") == "failed":
-                    pidfile.unlink(missing_ok=True)
-                    print(f"the stack failed to start: {state.get('error')}")
-                    return 1
-            if proc.poll() is not None:
-                print(f"the stack failed to start; see {settings.log_dir / 'stack.log'}")
-                pidfile.unlink(missing_ok=True)
-                return 1
-            time.sleep(0.5)
-        print(f"the stack did not become ready in {wait_s:.0f}s; stopping it")
-        os.kill(proc.pid, signal.SIGTERM)
-        return 1
-    if args.cmd == "down":
-        if not pidfile.exists():
-            print("the stack is not running")
-            return 0
-        pid = json.loads(pidfile.read_text() or "{}").get("pid")
-        if pid:
-            try:
-                os.kill(pid, signal.SIGTERM)
-                for _ in range(120):
-                    os.kill(pid, 0)
-                    time.sleep(0.5)
-            except ProcessLookupError:
-                pass
-        pidfile.unlink(missing_ok=True)
-        print("the stack is stopped")
-        return 0
-    if args.cmd == "status":
-        if pidfile.exists():
-            print(pidfile.read_text())
-            return 0
-        print("the stack is not running")
-        return 3
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
