@@ -176,3 +176,12 @@ def test_the_batch_image_puts_the_catalog_jars_where_spark_defaults_loads_them()
     conf = dict(line.split(None, 1) for line in (K8S / "spark-defaults.conf").read_text().splitlines()
                 if line.strip() and not line.startswith("#"))
     assert conf["spark.driver.extraClassPath"] == conf["spark.executor.extraClassPath"] == f"{jars_dir}/*"
+
+
+@pytest.mark.parametrize("dockerfile,profile", [("streaming.Dockerfile", "flink"), ("batch.Dockerfile", "spark")])
+def test_the_jvm_jars_land_where_the_code_looks_for_them(dockerfile, profile):
+    """Each image copies its infra/pom.xml profile to <repo>/build/jars/<profile> under /opt/usersignals,
+    the repo root of every image: usersignals.settings.jars() finds them there as it does locally."""
+    from usersignals.settings import JARS_DIR
+    dests = {args.split()[-1] for op, args in instructions(IMAGES / dockerfile) if op == "COPY" and "--from=" in args}
+    assert f"/opt/usersignals/{JARS_DIR.relative_to(REPO_ROOT)}/{profile}" in dests, dests
