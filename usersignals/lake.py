@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -157,20 +156,24 @@ def append_rows(catalog, ident: str, rows: list[dict], snapshot_properties: dict
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 8, base_s: float = 0.2) -> T:
-    """Run an Iceberg commit, retrying optimistic-concurrency conflicts.
+    """Run an Iceberg commit, retrying optimistic-concurrency conflicts (``CommitFailedException``) up to
+    ``attempts`` times in all; any other error, or the last conflict, is raised as it is.
 
     ``fn`` must reload the table itself, so every attempt commits against fresh metadata.
     """
+    # Imported here: the streaming environment imports this module for its table names but commits
+    # through Flink, and has neither pyiceberg nor tenacity.
     from pyiceberg.exceptions import CommitFailedException
+    from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            retryable = isinstance(exc, CommitFailedException)
-            if not retryable or attempt == attempts:
-                raise
-            delay = base_s * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s: commit attempt %d failed (%s); retrying in %.2fs", what, attempt, exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    def backoff(state: RetryCallState) -> float:
+        # Doubling from base_s, times a factor in [0.5, 1.5): writers that conflicted do not retry in step.
+        return base_s * 2 ** (state.attempt_number - 1) * (0.5 + random.random())
+
+    def warn(state: RetryCallState) -> None:
+        log.warning("%s: commit attempt %d failed (%s); retrying in %.2fs", what, state.attempt_number,
+                    state.outcome.exception(), state.next_action.sleep)
+
+    retrying = Retrying(retry=retry_if_exception_type(CommitFailedException), stop=stop_after_attempt(attempts),
+                        wait=backoff, before_sleep=warn, reraise=True)
+    return retrying(fn)
