@@ -24,7 +24,7 @@ import uuid
 import orjson
 
 from bench.common import WorkerConn, bench_settings, emit, group_cpu_s, log
-from infra.stack import Stack
+from infra.stack import Stack, metric_sum
 
 ADMIN = f"adm-{uuid.uuid4().hex}"
 KEY = "limits-key"
@@ -122,11 +122,6 @@ async def by_worker(host: str, port: int, workers: int, per_worker: int) -> dict
     return found
 
 
-def in_flight_of(text: str, tenant: str) -> float:
-    prefix = f'usersignals_api_tenant_in_flight{{tenant="{tenant}"}} '
-    return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
-
-
 async def flood(stack: Stack, workers: int, seconds: float, max_rps: float, max_concurrency: int) -> dict:
     s = stack.settings
     body = orjson.dumps({"tenant": "flooded", "user_ids": USERS})
@@ -159,7 +154,7 @@ async def flood(stack: Stack, workers: int, seconds: float, max_rps: float, max_
         async def sample() -> None:
             while loop.time() < end:
                 _, text = await first[4].request("GET", "/metrics")
-                peak[0] = max(peak[0], in_flight_of(text.decode(), "flooded"))
+                peak[0] = max(peak[0], metric_sum(text.decode(), "usersignals_api_tenant_in_flight", tenant="flooded"))
                 await asyncio.sleep(0.05)
 
         await asyncio.gather(*map(send, flooders), sample())

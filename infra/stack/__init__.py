@@ -15,8 +15,8 @@ stack; ``cli`` is the command line; ``probes`` asks a running process about its 
 """
 from infra.stack.cli import main
 from infra.stack.components import CANARY_USER, STREAMING_PY, Stack, lake_location, private_settings
-from infra.stack.probes import free_port, http_ok, metric_total, port_open
+from infra.stack.probes import free_port, http_ok, metric_sum, metric_total, port_open
 from infra.stack.supervisor import Component, Supervisor, supervise
 
 __all__ = ["CANARY_USER", "STREAMING_PY", "Component", "Stack", "Supervisor", "free_port", "http_ok",
-           "lake_location", "main", "metric_total", "port_open", "private_settings", "supervise"]
+           "lake_location", "main", "metric_sum", "metric_total", "port_open", "private_settings", "supervise"]

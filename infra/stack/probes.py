@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -28,14 +30,17 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` (all label sets, or those carrying every one of ``labels``)
+    in a Prometheus text exposition."""
+    return sum((sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == name and labels.items() <= sample.labels.items()), 0.0)
+
+
 def metric_total(port: int, name: str, host: str = "127.0.0.1") -> float | None:
     """Sum of a metric's samples (all label sets) on a Prometheus endpoint; None if unreachable."""
     try:
         text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return None
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric_sum(text, name)

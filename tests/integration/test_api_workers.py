@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from bench.common import WorkerConn
-from infra.stack import Stack, private_settings
+from infra.stack import Stack, metric_sum, private_settings
 from usersignals.kv import SequenceStore, StoredEvent
 from usersignals.registry import load_registry
 
@@ -113,14 +113,6 @@ def test_a_tenant_change_on_one_worker_reaches_the_others_within_about_a_second(
     assert lag <= 2.0, f"the change took {lag:.2f}s to reach the other worker (sync every 1 s)"
 
 
-def metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_a_flooded_tenant_is_held_to_its_limits_across_workers_and_others_are_served(api):
     flood_body = orjson.dumps({"tenant": "flood", "user_ids": USERS})
     quiet_body = orjson.dumps({"tenant": "quiet", "user_ids": USERS[:1]})
@@ -165,7 +157,7 @@ def test_a_flooded_tenant_is_held_to_its_limits_across_workers_and_others_are_se
         async def sample():
             while loop.time() < end:
                 _, raw = await sampler.request("GET", "/metrics")
-                in_flight.append(metric(raw.decode(), "usersignals_api_tenant_in_flight", tenant="flood"))
+                in_flight.append(metric_sum(raw.decode(), "usersignals_api_tenant_in_flight", tenant="flood"))
                 await asyncio.sleep(0.05)
 
         await asyncio.gather(*map(flood, flooders), *map(calm, quiet), sample())
@@ -193,10 +185,10 @@ def test_a_flooded_tenant_is_held_to_its_limits_across_workers_and_others_are_se
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
     assert p95 < 0.25, f"quiet tenant p95 {p95 * 1000:.0f} ms during the flood"
     # (c) /metrics, answered by one worker, counts what both served
-    assert metric(text, "usersignals_api_tenant_requests_total", tenant="flood", outcome="ok") == admitted
-    assert metric(text, "usersignals_api_tenant_requests_total", tenant="flood", outcome="throttled") == refused
-    assert metric(text, "usersignals_api_tenant_requests_total", tenant="quiet", outcome="ok") == len(quiet_results)
-    assert metric(text, "usersignals_api_requests_total", route="/v1/features", status="429") == refused
+    assert metric_sum(text, "usersignals_api_tenant_requests_total", tenant="flood", outcome="ok") == admitted
+    assert metric_sum(text, "usersignals_api_tenant_requests_total", tenant="flood", outcome="throttled") == refused
+    assert metric_sum(text, "usersignals_api_tenant_requests_total", tenant="quiet", outcome="ok") == len(quiet_results)
+    assert metric_sum(text, "usersignals_api_requests_total", route="/v1/features", status="429") == refused
 
 
 def test_a_restart_after_the_api_parent_died_takes_its_orphaned_workers_along(api):
