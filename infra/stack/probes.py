@@ -5,8 +5,6 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -33,6 +31,9 @@ def http_ok(url: str) -> bool:
 def metric_sum(text: str, name: str, **labels: str) -> float:
     """Sum of the samples called ``name`` (all label sets, or those carrying every one of ``labels``)
     in a Prometheus text exposition."""
+    # Imported here: Airflow's environment imports infra.stack (private_settings) and has no prometheus_client.
+    from prometheus_client.parser import text_string_to_metric_families
+
     return sum((sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                 if sample.name == name and labels.items() <= sample.labels.items()), 0.0)
 
