@@ -22,7 +22,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is installed by make install")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is installed by make install")]
 
 
 def http_json(url, body=None, token=None):

@@ -27,6 +27,8 @@ from usersignals import lake
 from usersignals.registry import load_registry
 from usersignals.settings import REPO_ROOT
 
+pytestmark = pytest.mark.integration
+
 UTC = dt.timezone.utc
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
 TODAY = NOW.date()

@@ -17,6 +17,8 @@ import pytest
 from infra.stack import Stack, private_settings
 from usersignals.registry import DEFAULT_REGISTRY_PATH, parse_registry
 
+pytestmark = pytest.mark.integration
+
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 ADMIN_KEY = f"adm-{uuid.uuid4().hex}"
 TENANT_KEY = f"tnt-{uuid.uuid4().hex}"

@@ -14,6 +14,8 @@ from usersignals.kv import SequenceStore
 from usersignals.registry import load_registry, parse_registry
 from usersignals.settings import REPO_ROOT
 
+pytestmark = pytest.mark.integration
+
 DAY = dt.date(2026, 11, 20)
 UTC = dt.timezone.utc
 

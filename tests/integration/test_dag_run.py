@@ -14,6 +14,8 @@ from usersignals.kv import SequenceStore, connect
 from usersignals.registry import load_registry
 from usersignals.settings import REPO_ROOT
 
+pytestmark = pytest.mark.integration
+
 RUN_DAG = """
 import sys
 sys.path.insert(0, {dags!r})

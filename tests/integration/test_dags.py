@@ -1,8 +1,12 @@
 """The DAG checks (tests/dags) in the environment Airflow runs in, as part of this suite."""
 import subprocess
 
+import pytest
+
 from infra.airflow import AIRFLOW_PYTHON
 from usersignals.settings import REPO_ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def test_dag_checks_pass_in_the_airflow_environment():

@@ -6,11 +6,14 @@ import time
 import uuid
 
 import orjson
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from infra.stack import metric_total
 from tests.integration.conftest import now_ms, wait_until
 from usersignals.kv import decode_all
+
+pytestmark = pytest.mark.integration
 
 MB = 1 << 20
 

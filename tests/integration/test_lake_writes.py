@@ -13,6 +13,8 @@ from usersignals import lake
 from usersignals.features import ItemFeatureStore
 from usersignals.kv import connect
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def lake_stack(tmp_path_factory):

@@ -15,6 +15,8 @@ from usersignals import lake, models
 from usersignals.features import ItemFeatureStore
 from usersignals.registry import load_registry
 
+pytestmark = pytest.mark.integration
+
 HOLDOUT = dt.date(2026, 11, 20)
 UTC = dt.timezone.utc
 
