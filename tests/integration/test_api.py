@@ -3,6 +3,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from infra.stack import metric_sum
 from serving.app import create_app
 from serving.feature_log import FeatureLogger
 from usersignals.kv import SequenceStore, StoredEvent
@@ -53,10 +54,17 @@ def test_datasets_health_and_metrics(api, registry):
         d.event_type: d.retention for d in registry.datasets.values()}
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json()["status"] == "ready"
+    before = api.get("/metrics").text
     api.get("/v1/users/u1/events", params={"type": "repin"})
-    text = api.get("/metrics").text
-    assert 'usersignals_api_requests_total{route="/v1/users/{user_id}/events",status="200"}' in text
-    assert "usersignals_api_kv_read_seconds_bucket" in text
+    after = api.get("/metrics").text
+
+    def grew(name, **labels):
+        return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+    # one request served, by its route template (not the user's path), with one timed KV read
+    assert grew("usersignals_api_requests_total", route="/v1/users/{user_id}/events", status="200") == 1
+    assert grew("usersignals_api_requests_total", route="/v1/users/u1/events") == 0
+    assert grew("usersignals_api_kv_read_seconds_count") == 1
 
 
 def test_readiness_reports_an_unreachable_kv(registry, kv_server):

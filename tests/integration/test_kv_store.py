@@ -181,7 +181,7 @@ def test_unknown_dataset_and_bad_limit_are_clear_errors(backend):
 
 
 def test_aggregates_decay_and_take_late_events_without_client_reads(backend):
-    from usersignals.aggregates import HALF_LIFE_MS, AggregateStore, agg_key, decode_state
+    from usersignals.aggregates import HALF_LIFE_MS, TTL_MS, AggregateStore, agg_key, decode_state
 
     kv_client = backend.client
 
@@ -192,4 +192,4 @@ def test_aggregates_decay_and_take_late_events_without_client_reads(backend):
     agg.update([("u", "c1", t0, "click")])                        # late: 3 + 2 * 0.5 = 4
     state = decode_state(kv_client.hgetall(agg_key("t", "u")), t0 + HALF_LIFE_MS)
     assert state["c1"] == pytest.approx(4.0)
-    assert kv_client.pttl(agg_key("t", "u")) > 0
+    assert TTL_MS - 60_000 < kv_client.pttl(agg_key("t", "u")) <= TTL_MS   # renewed by the last update

@@ -1,4 +1,5 @@
 import json
+import os
 
 from bench.common import emit
 
@@ -21,7 +22,9 @@ def test_a_run_is_recorded_with_its_date_commit_and_machine(tmp_path, monkeypatc
     assert [r["result"]["p50_ms"] for r in runs] == [12.5, 13.0]
     run = runs[0]["run"]
     assert run["date"].startswith("20") and len(run["commit"]) == 12
-    assert run["machine"]["cpus"] >= 1 and run["machine"]["mem_gb"] > 0
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    assert run["machine"]["cpus"] == os.cpu_count()
+    assert abs(run["machine"]["mem_gb"] - memory_gb) <= 0.05, (run["machine"], memory_gb)
     assert capsys.readouterr().out.strip().splitlines()[-1] == '{"bench": "freshness", "p50_ms": 13.0}'
 
 

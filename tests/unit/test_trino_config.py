@@ -24,7 +24,9 @@ def load_properties(path):
 def test_node_configs(role):
     config = load_properties(TRINO / role / "config.properties")
     assert config["coordinator"] == ("true" if role == "coordinator" else "false")
-    assert config["discovery.uri"].startswith("http://") and int(config["http-server.http.port"]) > 0
+    coordinator = load_properties(TRINO / "coordinator" / "config.properties")
+    # every node, the coordinator too, finds the coordinator at the port it serves on
+    assert config["discovery.uri"] == f"http://trino-coordinator:{coordinator['http-server.http.port']}"
     node = load_properties(TRINO / role / "node.properties")
     assert {"node.environment", "node.id", "node.data-dir"} <= set(node)
     jvm = (TRINO / role / "jvm.config").read_text().split()
