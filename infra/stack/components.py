@@ -8,13 +8,13 @@ which proves the whole path.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 from infra import kafka, postgres, trino
 from infra.stack.probes import free_port, http_ok, port_open
@@ -30,7 +30,8 @@ def private_settings(data_dir: Path, **over) -> Settings:
     so a running `make up` stack is left alone."""
     ports = {name: free_port() for name in
              ("broker_port", "controller_port", "broker_metrics_port", "kv_port", "postgres_port", "api_port",
-              "job_metrics_port", "node_exporter_port", "prometheus_port", "trino_port")}
+              "job_metrics_port", "trimmer_metrics_port", "airflow_port", "node_exporter_port", "prometheus_port",
+              "trino_port")}
     return load_settings().with_overrides(**{**ports, "data_dir": data_dir, **over})
 
 
@@ -55,7 +56,7 @@ class Stack(Supervisor):
         s = self.settings
         kv_dir = s.data_dir / "kv"
         kv_dir.mkdir(parents=True, exist_ok=True)
-        trimmer_port = int(os.environ.get("USERSIGNALS_TRIMMER_METRICS_PORT", s.job_metrics_port + 1))
+        trimmer_port = s.trimmer_metrics_port
         comps: list[Component] = [
             Component(
                 "broker", kafka.broker_argv(s), ready=lambda: port_open(s.host, s.broker_port),
@@ -85,7 +86,6 @@ class Stack(Supervisor):
             Component(
                 "trimmer", [str(MAIN_PYTHON), "-m", "usersignals.trimmer"],
                 ready=lambda: port_open(s.host, trimmer_port), ports=(trimmer_port,),
-                env={"USERSIGNALS_TRIMMER_METRICS_PORT": str(trimmer_port)},
             ),
             Component(
                 "api", [str(MAIN_PYTHON), "-m", "serving"],
@@ -135,7 +135,9 @@ class Stack(Supervisor):
         """Format Kafka's log dir on first start. A new log has fresh offsets, so the job's
         retained checkpoints (offsets into the old topics) must not be restored."""
         if kafka.format_storage(self.settings):
-            shutil.rmtree(self.settings.data_dir / "checkpoints", ignore_errors=True)
+            checkpoints = urlparse(self.settings.checkpoint_dir)
+            if checkpoints.scheme == "file":   # the job's own (object storage is not the local stack's)
+                shutil.rmtree(checkpoints.path, ignore_errors=True)
 
     def kv_ready(self) -> bool:
         import redis
@@ -173,9 +175,8 @@ class Stack(Supervisor):
         """Produce a canary event and see it come out of the KV layer: the whole path works."""
         from confluent_kafka import Producer
         import orjson
-        import redis
 
-        from usersignals.kv import SequenceStore
+        from usersignals.kv import SequenceStore, connect
         from usersignals.registry import load_registry
 
         s = self.settings
@@ -185,8 +186,8 @@ class Stack(Supervisor):
             self._canary_sent = 0.0
             self._canary_type = next(iter(registry.event_types))
             self._canary_dataset = registry.dataset_for_type(self._canary_type).name
-            self._canary_store = SequenceStore(redis.Redis(host=s.host, port=s.kv_port, socket_timeout=1),
-                                               registry, s.kv_prefix)
+            # Where the job writes: the stack's redis-server, or any KV store settings name (a cluster).
+            self._canary_store = SequenceStore(connect(s, socket_timeout=1), registry, s.kv_prefix)
             self._canary_producer = Producer({"bootstrap.servers": s.broker, "enable.idempotence": True})
         dataset = self._canary_dataset
         try:

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from batch.progress import Progress
-from infra.stack import Stack, free_port, private_settings
+from infra.stack import Stack, private_settings
 from usersignals.settings import REPO_ROOT
 
 from .conftest import wait_until
@@ -24,17 +24,12 @@ def get(url):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    settings = private_settings(tmp_path_factory.mktemp("obs"))
-    trimmer = free_port()
-    import os
-    os.environ["USERSIGNALS_TRIMMER_METRICS_PORT"] = str(trimmer)
-    s = Stack(settings)
+    s = Stack(private_settings(tmp_path_factory.mktemp("obs")))   # the trimmer's port among its free ports
     try:
         s.start()
         yield s
     finally:
         s.stop()
-        del os.environ["USERSIGNALS_TRIMMER_METRICS_PORT"]
 
 
 def test_prometheus_scrapes_every_component_and_loads_the_rules(stack):
@@ -54,9 +49,7 @@ def test_prometheus_scrapes_every_component_and_loads_the_rules(stack):
 
 def test_every_metrics_endpoint_passes_promtool(stack):
     s = stack.settings
-    import os
-    ports = {"api": s.api_port, "indexer": s.job_metrics_port,
-             "trimmer": int(os.environ["USERSIGNALS_TRIMMER_METRICS_PORT"])}
+    ports = {"api": s.api_port, "indexer": s.job_metrics_port, "trimmer": s.trimmer_metrics_port}
     for name, port in ports.items():
         text = get(f"http://{s.host}:{port}/metrics")
         assert "usersignals_" in text, name

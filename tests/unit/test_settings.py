@@ -122,3 +122,47 @@ def test_every_setting_has_a_one_line_help_and_its_own_variable():
     assert len({_var(f.name) for f in fields}) == len(fields)
     assert _var("kv_url") == "USERSIGNALS_KV_URL" and _var("registry_path") == "USERSIGNALS_REGISTRY"
 
+
+
+# Variables of other tools' own, read where they are used (not deployment settings).
+NOT_SETTINGS = {
+    "USERSIGNALS_TRINO_JAVA_HOME": "infra/trino.py: the JDK that runs the local Trino server",
+    "USERSIGNALS_BENCH_RECORD": "bench/common.py: whether a benchmark run is appended to bench/results",
+    "USERSIGNALS_KEEP_DATA": "bench/faults.py: keep the fault run's data directory for a post-mortem",
+}
+
+
+def test_nothing_outside_settings_reads_usersignals_variables():
+    """The platform's parts take USERSIGNALS_* through Settings, never from the environment."""
+    import re
+
+    from usersignals.settings import REPO_ROOT
+
+    reads = re.compile(r"""(environ(\.get)?\s*[\[(]|getenv\s*\()\s*["']USERSIGNALS_""")
+    offenders = [str(path.relative_to(REPO_ROOT))
+                 for part in ("usersignals", "serving", "streaming", "batch", "infra", "analytics", "dags")
+                 for path in sorted((REPO_ROOT / part).rglob("*.py"))
+                 if path.name != "settings.py" and reads.search(path.read_text())]
+    assert offenders == []
+
+
+def test_every_usersignals_variable_the_code_names_is_a_setting():
+    """Settings is the one reader of USERSIGNALS_*: a variable named anywhere else in the code
+    (read behind Settings' back, or set for a child) must be a Settings field's."""
+    import ast
+    import dataclasses
+
+    from usersignals.settings import REPO_ROOT, _var
+
+    known = {_var(f.name) for f in dataclasses.fields(Settings)} | set(NOT_SETTINGS)
+    unknown = []
+    for part in ("usersignals", "serving", "streaming", "batch", "infra", "analytics", "dags", "bench"):
+        for path in sorted((REPO_ROOT / part).rglob("*.py")):
+            if path.name == "settings.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and node.value.startswith("USERSIGNALS_") and node.value.rstrip("_").isupper()
+                        and " " not in node.value and node.value not in known):
+                    unknown.append((str(path.relative_to(REPO_ROOT)), node.value))
+    assert unknown == []
