@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from infra.stack import Stack, free_port, private_settings
+from infra.stack import Stack, private_settings
 from usersignals.kv import SequenceStore, StoredEvent, connect
 
 from .conftest import wait_until
@@ -16,10 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def kv_and_trimmer(tmp_path, monkeypatch):
-    monkeypatch.setenv("USERSIGNALS_TRIMMER_METRICS_PORT", str(free_port()))
-    monkeypatch.setenv("USERSIGNALS_TRIM_INTERVAL_S", "0.2")
-    stack = Stack(private_settings(tmp_path), components=("kv", "trimmer"))
+def kv_and_trimmer(tmp_path):
+    # private_settings gives the trimmer a free metrics port; the stack hands both to its process
+    stack = Stack(private_settings(tmp_path, trim_interval_s=0.2), components=("kv", "trimmer"))
     stack.start()
     yield stack
     stack.stop()
