@@ -71,6 +71,30 @@ def test_events_go_through_the_job_into_the_cluster_and_out_of_the_api(cluster_s
         assert [e["event_id"] for e in served] == [f"{u}-{n}" for n in (2, 1, 0)]
 
 
+def test_item_features_spread_over_the_masters_are_joined_into_model_ready_arrays(cluster_stack, store):
+    """The home-feed tenant's embeddings come from item keys on every master (MGET split by slot)."""
+    from usersignals.features import ItemFeatureStore
+    from usersignals.models import EMBEDDING_DIM
+
+    s = cluster_stack.settings
+    user, items = new_user(), [f"emb-item-{n}" for n in range(8)]
+    vectors = {i: [float(n)] * EMBEDDING_DIM for n, i in enumerate(items, start=1)}
+    features_store = ItemFeatureStore(connect(s), s.kv_prefix)
+    assert len({store.client.get_node_from_key(features_store.key(i)).name for i in items}) >= 2
+    features_store.put_many({i: {"category": "c1", "embedding": v} for i, v in vectors.items()})
+    t = now_ms() - 30_000
+    producer = Producer(s)
+    for n, item in enumerate(items):
+        producer.send(event(user, n, t + n * 1000, "click", item=item))
+    producer.flush()
+    wait_until(lambda: store.length("clicks", user) == len(items), message=f"{user}'s clicks in the cluster")
+    r = httpx.post(f"http://{s.host}:{s.api_port}/v1/features", headers={"X-API-Key": "homefeed-dev-key"},
+                   json={"tenant": "homefeed_ranking", "user_ids": [user]}, timeout=5)
+    assert r.status_code == 200, r.text
+    served = r.json()["arrays"]["clicks.embedding"][0][:len(items)]   # newest first
+    assert served == [vectors[i] for i in reversed(items)]
+
+
 def test_the_trimmer_trims_the_cluster(cluster_stack, store, registry):
     s = cluster_stack.settings
     keep = registry.datasets["clicks"].retention
