@@ -152,7 +152,7 @@ ENTRY_POINTS = python_entry_points()
 
 
 def test_the_manifests_run_the_api_the_trimmer_and_the_job():
-    assert {m for _, m, _ in ENTRY_POINTS} == {"serving", "usersignals.trimmer", "streaming.job"}
+    assert {m for _, m, _ in ENTRY_POINTS} == {"serving", "usersignals.trimmer", "streaming.job", "iceberg_schemas"}
 
 
 @pytest.mark.parametrize("manifest,module,args", ENTRY_POINTS)
@@ -193,9 +193,13 @@ def test_spark_defaults_mount_the_same_catalog_as_local_spark():
     keys = {"spark.sql.extensions", "spark.sql.catalog.lake", "spark.sql.catalog.lake.type",
             "spark.sql.catalog.lake.uri", "spark.sql.catalog.lake.warehouse", "spark.sql.defaultCatalog"}
     assert keys <= set(conf)
-    assert conf["spark.sql.catalog.lake.type"] == "rest" and conf["spark.sql.defaultCatalog"] == "lake"
-    assert conf["spark.sql.catalog.lake"] == "org.apache.iceberg.spark.SparkCatalog"
-    assert conf["spark.sql.catalog.lake.uri"] == load_settings(config_map("usersignals-settings")["data"]).lake_catalog_uri
+    from usersignals import lake
+    local = lake.spark_conf(load_settings(config_map("usersignals-settings")["data"]))
+    for key in ("spark.sql.catalog.lake", "spark.sql.catalog.lake.type", "spark.sql.catalog.lake.uri",
+                "spark.sql.catalog.lake.jdbc.schema-version", "spark.sql.catalog.lake.jdbc.init-catalog-tables",
+                "spark.sql.catalog.lake.warehouse", "spark.sql.catalog.lake.cache-enabled", "spark.sql.defaultCatalog"):
+        assert conf[key] == local[key], key
+    assert conf["spark.kubernetes.driverEnv.USERSIGNALS_LAKE_CATALOG_TYPE"] == "sql"
 
 
 def test_airflow_values_point_spark_at_kubernetes_and_mount_the_registry():

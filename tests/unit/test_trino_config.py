@@ -33,17 +33,14 @@ def test_node_configs(role):
     assert any(opt.startswith("-Xmx") for opt in jvm) and "-XX:+ExitOnOutOfMemoryError" in jvm
 
 
-@pytest.mark.parametrize("name", ["lake.properties", "lake-jdbc.properties.example"])
-def test_iceberg_catalog_points_at_the_platform_catalog(name):
-    props = load_properties(TRINO / "coordinator" / "catalog" / name)
+def test_iceberg_catalog_is_the_platform_jdbc_catalog():
+    # The JDBC catalog on PostgreSQL that the job, Spark and pyiceberg write (infra/k8s/lake-catalog.yaml)
+    props = load_properties(TRINO / "coordinator" / "catalog" / "lake.properties")
     assert props["connector.name"] == "iceberg"
-    kind = props["iceberg.catalog.type"]
-    assert kind in ("rest", "jdbc")
-    if kind == "rest":
-        assert props["iceberg.rest-catalog.uri"] == "${ENV:USERSIGNALS_LAKE_CATALOG_URI}"
-    else:
-        assert props["iceberg.jdbc-catalog.catalog-name"] == "lake"  # the name Spark and pyiceberg use
-        assert "iceberg.jdbc-catalog.connection-url" in props
+    assert props["iceberg.catalog.type"] == "jdbc"
+    assert props["iceberg.jdbc-catalog.catalog-name"] == "lake"  # the name Spark and pyiceberg use
+    assert props["iceberg.jdbc-catalog.driver-class"] == "org.postgresql.Driver"
+    assert props["iceberg.jdbc-catalog.default-warehouse-dir"] == "${ENV:USERSIGNALS_LAKE_WAREHOUSE}"
     assert props["iceberg.security"] == "read_only"
 
 
