@@ -2,7 +2,8 @@
 
 Configs start from the registry file (version 1). ``TenantDirectory.put`` validates a new
 config with the registry's own rules, gives it the next version and stores it in the KV
-layer (``{p}:tenants`` hash, history in ``{p}:tenants:history:<name>``), so every API
+layer (``{{p}:tenants}`` hash, history in ``{{p}:tenants}:history:<name>``: one hash tag, so the
+write is one transaction on a Redis Cluster too), so every API
 process picks it up within ``sync_interval_s``. A request holds the config object it
 started with, so a swap never affects requests in flight. The limits each config sets
 (``max_concurrency``, ``max_rps``) are enforced by serving/limits.py.
@@ -45,8 +46,11 @@ class TenantDirectory:
     def __init__(self, registry: Registry, aclient=None, prefix: str = "us"):
         self.registry = registry
         self.client = aclient
-        self.key = f"{prefix}:tenants"
-        self.history_prefix = f"{prefix}:tenants:history:"
+        # One hash tag: the config and its history share a slot, so put() is one transaction on a cluster.
+        self.key = f"{{{prefix}:tenants}}"
+        self.history_prefix = f"{{{prefix}:tenants}}:history:"
+        # Where configs were stored before the hash tag; read once, on the first sync (see sync()).
+        self.legacy_key: str | None = f"{prefix}:tenants"
         now = time.time()
         self._configs = {n: TenantConfig(t, 1, now) for n, t in registry.tenants.items()}
         self._lock = asyncio.Lock()
@@ -86,6 +90,12 @@ class TenantDirectory:
         if self.client is None:
             return 0
         stored = await self.client.hgetall(self.key)
+        if self.legacy_key is not None:
+            # Configs stored under the old key (before the hash tag) are still served; a newer
+            # version under the new key wins, and the next put() stores them there.
+            legacy = await self.client.hgetall(self.legacy_key)
+            stored = {**{n: r for n, r in legacy.items() if n not in stored}, **stored}
+            self.legacy_key = None
         changed = 0
         for raw_name, raw in stored.items():
             name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name

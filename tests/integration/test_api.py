@@ -77,3 +77,36 @@ def test_readiness_reports_an_unreachable_kv(registry, kv_server):
         assert client.get("/readyz").status_code == 503
         r = client.get("/v1/users/u1/events", params={"type": "repin"})
         assert r.status_code == 503 and "KV layer unavailable" in r.json()["message"]
+
+
+def test_tenant_configs_stored_before_the_hash_tag_are_still_served(registry, kv_server):
+    """Configs a previous release stored under ``{p}:tenants`` (no hash tag) are adopted on the first
+    sync; a newer version under ``{{p}:tenants}`` wins, and the next put stores under the new key."""
+    import asyncio
+
+    import orjson
+    import redis.asyncio as aioredis
+
+    from serving.tenants import TenantDirectory
+    from usersignals.registry import tenant_to_dict
+
+    async def scenario():
+        client = aioredis.Redis.from_url(kv_server.settings.kv_url)
+        prefix = "legacy-test"
+        old = tenant_to_dict(registry.tenants["search_ranking"]) | {"sequences": {"searches": 3}}
+        await client.hset(f"{prefix}:tenants", "search_ranking",
+                          orjson.dumps({"version": 4, "updated_at": 1.0, "config": old}))
+        directory = TenantDirectory(registry, client, prefix)
+        assert await directory.sync() == 1
+        assert directory.get("search_ranking").version == 4
+        assert dict(directory.get("search_ranking").tenant.sequences) == {"searches": 3}
+        cfg = await directory.put("search_ranking", {"sequences": {"searches": 5}})
+        assert cfg.version == 5
+        assert await client.hexists("{legacy-test:tenants}", "search_ranking")
+        assert [h["version"] for h in await directory.history("search_ranking")] == [5]
+        fresh = TenantDirectory(registry, client, prefix)  # another API process starting now
+        await fresh.sync()
+        assert fresh.get("search_ranking").version == 5
+        await client.aclose()
+
+    asyncio.run(scenario())

@@ -139,3 +139,23 @@ def test_a_spark_batch_load_writes_to_the_cluster(cluster_stack, store):
                                                                                               f"{u}-batch-0"]
     assert [e["event_id"] for e in features(s, users[0])["sequences"]["clicks"]] == [f"{users[0]}-batch-1",
                                                                                    f"{users[0]}-batch-0"]
+
+
+def test_a_tenant_change_is_one_transaction_on_the_cluster(cluster_stack, store):
+    """PUT /v1/tenants writes the config and its history in one MULTI: both keys share a hash tag.
+    (Last in this module: it changes the tenant the other tests serve.)"""
+    s = cluster_stack.settings
+    base, admin = f"http://{s.host}:{s.api_port}", {"X-Admin-Key": s.admin_key}
+    r = httpx.put(f"{base}/v1/tenants/{TENANT}", headers=admin, timeout=5,
+                  json={"sequences": {"clicks": 1}, "filters": {"surfaces": [SURFACE]}})
+    assert r.status_code == 200, r.text
+    version = r.json()["version"]
+    user, t = new_user(), now_ms() - 60_000
+    producer = Producer(s)
+    for n in range(3):
+        producer.send(event(user, n, t + n * 1000, "click", item=f"item-{n}", surface=SURFACE))
+    producer.flush()
+    wait_until(lambda: store.length("clicks", user) == 3, message=f"{user}'s clicks in the cluster")
+    assert [e["event_id"] for e in features(s, user)["sequences"]["clicks"]] == [f"{user}-2"]
+    history = httpx.get(f"{base}/v1/tenants/{TENANT}/versions", headers=admin, timeout=5).json()["versions"]
+    assert [h["version"] for h in history] == [version]
