@@ -7,7 +7,7 @@
     analytics show daily_active_users [--dialect duckdb]   the SQL as written (or as transpiled)
 
 SQL is Trino's dialect. With ``USERSIGNALS_TRINO_HOST`` set it runs on that Trino server; else
-on the local Trino if one answers at ``USERSIGNALS_HOST:USERSIGNALS_TRINO_PORT`` (``make trino``,
+on the local Trino if one answers at ``USERSIGNALS_BIND_HOST:USERSIGNALS_TRINO_PORT`` (``make trino``,
 ``make up TRINO=1``); otherwise on the embedded engine over the local lake. The engine that ran
 is printed on stderr (and is a field of ``--format json``).
 """

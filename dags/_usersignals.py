@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from urllib.parse import urlsplit
 
 from airflow.sdk import Asset
 
@@ -29,10 +30,12 @@ ENRICHED_EVENTS = table_asset(lake.ENRICHED_EVENTS)
 ENRICHED_BY_TYPE = {t: table_asset(f"{lake.ENRICHED_EVENTS}/event_type={t}") for t in REGISTRY.event_types}
 ITEM_EMBEDDINGS = table_asset(lake.ITEM_EMBEDDINGS)
 MODEL_RUNS = table_asset(lake.MODEL_RUNS)
-KV_EMBEDDINGS = Asset(f"redis://{SETTINGS.host}:{SETTINGS.kv_port}/{SETTINGS.kv_prefix}/model/embeddings", group="kv")
+# The KV layer's assets are named by the node settings.kv_url names (no credentials), not the bind host.
+_KV = urlsplit(SETTINGS.kv_url)
+KV_ROOT = f"redis://{_KV.hostname}:{_KV.port or 6379}/{SETTINGS.kv_prefix}"
+KV_EMBEDDINGS = Asset(f"{KV_ROOT}/model/embeddings", group="kv")
 ITEM_FEATURES = table_asset(lake.ITEM_FEATURES)
-KV_ITEM_FEATURES = Asset(f"redis://{SETTINGS.host}:{SETTINGS.kv_port}/{SETTINGS.kv_prefix}/item_features",
-                         group="kv")
+KV_ITEM_FEATURES = Asset(f"{KV_ROOT}/item_features", group="kv")
 
 DEFAULT_ARGS = {
     "owner": "usersignals",

@@ -46,9 +46,8 @@ ICEBERG_PLUGIN = ARCHIVES / f"trino-iceberg-{VERSION}.zip"
 CLI_JAR = ARCHIVES / f"trino-cli-{VERSION}-executable.jar"
 BUILD_DIR = REPO_ROOT / "build" / "trino"
 TEMPLATES = REPO_ROOT / "infra" / "trino" / "local"
-# Trino 476 runs on Java 24+; Temurin's JDK, which Trino is tested with. USERSIGNALS_TRINO_JAVA_HOME
-# overrides the search.
-JAVA_HOME_ENV = "USERSIGNALS_TRINO_JAVA_HOME"
+# Trino 476 runs on Java 24+; Temurin's JDK, which Trino is tested with. The setting trino_java_home
+# (USERSIGNALS_TRINO_JAVA_HOME) overrides the search.
 MIN_JAVA = 24
 STARTUP_TIMEOUT_S = 180.0
 
@@ -111,18 +110,18 @@ def _java_major(home: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
-def java_home() -> Path:
-    """A JDK that runs Trino: $USERSIGNALS_TRINO_JAVA_HOME, else the newest Temurin 24+ in /usr/lib/jvm."""
-    if os.environ.get(JAVA_HOME_ENV):
-        home = Path(os.environ[JAVA_HOME_ENV])
+def java_home(settings: Settings) -> Path:
+    """A JDK that runs Trino: the setting trino_java_home, else the newest Temurin 24+ in /usr/lib/jvm."""
+    if settings.trino_java_home:
+        home = Path(settings.trino_java_home)
         if _java_major(home) < MIN_JAVA:
-            raise SystemExit(f"{JAVA_HOME_ENV}={home}: Trino {VERSION} needs Java {MIN_JAVA}+")
+            raise SystemExit(f"trino_java_home (USERSIGNALS_TRINO_JAVA_HOME) is {home}: Trino {VERSION} needs Java {MIN_JAVA}+")
         return home
     found = sorted((p for p in Path("/usr/lib/jvm").glob("*") if p.is_dir() and _java_major(p) >= MIN_JAVA),
                    key=lambda p: (_java_major(p), "temurin" in p.name))
     if not found:
         raise SystemExit(f"Trino {VERSION} needs Java {MIN_JAVA}+ (Temurin 25 in /usr/lib/jvm/temurin-25-jdk-amd64); "
-                         f"none found, set {JAVA_HOME_ENV}")
+                         "none found, set USERSIGNALS_TRINO_JAVA_HOME")
     return found[-1]
 
 
@@ -212,12 +211,12 @@ def render_config(settings: Settings) -> Path:
 
 
 def argv(settings: Settings) -> list[str]:
-    """The server in the foreground: the launcher's ``run`` execs the JVM of ``java_home()``
+    """The server in the foreground: the launcher's ``run`` execs the JVM of ``java_home(settings)``
     (SIGTERM stops it). Unpacks and renders the configuration first."""
     home = ensure_unpacked()
     etc = render_config(settings)
     return [str(home / "bin" / "launcher"), "run", f"--etc-dir={etc}", f"--data-dir={data_dir(settings)}",
-            f"--jvm-dir={java_home()}"]
+            f"--jvm-dir={java_home(settings)}"]
 
 
 def url(settings: Settings) -> str:
@@ -263,7 +262,7 @@ def ready(settings: Settings) -> bool:
 def cli_argv(settings: Settings) -> list[str]:
     """The Trino CLI (executable jar) on the server, the lake's catalog and schema."""
     # (JLine loads its native terminal library: allowed, so Java 25 does not warn about it.)
-    return [str(java_home() / "bin" / "java"), "--enable-native-access=ALL-UNNAMED", "-jar", str(CLI_JAR),
+    return [str(java_home(settings) / "bin" / "java"), "--enable-native-access=ALL-UNNAMED", "-jar", str(CLI_JAR),
             "--server", url(settings), "--user", settings.trino_user, "--catalog", settings.lake_catalog, "--schema", settings.lake_namespace]
 
 
@@ -317,7 +316,7 @@ def main(argv_: list[str] | None = None) -> int:
     if args.cmd == "cli":  # further arguments go to the CLI (e.g. --execute "SELECT ...")
         if not CLI_JAR.exists():
             raise SystemExit(f"{CLI_JAR} is missing; run `make install`")
-        os.execv(str(java_home() / "bin" / "java"), cli_argv(settings) + rest)
+        os.execv(str(java_home(settings) / "bin" / "java"), cli_argv(settings) + rest)
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.cmd == "config":

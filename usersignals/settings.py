@@ -101,7 +101,7 @@ class Settings:
     topic_retention_mb: int = setting(4096, "Retention (MiB per partition) of every topic, whichever comes first.")
     # --- Airflow ----------------------------------------------------------------------------------
     airflow_db_url: str = setting("", "Airflow's SQLAlchemy URL; empty: the 'airflow' database of the stack's PostgreSQL.")
-    # --- the indexing job (Flink); the defaults favour latency (see README "Tuning") ---------------
+    # --- the indexing job (Flink); the defaults favour latency (docs/operations/tuning.md) ---------------
     consumer_group: str = setting("usersignals-indexer", "Kafka consumer group of the indexing job.")
     kv_prefix: str = setting("us", "Prefix of every KV key.")
     parallelism: int = setting(2, "Parallelism of the indexing job (at most the events topic's partitions).")
@@ -130,6 +130,8 @@ class Settings:
                                   "else the embedded engine.")
     trino_port: int = setting(8081, "Trino's port (Airflow has 8080).")
     trino_user: str = setting("usersignals", "User name the analytics client gives Trino.")
+    trino_java_home: str = setting("", "The JDK that runs the local Trino server (Java 24+); empty: the newest "
+                                       "such JDK in /usr/lib/jvm (Temurin preferred).")
 
     def __post_init__(self):
         # Empty peer addresses and directories follow the local stack (bind_host, ports, data_dir),

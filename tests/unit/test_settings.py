@@ -126,7 +126,6 @@ def test_every_setting_has_a_one_line_help_and_its_own_variable():
 
 # Variables of other tools' own, read where they are used (not deployment settings).
 NOT_SETTINGS = {
-    "USERSIGNALS_TRINO_JAVA_HOME": "infra/trino.py: the JDK that runs the local Trino server",
     "USERSIGNALS_BENCH_RECORD": "bench/common.py: whether a benchmark run is appended to bench/results",
     "USERSIGNALS_KEEP_DATA": "bench/faults.py: keep the fault run's data directory for a post-mortem",
 }

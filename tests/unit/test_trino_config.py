@@ -136,7 +136,7 @@ def test_local_server_command(local_settings, monkeypatch):
     from infra import trino
 
     monkeypatch.setattr(trino, "ensure_unpacked", lambda: trino.install_dir())
-    monkeypatch.setattr(trino, "java_home", lambda: trino.Path("/jdk"))
+    monkeypatch.setattr(trino, "java_home", lambda settings: trino.Path("/jdk"))
     argv = trino.argv(local_settings)
     assert argv[:2] == [str(trino.install_dir() / "bin" / "launcher"), "run"]  # foreground: SIGTERM stops it
     assert f"--etc-dir={local_settings.data_dir / 'trino' / 'etc'}" in argv and "--jvm-dir=/jdk" in argv
