@@ -1,6 +1,6 @@
-"""The PyFlink operator around ``Indexer``: records in; one row per indexed event (main output:
-the lake's raw_events and enriched_events) and dead letters (side output: the DLQ topic and
-dead_letters) out; KV writes per bundle."""
+"""The PyFlink operator around ``Indexer``: records in; one row per well-formed event (main
+output: the lake's raw_events, and enriched_events for the indexed ones) and dead letters (side
+output: the DLQ topic and dead_letters) out; KV writes per bundle."""
 from __future__ import annotations
 
 from pyflink.common import Row
@@ -8,7 +8,7 @@ from pyflink.common.typeinfo import Types
 from pyflink.datastream import OutputTag, ProcessFunction
 
 from streaming import bundle
-from streaming.indexer import Rejection
+from streaming.indexer import Rejection, Unindexed
 
 # (key, value, reason, detail, source_topic, partition, offset): DeadLetterSerializer's input.
 DLQ_TYPE = Types.ROW_NAMED(
@@ -94,6 +94,11 @@ class IndexEvents(ProcessFunction):
         if isinstance(out, Rejection):
             yield DLQ_TAG, Row(key, payload if payload is not None else b"", out.reason,
                                out.detail, self.source_topic, partition, offset)
+        elif isinstance(out, Unindexed):
+            # No dataset: raw_events keeps it, enriched_events skips it (streaming.lake_sql).
+            e = out.event
+            yield Row(e.event_id, e.user_id, e.event_type, e.item_id, e.ts, e.surface, e.dwell_ms, e.query,
+                      None, out.received_at_ms, partition, offset, *(None for _ in self.feature_fields))
         else:
             e, feats = out.event, out.features
             yield Row(e.event_id, e.user_id, e.event_type, e.item_id, e.ts, e.surface, e.dwell_ms, e.query,

@@ -2,7 +2,9 @@
 
 ``Indexer.accept`` validates and enriches one raw record: it returns the rejection for the
 DLQ, or the enriched event (which the Flink operator also emits, for the lake) and buffers
-it; item features come from a cache, a miss costs one lookup. ``Indexer.flush`` writes the
+it; item features come from a cache, a miss costs one lookup. A well-formed event of a type
+the registry does not index is neither: it is returned as ``Unindexed`` (kept in raw_events,
+counted by type) and never reaches the KV layer. ``Indexer.flush`` writes the
 buffered batch to the KV layer in one pipelined round trip. The Flink operator calls
 ``flush`` at the end of every bundle, which Flink completes before each checkpoint, so an
 event whose offset is committed is already in the KV layer.
@@ -37,6 +39,14 @@ class Indexed:
     dataset: str
     features: dict
     indexed_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unindexed:
+    """A well-formed event of a type no dataset is registered for: kept in the lake's raw
+    history (a dataset registered later is bootstrapped from it), not indexed."""
+    event: Event
+    received_at_ms: int
 
 
 def enriched_record(event: Event, dataset: str, features: dict, indexed_at_ms: int) -> bytes:
@@ -75,17 +85,23 @@ class Indexer:
             for ds in [registry.dataset_for_type(et)]
         }
 
-    def accept(self, key: bytes | None, value: bytes | None, appended_ms: int | None = None) -> Rejection | Indexed:
-        """Validate and enrich one record: buffer it for the KV write and return it, or return
-        why it belongs in the DLQ. ``appended_ms`` is the record's broker timestamp (epoch ms),
-        from which the ingestion lag is measured once the event is written."""
+    def accept(self, key: bytes | None, value: bytes | None,
+               appended_ms: int | None = None) -> Rejection | Indexed | Unindexed:
+        """Validate and enrich one record: buffer it for the KV write and return it, return why
+        it belongs in the DLQ, or (a type no dataset is registered for) return it unindexed.
+        ``appended_ms`` is the record's broker timestamp (epoch ms), from which the ingestion
+        lag is measured once the event is written."""
         self.metrics.events_in.inc()
         now_ms = int(self.clock() * 1000)
         try:
-            event = parse_event(value, key, self._fields, now_ms, self.limits)
+            # Any well-formed type: the registry decides what is indexed, not what is kept.
+            event = parse_event(value, key, None, now_ms, self.limits)
         except InvalidEvent as exc:
             self.metrics.dlq(exc.reason)
             return Rejection(exc.reason, exc.detail)
+        if event.event_type not in self._fields:
+            self.metrics.unindexed(event.event_type)
+            return Unindexed(event, now_ms)
         dataset, fields = self._fields[event.event_type]
         item = self.features.get_one(event.item_id)
         if item is None:

@@ -19,7 +19,9 @@ from usersignals.settings import Settings
 
 # (name, Flink type) of the one row the Python operator emits per valid event, which both
 # raw_events and enriched_events are filled from (then come the item-feature columns). Times are
-# epoch milliseconds; the INSERTs turn them into the tables' timestamptz columns.
+# epoch milliseconds; the INSERTs turn them into the tables' timestamptz columns. An event of a
+# type no dataset is registered for has no dataset (NULL): raw_events keeps it, enriched_events
+# (the indexed events) does not.
 INDEXED_FIELDS = (("event_id", "STRING"), ("user_id", "STRING"), ("event_type", "STRING"), ("item_id", "STRING"),
                   ("event_time_ms", "BIGINT"), ("surface", "STRING"), ("dwell_ms", "BIGINT"), ("query", "STRING"),
                   ("dataset", "STRING"), ("indexed_at_ms", "BIGINT"), ("kafka_partition", "INT"),
@@ -73,7 +75,7 @@ def enriched_insert(settings: Settings, view: str, features: list[str]) -> str:
     return (f"INSERT INTO {table_path(settings, lake.ENRICHED_EVENTS)} {write_options(settings)}\n"
             f"SELECT event_id, user_id, event_type, item_id, {_ts('event_time_ms')} AS event_time, surface, "
             f"dwell_ms, `query`, dataset, {_ts('indexed_at_ms')} AS indexed_at, 'stream' AS enriched_by{feats}\n"
-            f"FROM {view}")
+            f"FROM {view}\nWHERE dataset IS NOT NULL")
 
 
 def dlq_insert(settings: Settings, view: str) -> str:

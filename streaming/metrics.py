@@ -12,6 +12,10 @@ from usersignals.events import REASONS
 _LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 _SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000)
+# Distinct event_type labels of the unindexed counter per worker; later types share OTHER_EVENT_TYPES,
+# which no registered type can be named (registry names are [a-z][a-z0-9_]*).
+MAX_UNINDEXED_TYPES = 100
+OTHER_EVENT_TYPES = "(other)"
 
 
 class IndexerMetrics:
@@ -25,6 +29,9 @@ class IndexerMetrics:
                                         "Events indexed with empty enrichment: item had no features.", **kw)
         self._dlq = Counter("usersignals_indexer_dlq_total",
                             "Records sent to the dead-letter topic, by reason.", ["reason"], **kw)
+        self._unindexed = Counter("usersignals_indexer_unindexed_events_total",
+                                  "Well-formed events of a type no dataset is registered for: kept in raw_events, "
+                                  "not indexed, by event type.", ["event_type"], **kw)
         self._kv_writes = Counter("usersignals_indexer_kv_writes_total",
                                   "Events written to the KV layer, by dataset.", ["dataset"], **kw)
         # How old events are when indexed: late events (valid up to an hour by the event contract)
@@ -56,9 +63,22 @@ class IndexerMetrics:
         # Children created up front so every reason shows as 0 before the first rejection.
         self._dlq_children = {r: self._dlq.labels(r) for r in REASONS}
         self._kv_children: dict = {}
+        self._unindexed_children: dict = {}
 
     def dlq(self, reason: str) -> None:
         self._dlq_children[reason].inc()
+
+    def unindexed(self, event_type: str) -> None:
+        child = self._unindexed_children.get(event_type)
+        if child is None:
+            # Types come from producers, not the registry: past a bound, one label for the rest,
+            # so a stream of made-up types cannot grow the metric without limit.
+            if len(self._unindexed_children) >= MAX_UNINDEXED_TYPES:
+                event_type = OTHER_EVENT_TYPES
+                child = self._unindexed_children.get(event_type)
+            if child is None:
+                child = self._unindexed_children[event_type] = self._unindexed.labels(event_type)
+        child.inc()
 
     def kv_writes(self, dataset: str, n: int = 1) -> None:
         child = self._kv_children.get(dataset)

@@ -8,6 +8,11 @@ Key = user_id (UTF-8), value = a JSON object::
 ``parse_event`` turns the raw key and value bytes into an ``Event`` or raises
 ``InvalidEvent`` with a stable reason code (the DLQ header and metric label) and a
 detail message naming the bad value. It never raises anything else, whatever the bytes.
+
+Well-formed is not the same as registered: the indexing job keeps a well-formed event of a
+type the registry does not know (it lands in raw_events, so a type registered later can be
+bootstrapped from its history) and only indexes registered types. A producer may still ask
+for the stricter check (``event_types``) to catch a misspelt type before it is sent.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ REASONS = (
     "missing_field",      # a required field is absent
     "bad_type",           # a field has the wrong JSON type
     "bad_value",          # right type, unacceptable value (empty, too long, control chars, negative)
-    "unknown_event_type", # event_type not in the registry
+    "unknown_event_type", # event_type not in the registry (only when the caller asks: the producer)
     "ts_out_of_range",    # event time absurdly far in the past or future
     "key_mismatch",       # Kafka key missing or not equal to user_id
 )
@@ -102,11 +107,14 @@ def _string(obj: dict, name: str, max_chars: int, required: bool) -> str | None:
 def parse_event(
     value: bytes | None,
     key: bytes | None,
-    event_types: Container[str],
+    event_types: Container[str] | None = None,
     now_ms: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Event:
-    """Validate one raw Kafka record; raise ``InvalidEvent`` with a reason code if it is bad."""
+    """Validate one raw Kafka record; raise ``InvalidEvent`` with a reason code if it is bad.
+
+    ``event_types``: when given, a type outside it is ``unknown_event_type``; when None (the
+    indexing job), any well-formed type is accepted and the registry decides what is indexed."""
     if value is None:
         raise InvalidEvent("not_json", "record has no value (tombstone)")
     if len(value) > limits.max_bytes:
@@ -136,7 +144,7 @@ def parse_event(
         if not 0 <= dwell <= limits.max_dwell_ms:
             raise InvalidEvent("bad_value", f"field 'dwell_ms'={dwell} is outside 0..{limits.max_dwell_ms}")
 
-    if event_type not in event_types:
+    if event_types is not None and event_type not in event_types:
         raise InvalidEvent("unknown_event_type", f"event_type {event_type!r} is not registered")
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if ts < now - limits.max_past_ms or ts > now + limits.max_future_ms:

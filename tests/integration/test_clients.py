@@ -94,7 +94,7 @@ def test_kafka_python_reads_the_dead_letters_it_caused(stack):
     user = f"kp-{uuid.uuid4().hex[:8]}"
     raw = KafkaProducer(bootstrap_servers=s.broker, acks="all", enable_idempotence=True)
     sent = {b"not json at all": "not_json",
-            orjson.dumps(event(user, 1, now_ms(), etype="hover")): "unknown_event_type",
+            orjson.dumps(event(user, 1, 0, etype="hover")): "ts_out_of_range",
             orjson.dumps(event("someone-else", 2, now_ms())): "key_mismatch"}
     for value in sent:
         raw.send(s.events_topic, key=user.encode(), value=value).get(timeout=30)

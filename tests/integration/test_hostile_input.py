@@ -33,7 +33,7 @@ def hostile(user: str, n: int, t: int, rng: random.Random) -> tuple[bytes | None
     if kind == 3:
         return key, orjson.dumps({**good, "dwell_ms": [1]}), "bad_type"
     if kind == 4:
-        return key, orjson.dumps({**good, "event_type": "hover"}), "unknown_event_type"
+        return key, orjson.dumps({**good, "event_type": "hover" * 13}), "bad_value"             # 65 chars
     if kind == 5:
         return key, orjson.dumps({**good, "ts": 0}), "ts_out_of_range"                    # 1970
     if kind == 6:

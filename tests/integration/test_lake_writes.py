@@ -64,11 +64,14 @@ def test_events_land_raw_enriched_and_dead_letters(lake_stack):
         p.send(event(user, i, t0 - i, etype="click" if i % 2 else "view",
                      item="lakeitem" if i < 10 else f"nofeat{i % 5}", dwell_ms=i))
     p.send(b"not json", key=user.encode())
-    p.send(event(user, 99, t0, etype="nope"))
+    p.send(event(user, 99, t0, etype="nope"))   # well-formed, of a type no dataset is registered for
+    p.send(event(user, 98, 0, etype="nope"))    # malformed (1970): a dead letter whatever its type
     p.flush()
 
-    raw = wait_until(lambda: (r := rows(s, lake.RAW_EVENTS, [user])).num_rows >= 50 and r, 90, 0.5, "raw rows")
-    assert sorted(raw.column("event_id").to_pylist()) == sorted(f"{user}-{i}" for i in range(50))
+    raw = wait_until(lambda: (r := rows(s, lake.RAW_EVENTS, [user])).num_rows >= 51 and r, 90, 0.5, "raw rows")
+    # raw history keeps every well-formed event, registered type or not
+    assert sorted(raw.column("event_id").to_pylist()) == sorted([*(f"{user}-{i}" for i in range(50)), f"{user}-99"])
+    assert {r["event_id"]: r["event_type"] for r in raw.to_pylist()}[f"{user}-99"] == "nope"
     first = {r["event_id"]: r for r in raw.to_pylist()}[f"{user}-3"]
     assert first["dwell_ms"] == 3
     assert record_at(s, first["kafka_partition"], first["kafka_offset"])["event_id"] == f"{user}-3"
@@ -76,7 +79,7 @@ def test_events_land_raw_enriched_and_dead_letters(lake_stack):
     enriched = wait_until(lambda: (r := rows(s, lake.ENRICHED_EVENTS, [user])).num_rows >= 50 and r, 60, 0.5,
                           "enriched rows")
     by_id = {r["event_id"]: r for r in enriched.to_pylist()}
-    assert len(by_id) == 50
+    assert len(by_id) == 50 and f"{user}-99" not in by_id   # only indexed events are enriched
     assert {r["dataset"] for r in by_id.values()} == {"clicks", "views"}
     assert by_id[f"{user}-3"]["dwell_ms"] == 3 and by_id[f"{user}-3"]["enriched_by"] == "stream"
     # the features stored with the event in the KV layer, as columns
@@ -84,7 +87,7 @@ def test_events_land_raw_enriched_and_dead_letters(lake_stack):
     assert by_id[f"{user}-33"]["category"] is None
     dead = wait_until(lambda: (r := rows(s, lake.DEAD_LETTERS, [user.encode()], "key")).num_rows >= 2 and r,
                       60, 0.5, "DLQ rows")
-    assert sorted(dead.column("reason").to_pylist()) == ["not_json", "unknown_event_type"]
+    assert sorted(dead.column("reason").to_pylist()) == ["not_json", "ts_out_of_range"]
     assert b"not json" in dead.column("value").to_pylist()
     assert set(dead.column("source_topic").to_pylist()) == {s.events_topic}
 

@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
-from infra.stack import metric_total
+from infra.stack import metric_sum, metric_total
 from serving.app import create_app
 from usersignals.kv import decode_all
 
@@ -89,6 +89,14 @@ def dlq_records(settings, timeout=20.0, expect=0, topic="dlq"):
     return out
 
 
+def metrics_text(pipeline) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{pipeline.settings.host}:{pipeline.settings.job_metrics_port}/metrics",
+                                timeout=5) as r:
+        return r.read().decode()
+
+
 def test_malformed_events_land_in_the_dlq_with_reasons_while_good_ones_flow(producer, store, pipeline):
     user = new_user()
     t = now_ms() - 1000
@@ -97,19 +105,27 @@ def test_malformed_events_land_in_the_dlq_with_reasons_while_good_ones_flow(prod
         (orjson.dumps({"event_id": f"{user}-x1", "user_id": user, "event_type": "click", "ts": t}),
          user.encode(), "missing_field"),
         (orjson.dumps(event(user, "x2", str(t))), user.encode(), "bad_type"),
-        (orjson.dumps(event(user, "x3", t, "hover")), user.encode(), "unknown_event_type"),
+        (orjson.dumps(event(user, "x3", t, "hover", item="")), user.encode(), "bad_value"),
         (orjson.dumps(event(user, "x4", 0)), user.encode(), "ts_out_of_range"),
         (orjson.dumps(event(user, "x5", t)), b"not-the-user", "key_mismatch"),
         (b"\x00\xff" * 10_000, user.encode(), "too_large"),
     ]
+    # Well-formed, of a type no dataset is registered for: kept (raw_events), not a dead letter.
+    unregistered = orjson.dumps(event(user, "x6", t, "hover"))
+    unindexed = "usersignals_indexer_unindexed_events_total"
+    hovers_before = metric_sum(metrics_text(pipeline), unindexed, event_type="hover")
     for i in range(5):
         producer.send(event(user, i, t + i, "view"))
+    producer.send(unregistered, key=user.encode())
     for value, key, _ in bad:
         producer.send(value, key=key)
     producer.flush()
     wait_until(lambda: len(read_ids(store, "views", user)) == 5, message="good events indexed")
     got = {m.value(): m for m in dlq_records(pipeline.settings, expect=len(bad) + 20) if m.key() in
            (user.encode(), b"not-the-user")}
+    assert unregistered not in got
+    wait_until(lambda: metric_sum(metrics_text(pipeline), unindexed, event_type="hover") == hovers_before + 1,
+               message="the hover counted as unindexed")
     for value, key, reason in bad:
         assert value in got, reason
         m = got[value]

@@ -63,7 +63,7 @@ def test_each_required_field_is_required(field):
     ({"item_id": "a\x00b"}, "bad_value"),
     ({"surface": "home\nfeed"}, "bad_value"),
     ({"dwell_ms": -1}, "bad_value"),
-    ({"event_type": "hover"}, "unknown_event_type"),
+    ({"event_type": "x" * 65}, "bad_value"),
     ({"ts": 0}, "ts_out_of_range"),
     ({"ts": 32503680000000}, "ts_out_of_range"),
 ])
@@ -73,6 +73,24 @@ def test_bad_fields_are_rejected_with_their_reason(over, reason):
         assert reason_of(ev, key=b"42") == reason
     else:
         assert reason_of(ev) == reason
+
+
+def test_a_type_outside_the_given_ones_is_unknown_only_when_the_caller_asks():
+    # The producer's check: a misspelt type fails before it is sent.
+    assert reason_of(good(event_type="hover")) == "unknown_event_type"
+    # The indexing job's: any well-formed type parses (the registry decides what is indexed).
+    e = parse_event(orjson.dumps(good(event_type="hover")), b"u1", None, now_ms=NOW)
+    assert e.event_type == "hover"
+
+
+def test_a_malformed_event_of_an_unlisted_type_keeps_its_own_reason():
+    for over, reason in (({"ts": 0}, "ts_out_of_range"), ({"item_id": ""}, "bad_value")):
+        with pytest.raises(InvalidEvent) as info:
+            parse_event(orjson.dumps(good(event_type="hover", **over)), b"u1", None, now_ms=NOW)
+        assert info.value.reason == reason
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(orjson.dumps(good(event_type="hover")), b"u2", None, now_ms=NOW)
+    assert info.value.reason == "key_mismatch"
 
 
 def test_oversized_payloads_are_rejected_before_parsing():

@@ -3,8 +3,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streaming.indexer import Indexed, Indexer
-from streaming.metrics import IndexerMetrics
+from streaming.indexer import Indexed, Indexer, Rejection, Unindexed
+from streaming.metrics import MAX_UNINDEXED_TYPES, OTHER_EVENT_TYPES, IndexerMetrics
 from usersignals.features import CachedFeatures
 from usersignals.registry import load_registry
 
@@ -83,6 +83,37 @@ def test_bad_records_are_rejected_with_reason_and_counted_not_buffered():
     assert rej.reason == "not_json" and idx.pending == 0
     assert metric(reg, "usersignals_indexer_dlq_total", {"reason": "not_json"}) == 1
     assert metric(reg, "usersignals_indexer_events_in_total") == 1
+
+
+def test_a_well_formed_event_of_an_unregistered_type_is_kept_unindexed_and_counted_by_type():
+    idx, _, reg = make()
+    out = idx.accept(*record(event_type="share"))
+    assert isinstance(out, Unindexed)
+    assert (out.event.event_id, out.event.event_type, out.received_at_ms) == ("e1", "share", int(NOW * 1000))
+    assert idx.pending == 0 and idx.flush() == 0 and idx.store.written == []
+    assert idx.aggregates.updates == []
+    assert metric(reg, "usersignals_indexer_unindexed_events_total", {"event_type": "share"}) == 1
+    assert metric(reg, "usersignals_indexer_dlq_total", {"reason": "unknown_event_type"}) == 0
+
+
+def test_a_malformed_event_of_an_unregistered_type_is_still_a_dead_letter():
+    idx, _, reg = make()
+    out = idx.accept(*record(event_type="share", ts=0))
+    assert isinstance(out, Rejection) and out.reason == "ts_out_of_range"
+    assert metric(reg, "usersignals_indexer_dlq_total", {"reason": "ts_out_of_range"}) == 1
+    assert metric(reg, "usersignals_indexer_unindexed_events_total", {"event_type": "share"}) is None
+
+
+def test_unindexed_types_past_the_bound_share_one_label():
+    idx, _, reg = make()
+    for n in range(MAX_UNINDEXED_TYPES + 5):
+        idx.accept(*record(event_id=f"e{n}", event_type=f"made_up_{n}"))
+    assert metric(reg, "usersignals_indexer_unindexed_events_total", {"event_type": "made_up_0"}) == 1
+    assert metric(reg, "usersignals_indexer_unindexed_events_total",
+                  {"event_type": f"made_up_{MAX_UNINDEXED_TYPES}"}) is None
+    assert metric(reg, "usersignals_indexer_unindexed_events_total", {"event_type": OTHER_EVENT_TYPES}) == 5
+    idx.accept(*record(event_id="again", event_type="made_up_0"))   # a type seen before keeps its label
+    assert metric(reg, "usersignals_indexer_unindexed_events_total", {"event_type": "made_up_0"}) == 2
 
 
 def test_an_item_without_features_is_indexed_with_empty_enrichment_and_counted():

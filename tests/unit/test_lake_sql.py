@@ -63,6 +63,9 @@ def test_enriched_insert_appends_the_feature_columns(settings):
     sql = lake_sql.enriched_insert(settings, "enriched_rows", feats)
     assert selected(sql) == columns(lake.ENRICHED_EVENTS)
     assert "'stream' AS enriched_by" in sql
+    # events of a type no dataset is registered for stay in raw_events only
+    assert sql.endswith("FROM enriched_rows\nWHERE dataset IS NOT NULL")
+    assert "WHERE" not in lake_sql.raw_insert(settings, "raw_rows")
 
 
 def test_dlq_and_served_inserts_fill_their_tables(settings):
