@@ -86,6 +86,13 @@ lake-migrate: install
 images-lint: install
 	@.venv/bin/hadolint --failure-threshold warning infra/images/*.Dockerfile && echo "infra/images: hadolint clean"
 
+# The Kubernetes manifests as a cluster gets them (kustomize, built by `make install`): the base
+# (infra/k8s/base), or an overlay with one cluster's addresses: make k8s-render OVERLAY=example
+.PHONY: k8s-render
+k8s-render: install
+	@build/bin/kustomize build --load-restrictor LoadRestrictionsNone \
+	  infra/k8s/$(if $(OVERLAY),overlays/$(OVERLAY),base)
+
 # Re-record infra/jars.sha256 after a deliberate change of infra/pom.xml.
 jars-lock:
 	@bash infra/jars.sh lock

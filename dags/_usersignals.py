@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from airflow.sdk import Asset
@@ -59,26 +60,48 @@ def usersignals_dag(dag_id: str, description: str, schedule, tags: list[str], do
                doc_md=doc_md, params=params or {}, **kwargs)
 
 
+def submit_spec(settings, environ: Mapping[str, str]) -> dict:
+    """What ``spark_job`` hands SparkSubmitOperator for ``python -m batch`` on ``settings.spark_master``.
+
+    Locally (``local[...]``, client mode): the repo's batch/submit.py, the catalog's jars from
+    build/jars, and the whole settings environment for spark-submit's process. On Kubernetes
+    (``k8s://``, cluster mode, infra/k8s/spark-defaults.conf): paths inside the batch image
+    (``local://``), its jars on the classpath (extraClassPath), the namespace and image of the
+    Airflow pod's environment, and no env_vars: the hook would put them on the command line as
+    spark.kubernetes.driverEnv.*, catalog password and admin key included; the driver reads the
+    settings ConfigMap and the catalog's Secret itself (spark-pod-template.yaml)."""
+    master = settings.spark_master
+    if master.startswith("k8s://"):
+        root = "/opt/usersignals"   # the repo root in every image (infra/images/*.Dockerfile)
+        missing = [v for v in ("SPARK_KUBERNETES_NAMESPACE", "SPARK_KUBERNETES_CONTAINER_IMAGE") if not environ.get(v)]
+        if missing:
+            raise ValueError(f"spark master {master} needs {missing} in the Airflow pod's environment "
+                             "(infra/k8s/airflow-values.yaml sets them)")
+        return {"application": f"local://{root}/batch/submit.py", "jars": None, "env_vars": None,
+                "conf": {"spark.kubernetes.namespace": environ["SPARK_KUBERNETES_NAMESPACE"],
+                         "spark.kubernetes.container.image": environ["SPARK_KUBERNETES_CONTAINER_IMAGE"]}}
+    conf = lake.spark_conf(settings)
+    jars = conf.pop("spark.jars")
+    # spark-submit and the job's Python come from the environment that has Spark and the batch
+    # jobs' libraries (the main one locally), not from Airflow's.
+    python = settings.batch_python
+    env = {**settings.to_env(), "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
+           "PATH": os.pathsep.join([os.path.dirname(python), environ.get("PATH", "")]),
+           "PYTHONPATH": str(REPO_ROOT)}
+    return {"application": str(REPO_ROOT / "batch" / "submit.py"), "jars": jars, "env_vars": env,
+            "conf": {**conf, "spark.local.dir": str(settings.data_dir / "spark-tmp")}}
+
+
 def spark_job(task_id: str, args: list[str], **kwargs):
     """A task running ``python -m batch <args>`` on Spark with the lake's catalog mounted."""
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
-    conf = lake.spark_conf(SETTINGS)
-    jars = conf.pop("spark.jars")
-    # spark-submit and the job's Python come from the environment that has Spark and the batch
-    # jobs' libraries (the main one locally), not from Airflow's.
-    python = SETTINGS.batch_python
-    env = {**SETTINGS.to_env(), "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
-           "PATH": os.pathsep.join([os.path.dirname(python), os.environ.get("PATH", "")]),
-           "PYTHONPATH": str(REPO_ROOT)}
+    spec = submit_spec(SETTINGS, os.environ)
     return SparkSubmitOperator(
         task_id=task_id,
-        application=str(REPO_ROOT / "batch" / "submit.py"),
         application_args=args,
-        conf={**conf, "spark.local.dir": str(SETTINGS.data_dir / "spark-tmp")},
-        jars=jars,
         name=f"usersignals-{task_id}",
         driver_memory="2g",
-        env_vars=env,
+        **spec,
         **kwargs,
     )

@@ -2,8 +2,8 @@
 # Install everything the project needs on a fresh machine of this kind (Debian, Python 3.11,
 # root): Debian packages (PostgreSQL, Redis, kcat, ...), the JVM jars from Maven Central
 # (infra/pom.xml, checked against infra/jars.sha256), the three Python environments from their
-# lock files (main, streaming for PyFlink, airflow), and the Flink helper jar. Idempotent and
-# quick when nothing changed (a stamp records the inputs).
+# lock files (main, streaming for PyFlink, airflow), the Flink helper jar, and kustomize (from
+# its Go module, into build/bin). Idempotent and quick when nothing changed (a stamp records the inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -17,7 +17,7 @@ inputs_hash() {
 want=$(inputs_hash)
 if [[ -f $STAMP && $(cat $STAMP) == "$want" && -x .venv/bin/python && -x .venv-streaming/bin/python \
       && -x .venv-airflow/bin/airflow \
-      && -f build/usersignals-flink.jar && -d build/jars/kafka && -d build/jars/flink && -d build/jars/spark && -d build/jars/trino ]] \
+      && -f build/usersignals-flink.jar && -x build/bin/kustomize && -d build/jars/kafka && -d build/jars/flink && -d build/jars/spark && -d build/jars/trino ]] \
    && command -v redis-server >/dev/null && command -v kcat >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   exit 0
 fi
@@ -73,6 +73,18 @@ PYFLINK_LIB=$(.venv-streaming/bin/python -c 'import pyflink, os; print(os.path.j
 rm -rf build/java-classes && mkdir -p build/java-classes
 javac -nowarn -d build/java-classes -cp "$PYFLINK_LIB/*:build/jars/flink/*" streaming/java/src/usersignals/flink/*.java
 jar cf build/usersignals-flink.jar -C build/java-classes usersignals
+
+# kustomize renders infra/k8s/ (make k8s-render; tests/unit/test_k8s_render.py), built from its Go
+# module at a pinned version: v5.8.2 is the newest whose go.mod this machine's Go (1.26) accepts
+# (v5.8.3 asks for Go 1.27). Everything Go writes stays under build/ (GOPATH, caches), not in $HOME.
+KUSTOMIZE_VERSION=v5.8.2
+if [[ $(build/bin/kustomize version 2>/dev/null) != "$KUSTOMIZE_VERSION" ]]; then
+  echo "==> kustomize $KUSTOMIZE_VERSION (build/bin)"
+  command -v go >/dev/null || { echo "kustomize needs the go command (Go >= 1.26) on PATH"; exit 1; }
+  GOPATH=$ROOT/build/go GOMODCACHE=$ROOT/build/go/mod GOCACHE=$ROOT/build/go/cache GOBIN=$ROOT/build/bin \
+    GOFLAGS="-mod=mod -modcacherw" GOTOOLCHAIN=local \
+    go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
 
 echo "$want" > $STAMP
 echo "==> installed"

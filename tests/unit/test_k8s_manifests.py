@@ -13,7 +13,10 @@ from usersignals.registry import load_registry
 from usersignals.settings import REPO_ROOT, Settings, _var, load_settings
 
 K8S = REPO_ROOT / "infra" / "k8s"
-MANIFESTS = [p for p in sorted(K8S.glob("*.yaml")) if p.name != "airflow-values.yaml"]  # that one is Helm values
+# The base's resources (airflow-values.yaml is Helm values; kustomizeconfig.yaml and the Spark pod
+# template are read by kustomize and spark-submit; test_k8s_render.py checks what they render to).
+MANIFESTS = [(K8S / "base" / p).resolve()
+             for p in yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["resources"]]
 DOCS = [(p.name, d) for p in MANIFESTS for d in yaml.safe_load_all(p.read_text()) if d]
 SETTING_VARS = {_var(f.name) for f in dataclasses.fields(Settings)}
 
@@ -190,15 +193,20 @@ def test_the_flink_version_is_the_pyflink_pin():
 def test_spark_defaults_mount_the_same_catalog_as_local_spark():
     conf = dict(line.split(None, 1) for line in (K8S / "spark-defaults.conf").read_text().splitlines()
                 if line.strip() and not line.startswith("#"))
-    keys = {"spark.sql.extensions", "spark.sql.catalog.lake", "spark.sql.catalog.lake.type",
-            "spark.sql.catalog.lake.uri", "spark.sql.catalog.lake.warehouse", "spark.sql.defaultCatalog"}
+    keys = {"spark.sql.extensions", "spark.sql.catalog.lake", "spark.sql.catalog.lake.type", "spark.sql.defaultCatalog"}
     assert keys <= set(conf)
     from usersignals import lake
     local = lake.spark_conf(load_settings(config_map("usersignals-settings")["data"]))
-    for key in ("spark.sql.catalog.lake", "spark.sql.catalog.lake.type", "spark.sql.catalog.lake.uri",
+    for key in ("spark.sql.catalog.lake", "spark.sql.catalog.lake.type",
                 "spark.sql.catalog.lake.jdbc.schema-version", "spark.sql.catalog.lake.jdbc.init-catalog-tables",
-                "spark.sql.catalog.lake.warehouse", "spark.sql.catalog.lake.cache-enabled", "spark.sql.defaultCatalog"):
+                "spark.sql.catalog.lake.cache-enabled", "spark.sql.defaultCatalog"):
         assert conf[key] == local[key], key
+    # The cluster's addresses are the driver's settings (batch/session.py sets them from lake.spark_conf),
+    # so an overlay changes them in one place; the file names none.
+    for key in ("spark.sql.catalog.lake.uri", "spark.sql.catalog.lake.warehouse"):
+        assert key not in conf and key in local, key
+    # S3FileIO: the warehouse is on s3://, which the catalog reads through iceberg-aws-bundle (infra/pom.xml).
+    assert conf["spark.sql.catalog.lake.io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
     assert conf["spark.kubernetes.driverEnv.USERSIGNALS_LAKE_CATALOG_TYPE"] == "sql"
 
 
