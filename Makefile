@@ -89,7 +89,8 @@ images-lint: install
 # The Kubernetes manifests as a cluster gets them (kustomize, built by `make install`): the base
 # (infra/k8s/base), or an overlay with one cluster's addresses: make k8s-render OVERLAY=example
 .PHONY: k8s-render
-k8s-render: install
+k8s-render:
+	@bash infra/install.sh >&2   # its progress on stderr: stdout is the YAML (| kubectl apply -f -)
 	@build/bin/kustomize build --load-restrictor LoadRestrictionsNone \
 	  infra/k8s/$(if $(OVERLAY),overlays/$(OVERLAY),base)
 

@@ -183,8 +183,10 @@ def test_spark_submit_finds_its_conf_and_the_driver_its_settings(rendered):
     assert "s3://" not in text and text.count(".svc") == text.count("kubernetes.default.svc"), target
     for role in ("driver", "executor"):
         assert conf[f"spark.kubernetes.{role}.podTemplateFile"] == f"{SPARK_CONF_DIR}/spark-pod-template.yaml"
-        assert conf[f"spark.kubernetes.{role}.secretKeyRef.USERSIGNALS_LAKE_CATALOG_URI"] == \
-            "usersignals-lake-catalog:USERSIGNALS_LAKE_CATALOG_URI"
+    # The driver opens the catalog; executors get the table's files from it, not the password.
+    assert conf["spark.kubernetes.driver.secretKeyRef.USERSIGNALS_LAKE_CATALOG_URI"] == \
+        "usersignals-lake-catalog:USERSIGNALS_LAKE_CATALOG_URI"
+    assert not any(key.startswith("spark.kubernetes.executor.secretKeyRef.") for key in conf), target
     values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
     volume = next(v["name"] for v in values["volumes"]
                   if v.get("configMap", {}).get("name") == "usersignals-spark-defaults")
