@@ -5,6 +5,8 @@
     python -m batch backfill-enrichment --enrichment item_popularity --days 30
     python -m batch select --experiment dwell50 --dataset closeups --rule dwell --n 50 --days 30
     python -m batch maintenance [--tables raw_events,enriched_events] [--expire-days 5]
+    python -m batch delete-user <user_id> [--requested-by NAME] [--reason TEXT]
+    python -m batch delete-user --pending      (complete the erasures the API recorded)
     python -m batch parity --sample 200 [--watermark-minutes 10] [--threshold 0.01]
     python -m batch publish-features
     python -m batch retrain [--holdout-day D] [--train-days 28] [--rank 16] [--iterations 10] [--k 10]
@@ -21,12 +23,8 @@ import json
 import logging
 import sys
 
-from usersignals import lake
 from usersignals.registry import load_registry
 from usersignals.settings import Settings, load_settings
-
-ALL_TABLES = [lake.RAW_EVENTS, lake.ENRICHED_EVENTS, lake.DEAD_LETTERS, lake.SERVED_FEATURES, lake.ITEM_FEATURES,
-              lake.ITEM_EMBEDDINGS, lake.SELECTED_SEQUENCES]
 
 
 def _csv(value: str) -> list[str]:
@@ -55,10 +53,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--days", type=int, default=30)
     s.add_argument("--no-kv", action="store_true")
-    m = sub.add_parser("maintenance", help="compact files, rewrite manifests, expire snapshots")
-    m.add_argument("--tables", type=_csv, default=ALL_TABLES)
+    m = sub.add_parser("maintenance", help="drop expired partitions, compact files, rewrite manifests, "
+                                           "expire snapshots")
+    m.add_argument("--tables", type=_csv, default=None,
+                   help="comma-separated (default: every table of iceberg_schemas.tables)")
     m.add_argument("--expire-days", type=int, default=5)
     m.add_argument("--retain-last", type=int, default=50)
+    u = sub.add_parser("delete-user", help="erase a user from the KV layer and every lake table (audited)")
+    u.add_argument("user_id", nargs="?", help="the user to erase (or --pending)")
+    u.add_argument("--pending", action="store_true", help="complete the erasures the API recorded")
+    u.add_argument("--requested-by", default="operator", help="who asked, for the audit row")
+    u.add_argument("--reason", default=None, help="why, for the audit row")
     q = sub.add_parser("parity", help="compare sampled users' KV sequences with the lake")
     q.add_argument("--sample", type=int, default=200)
     q.add_argument("--watermark-minutes", type=int, default=10, help="compare as of this many minutes ago")
@@ -115,7 +120,12 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
             return jobs.select_experiment(io, registry, args.experiment, args.dataset, args.rule, args.n,
                                           args.days, to_kv=not args.no_kv)
         if args.job == "maintenance":
-            return jobs.maintenance(io, args.tables, args.expire_days, args.retain_last)
+            from iceberg_schemas.tables import table_defs
+
+            defs = table_defs(registry)
+            return jobs.maintenance(io, args.tables or list(defs), args.expire_days, args.retain_last, defs=defs)
+        if args.job == "delete-user":
+            return delete_users(io, args, settings, registry)
         if args.job == "parity":
             from usersignals.kv import SequenceStore, connect
 
@@ -140,6 +150,35 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
     finally:
         if own:
             spark.stop()
+
+
+def delete_users(io, args: argparse.Namespace, settings: Settings, registry) -> dict:
+    """One user now (KV, then lake), or every request the API recorded (its KV part done)."""
+    from batch import jobs
+    from iceberg_schemas.tables import table_defs
+    from usersignals import aggregates
+    from usersignals.kv import ErasureRequests, SequenceStore, connect
+
+    if bool(args.user_id) == args.pending:
+        raise SystemExit("delete-user: give a user id or --pending, not both nor neither")
+    client = connect(settings)
+    defs = table_defs(registry)
+    requests = ErasureRequests(settings.kv_prefix)
+    if args.user_id:
+        now = dt.datetime.now(dt.timezone.utc)
+        kv_removed = SequenceStore(client, registry, settings.kv_prefix).delete_user(args.user_id)
+        kv_removed["kv.aggregates"] = aggregates.delete_user(client, settings.kv_prefix, args.user_id)
+        return jobs.delete_user(io, defs, args.user_id, now, args.requested_by, args.reason, kv_removed,
+                                kv_deleted_at=now)
+    done = 0
+    for user_id, (raw, req) in requests.pending(client).items():
+        jobs.delete_user(io, defs, user_id, dt.datetime.fromisoformat(req["requested_at"]), req["requested_by"],
+                         req.get("reason"), req.get("kv_removed"),
+                         kv_deleted_at=dt.datetime.fromisoformat(req["kv_deleted_at"]),
+                         request_id=req["request_id"])
+        requests.complete(client, user_id, raw)
+        done += 1
+    return {"completed": done, "still_pending": len(requests.pending(client))}
 
 
 def main(argv: list[str] | None = None) -> int:

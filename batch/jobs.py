@@ -11,13 +11,14 @@ import datetime as dt
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from batch import transforms as T
 from batch.progress import Progress
+from iceberg_schemas.tables import DELETIONS, TableDef, partition_name
 from usersignals import lake
 from usersignals.events import decode_stored
 from usersignals.registry import Registry
@@ -199,22 +200,98 @@ def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: 
 # --- table maintenance ---------------------------------------------------------------------
 
 def maintenance(io: LakeIO, tables: list[str], expire_older_than_days: int = 5, retain_last: int = 50,
-                now: dt.datetime | None = None) -> dict[str, int]:
-    """Compact small files, rewrite manifests, expire old snapshots, per table."""
+                now: dt.datetime | None = None, defs: Mapping[str, TableDef] | None = None) -> dict[str, int]:
+    """Per table: drop the day partitions past its retention (``TableDef.retention_days``),
+    compact small files and the files with row-level deletes (a user's erasure), rewrite
+    manifests, expire old snapshots (which deletes the files no snapshot kept needs)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     p = Progress("maintenance", io.metrics_dir, tables=",".join(tables))
     older = (now - dt.timedelta(days=expire_older_than_days)).strftime("%Y-%m-%d %H:%M:%S")
     for t in tables:
         ident = f"{io.namespace}.{t}"
         cat = io.catalog
-        r = io.spark.sql(f"CALL {cat}.system.rewrite_data_files(table => '{ident}', "
-                         f"options => map('min-input-files', '2', 'partial-progress.enabled', 'true'))").first()
+        tdef = (defs or {}).get(t)
+        if tdef is not None and tdef.retention_days is not None:
+            rows, files, cutoff = drop_expired_partitions(io, tdef, now)
+            p.stage(f"{t}.expired_rows", rows, before=cutoff.isoformat(), retention_days=tdef.retention_days)
+            p.stage(f"{t}.expired_files", files)
+        # delete-file-threshold 1: a data file with any row deleted is rewritten without those rows.
+        r = io.spark.sql(f"CALL {cat}.system.rewrite_data_files(table => '{ident}', options => map("
+                         f"'min-input-files', '2', 'partial-progress.enabled', 'true', "
+                         f"'delete-file-threshold', '1', 'remove-dangling-deletes', 'true'))").first()
         p.stage(f"{t}.rewritten_files", r["rewritten_data_files_count"], added=r["added_data_files_count"])
         io.spark.sql(f"CALL {cat}.system.rewrite_manifests(table => '{ident}')").collect()
         e = io.spark.sql(f"CALL {cat}.system.expire_snapshots(table => '{ident}', "
                          f"older_than => TIMESTAMP '{older}', retain_last => {retain_last})").first()
         p.stage(f"{t}.expired_data_files", e["deleted_data_files_count"])
     return p.done()
+
+
+def drop_expired_partitions(io: LakeIO, tdef: TableDef, now: dt.datetime) -> tuple[int, int, dt.date]:
+    """Delete the table's rows of the days before ``now``'s day minus its retention, by a
+    predicate on the day partition's column: whole files go, none is rewritten. Returns the
+    rows and data files dropped and the first day kept."""
+    column = tdef.day_column()
+    cutoff = now.astimezone(dt.timezone.utc).date() - dt.timedelta(days=tdef.retention_days)
+    bound = dt.datetime.combine(cutoff, dt.time(), tzinfo=dt.timezone.utc).isoformat()
+    predicate = f"{column} < TIMESTAMP '{bound}'"
+    name = io.name(tdef.name)
+    files = io.spark.sql(f"SELECT count(*) AS n FROM {name}.data_files WHERE "
+                         f"partition.{partition_name(column, 'day')} < DATE '{cutoff}'").first()["n"]
+    rows = io.spark.sql(f"SELECT count(*) AS n FROM {name} WHERE {predicate}").first()["n"]
+    if rows:
+        io.spark.sql(f"DELETE FROM {name} WHERE {predicate}")
+    return int(rows), int(files) if rows else 0, cutoff
+
+
+# --- erasure: delete a user ---------------------------------------------------------------
+
+def _user_literal(value: str, binary: bool) -> str:
+    """The user id as a SQL literal that no quote or backslash in it can break out of."""
+    hexed = value.encode().hex().upper()
+    return f"X'{hexed}'" if binary else f"CAST(X'{hexed}' AS STRING)"
+
+
+def delete_user(io: LakeIO, defs: Mapping[str, TableDef], user_id: str, requested_at: dt.datetime,
+                requested_by: str, reason: str | None = None, kv_removed: Mapping[str, int] | None = None,
+                kv_deleted_at: dt.datetime | None = None, request_id: str | None = None) -> dict[str, int]:
+    """Erase a user from every table with user rows: row-level deletes (position delete files;
+    the next maintenance compaction rewrites the data files without the rows) of what arrived
+    up to ``requested_at`` — the user's later events are new and stay. Then one audit row in
+    ``deletions``: who, when, how much per store and table (``kv_removed`` is what the KV layer
+    deletion reported), the user only as a sha256. Returns rows removed per table."""
+    import hashlib
+    import json
+    import uuid
+
+    p = Progress("delete_user", io.metrics_dir, requested_by=requested_by)
+    bound = requested_at.astimezone(dt.timezone.utc).isoformat()
+    removed: dict[str, int] = {}
+    for t, tdef in defs.items():
+        if tdef.user_column is None:
+            continue
+        name = io.name(t)
+        table = io.read(t)
+        binary = table.schema[tdef.user_column].dataType.simpleString() == "binary"
+        predicate = (f"{tdef.user_column} = {_user_literal(user_id, binary)} AND "
+                     f"({tdef.arrival_column} IS NULL OR {tdef.arrival_column} <= TIMESTAMP '{bound}')")
+        n = io.spark.sql(f"SELECT count(*) AS n FROM {name} WHERE {predicate}").first()["n"]
+        if n:
+            io.spark.sql(f"DELETE FROM {name} WHERE {predicate}")
+        removed[f"lake.{t}"] = int(n)
+        p.stage(f"lake.{t}", n)
+    completed = dt.datetime.now(dt.timezone.utc)
+    audit = {**dict(kv_removed or {}), **removed}
+    row = (request_id or uuid.uuid4().hex, hashlib.sha256(user_id.encode()).hexdigest(), requested_by, reason,
+           requested_at, kv_deleted_at, completed, json.dumps(audit, sort_keys=True))
+    io.append(DELETIONS, io.spark.createDataFrame([row], DELETIONS_SCHEMA))
+    p.stage("audited", 1)
+    p.done()
+    return audit
+
+
+DELETIONS_SCHEMA = ("request_id string, user_id_sha256 string, requested_by string, reason string, "
+                    "requested_at timestamp, kv_deleted_at timestamp, completed_at timestamp, removed string")
 
 
 # --- online/offline parity ----------------------------------------------------------------

@@ -44,6 +44,16 @@ COMMON_PROPERTIES = {
     "commit.retry.num-retries": "10",
 }
 
+# Tables with user rows: a user's erasure writes position deletes (a small file per data file
+# touched) instead of rewriting every streamed file that holds one of the user's rows; the
+# nightly compaction then rewrites the files with deletes (batch.jobs.maintenance).
+USER_ROWS_PROPERTIES = {"write.delete.mode": "merge-on-read"}
+
+# The audit of erasures (batch.jobs.delete_user): one row per completed deletion.
+DELETIONS = "deletions"
+# Point-in-time training examples (batch.training): from the lake or from what was served.
+TRAINING_EXAMPLES = "training_examples"
+
 
 @dataclass(frozen=True)
 class Column:
@@ -61,6 +71,28 @@ class TableDef:
     partition: tuple[tuple[str, str], ...] = ()   # (column, transform) e.g. ("event_time", "day")
     sort: tuple[tuple[str, str], ...] = ()        # (column, "asc"|"desc")
     properties: dict[str, str] = field(default_factory=dict)
+    # Days a row is kept, counted on the day partition's column; None: kept until deleted.
+    retention_days: int | None = None
+    # Erasure: the column naming the user a row is about (None: no user rows), and the column of
+    # when the row arrived, so that a deletion removes what arrived up to its request and no later.
+    user_column: str | None = None
+    arrival_column: str | None = None
+
+    def __post_init__(self):
+        if self.retention_days is not None and (self.retention_days < 1 or self.day_column() is None):
+            raise ValueError(f"table {self.name}: retention_days={self.retention_days} needs a positive number "
+                             f"of days and a day partition, got partition {self.partition}")
+        names = {c.name for c in self.columns}
+        for what in ("user_column", "arrival_column"):
+            col = getattr(self, what)
+            if col is not None and col not in names:
+                raise ValueError(f"table {self.name}: {what}={col!r} is not one of its columns {sorted(names)}")
+        if (self.user_column is None) != (self.arrival_column is None):
+            raise ValueError(f"table {self.name}: user_column and arrival_column go together")
+
+    def day_column(self) -> str | None:
+        """The column of the table's day partition (what retention counts on), if it has one."""
+        return next((col for col, tr in self.partition if tr == "day"), None)
 
     def schema(self) -> Schema:
         # Field ids here are placeholders: the catalog assigns fresh ones on create, and
@@ -121,10 +153,12 @@ def enrichment_fields(registry: Registry) -> tuple[str, ...]:
 
 def _embeddings(name: str, key: str, what: str) -> TableDef:
     """A model output table: one embedding per ``key`` and model version."""
+    per_user = key == "user_id"
     return TableDef(name, f"{what} embeddings produced by model retraining, one partition per model version.",
                     (Column("model_version", StringType(), True), Column(key, StringType(), True),
                      Column("embedding", FEATURE_TYPES["embedding"]), Column("created_at", TimestamptzType(), True)),
-                    (("model_version", "identity"),))
+                    (("model_version", "identity"),), properties=USER_ROWS_PROPERTIES if per_user else {},
+                    user_column=key if per_user else None, arrival_column="created_at" if per_user else None)
 
 
 def table_defs(registry: Registry) -> dict[str, TableDef]:
@@ -136,7 +170,8 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                  EVENT_COLUMNS + (
                      Column("kafka_partition", IntegerType()), Column("kafka_offset", LongType()),
                      Column("ingested_at", TimestamptzType(), doc="When the indexing job read the record")),
-                 day_and_type, by_user),
+                 day_and_type, by_user, USER_ROWS_PROPERTIES, retention_days=400,
+                 user_column="user_id", arrival_column="ingested_at"),
         TableDef(lake.ENRICHED_EVENTS, "Indexed events with their indexing-time item features, as the "
                  "stream enriched them (enriched_by='stream') or as the daily job recomputed them ('daily').",
                  EVENT_COLUMNS + (
@@ -144,7 +179,9 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                      Column("indexed_at", TimestamptzType()),
                      Column("enriched_by", StringType(), doc="stream | daily | backfill"),
                  ) + tuple(Column(f, FEATURE_TYPES[f]) for f in enrichment_fields(registry)),
-                 day_and_type, by_user),
+                 # Recomputable from raw_events (daily job), so kept for less.
+                 day_and_type, by_user, USER_ROWS_PROPERTIES, retention_days=90,
+                 user_column="user_id", arrival_column="indexed_at"),
         TableDef(lake.ITEM_FEATURES, "Item features: the source of every enrichment (one row per item and "
                  "version; the newest updated_at wins).",
                  (Column("item_id", StringType(), True),)
@@ -157,13 +194,17 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                   Column("reason", StringType(), True), Column("detail", StringType()),
                   Column("source_topic", StringType()), Column("source_partition", IntegerType()),
                   Column("source_offset", LongType()), Column("received_at", TimestamptzType(), True)),
-                 (("received_at", "day"),)),
+                 (("received_at", "day"),), properties=USER_ROWS_PROPERTIES, retention_days=30,
+                 # The record's Kafka key is its user id (the producer's contract); a record too
+                 # malformed to carry it is not attributable and goes with the 30 days' retention.
+                 user_column="key", arrival_column="received_at"),
         TableDef(lake.SERVED_FEATURES, "Features the serving API returned (sampled per tenant), for training.",
                  (Column("request_id", StringType(), True), Column("tenant", StringType(), True),
                   Column("config_version", IntegerType()), Column("served_at", TimestamptzType(), True),
                   Column("user_id", StringType(), True), Column("format", StringType()),
                   Column("features", StringType(), doc="JSON, as served")),
-                 (("served_at", "day"), ("tenant", "identity"))),
+                 (("served_at", "day"), ("tenant", "identity")), properties=USER_ROWS_PROPERTIES,
+                 retention_days=90, user_column="user_id", arrival_column="served_at"),
         _embeddings(lake.ITEM_EMBEDDINGS, "item_id", "Item"),
         _embeddings(lake.USER_EMBEDDINGS, "user_id", "User"),
         TableDef(lake.MODEL_RUNS, "One row per retraining run: parameters, training window, holdout "
@@ -184,7 +225,50 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                   Column("event_id", StringType(), True), Column("item_id", StringType()),
                   Column("event_time", TimestamptzType()), Column("score", DoubleType()),
                   Column("created_at", TimestamptzType())),
-                 (("experiment", "identity"),)),
+                 (("experiment", "identity"),), properties=USER_ROWS_PROPERTIES,
+                 user_column="user_id", arrival_column="created_at"),
+        TableDef(DELETIONS, "The audit of user erasures: one row per completed deletion, saying who asked, "
+                 "when, and how much was removed from each store and table; never the removed data, and the "
+                 "user only as the sha256 of the id.",
+                 (Column("request_id", StringType(), True, "Id of the erasure request"),
+                  Column("user_id_sha256", StringType(), True, "sha256 (hex) of the erased user id"),
+                  Column("requested_by", StringType(), True, "Who asked: 'admin-api', or the operator given "
+                         "to python -m batch delete-user --requested-by"),
+                  Column("reason", StringType(), doc="Why, as the requester stated it"),
+                  Column("requested_at", TimestamptzType(), True),
+                  Column("kv_deleted_at", TimestamptzType(), doc="When the KV layer's keys were deleted"),
+                  Column("completed_at", TimestamptzType(), True, "When the lake's row-level deletes committed"),
+                  Column("removed", StringType(), True, "JSON: store or table -> rows or keys removed, "
+                         "e.g. {\"kv.clicks\": 12, \"lake.raw_events\": 40}")),
+                 (("requested_at", "month"),)),
+        TableDef(TRAINING_EXAMPLES, "Point-in-time training examples (batch.training): per labelled moment, "
+                 "the user's newest events of each dataset strictly before it, one row per example and event "
+                 "(an example without any event: one row, dataset NULL). source='lake': rebuilt from raw_events "
+                 "with the item features valid at ts; 'served': what the API served (served_features), "
+                 "labelled by the engagement that followed.",
+                 (Column("example_id", StringType(), True, "lake: the label's event id (or a hash of user, ts "
+                         "and label); served: request_id:user_id"),
+                  Column("source", StringType(), True, "lake | served"),
+                  Column("user_id", StringType(), True),
+                  Column("ts", TimestamptzType(), True, "The labelled moment: sequences hold events strictly "
+                         "before it"),
+                  Column("label", StringType(), doc="lake: the label's event type (or the labels table's "
+                         "value); served: the first engagement's event type within the window, or 'none'"),
+                  Column("request_id", StringType(), doc="served: the API request"),
+                  Column("tenant", StringType(), doc="served: the tenant the request was for"),
+                  Column("dataset", StringType(), doc="The sequence this event is in; NULL: no event at all"),
+                  Column("rank", IntegerType(), doc="1 = newest before ts"),
+                  Column("event_id", StringType(), doc="NULL when served as Arrow (hashes only)"),
+                  Column("item_id", StringType(), doc="NULL when served as Arrow (hashes only)"),
+                  Column("item_hash", LongType(), doc="serving.featurize.item_hash of item_id"),
+                  Column("type_id", IntegerType(), doc="The registry's event type id"),
+                  Column("event_time", TimestamptzType()),
+                  Column("age_s", FloatType(), doc="ts minus event time, seconds"),
+                  Column("dwell_ms", LongType()))
+                 + tuple(Column(f, FEATURE_TYPES[f], doc="As of ts (lake source)") for f in enrichment_fields(registry))
+                 + (Column("created_at", TimestamptzType(), True, "When the job wrote the row"),),
+                 (("ts", "day"), ("source", "identity")), (("user_id", "asc"), ("ts", "asc")),
+                 USER_ROWS_PROPERTIES, retention_days=400, user_column="user_id", arrival_column="created_at"),
     ]
     return {d.name: d for d in defs}
 

@@ -52,6 +52,20 @@ def agg_key(prefix: str, user_id: str) -> str:
     return f"{prefix}:{{{user_id}}}:agg"
 
 
+# Categories held, then the state deleted: one atomic call on the user's slot.
+DELETE_LUA = "local n = redis.call('HLEN', KEYS[1]) redis.call('DEL', KEYS[1]) return n"
+
+
+def delete_user(client, prefix: str, user_id: str) -> int:
+    """Delete the user's aggregate state (erasure); returns how many categories it held."""
+    return int(client.eval(DELETE_LUA, 1, agg_key(prefix, user_id)))
+
+
+async def delete_user_async(aclient, prefix: str, user_id: str) -> int:
+    """``delete_user`` through a redis.asyncio client (the API's)."""
+    return int(await aclient.eval(DELETE_LUA, 1, agg_key(prefix, user_id)))
+
+
 class AggregateStore:
     def __init__(self, client, prefix: str = "us"):
         self.client = client

@@ -24,6 +24,7 @@ Cost per event: 2 commands on the hot path (+1 per user and dataset per batch), 
 """
 from __future__ import annotations
 
+import json
 import time
 import zlib
 from dataclasses import dataclass
@@ -86,6 +87,21 @@ if ttl > 0 and card > 0 then
 end
 return removed
 """
+
+
+# KEYS: a user's dataset keys (one slot: they share the user's hash tag). Returns each key's
+# size (ZCARD of a sequence, HLEN of a payload hash) and deletes them all, atomically.
+_DELETE_USER_LUA = """
+local out = {}
+for i = 1, #KEYS do
+  if string.sub(KEYS[i], -2) == ':z' then out[i] = redis.call('ZCARD', KEYS[i])
+  else out[i] = redis.call('HLEN', KEYS[i]) end
+end
+if #KEYS > 0 then redis.call('DEL', unpack(KEYS)) end
+return out
+"""
+
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +202,70 @@ class SequenceStore:
         replies = pipe.execute()
         return [r == 1 for r in replies[1:2 * n:2]]
 
+    # --- delete a user (erasure) ------------------------------------------------------
+    def user_keys_pattern(self, user_id: str) -> str:
+        """SCAN MATCH pattern of every key of the user (its hash tag escaped for the glob)."""
+        return f"{self.prefix}:{{{user_id.translate(_GLOB_SPECIAL)}}}:*"
+
+    def user_slot_key(self, user_id: str) -> str:
+        """A key in the user's slot (the hash tag decides it): where a cluster holds all its keys."""
+        return self.seq_key("_", user_id)
+
+    def dataset_keys_of(self, user_id: str, found: Iterable[bytes | str] = ()) -> list[str]:
+        """Every sequence and payload key of the user: the registry's datasets' and any other
+        found (experiments' ``exp_<name>`` datasets, datasets since unregistered)."""
+        keys = [k for name in self.registry.datasets
+                for k in (self.seq_key(name, user_id), self.events_key(name, user_id))]
+        head = f"{self.prefix}:{{{user_id}}}:"
+        for k in found:
+            k = k.decode() if isinstance(k, bytes) else k
+            if k.startswith(head) and k.endswith((":z", ":h")) and k not in keys:
+                keys.append(k)
+        return keys
+
+    def removed_per_dataset(self, user_id: str, keys: list[str], sizes: list[int]) -> dict[str, int]:
+        """``{"kv.<dataset>": events}`` of a deletion's replies (payloads count when a sequence lost its ids)."""
+        head = len(f"{self.prefix}:{{{user_id}}}:")
+        out: dict[str, int] = {}
+        for k, n in zip(keys, sizes):
+            name = "kv." + k[head:-2]
+            out[name] = max(out.get(name, 0), int(n))
+        return {k: v for k, v in out.items() if v}
+
+    def _dirty_members(self, user_id: str, keys: list[str]) -> list[str]:
+        head = len(f"{self.prefix}:{{{user_id}}}:")
+        return sorted({f"{k[head:-2]}:{user_id}" for k in keys})
+
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        """Delete every dataset key of the user; returns events removed per dataset.
+
+        The user's keys share one slot, so finding them reads that slot only on a cluster
+        (CLUSTER GETKEYSINSLOT); a single node SCANs its keyspace for the user's pattern. The
+        deletion itself is one script on that slot. Indexing deduplicates on the stored
+        event ids, so events of the user arriving afterwards are stored (and aggregated) as new.
+        """
+        if self._single_node:
+            found = list(self.client.scan_iter(match=self.user_keys_pattern(user_id), count=1000))
+        else:
+            slot = self.client.keyslot(self.user_slot_key(user_id))
+            found = self.client.cluster_get_keys_in_slot(slot, self.client.cluster_countkeysinslot(slot) or 1)
+        keys = self.dataset_keys_of(user_id, found)
+        sizes = self.client.eval(_DELETE_USER_LUA, len(keys), *keys)
+        self.client.srem(self.dirty_key(self.bucket_of(user_id)), *self._dirty_members(user_id, keys))
+        return self.removed_per_dataset(user_id, keys, sizes)
+
+    async def delete_user_async(self, aclient, user_id: str) -> dict[str, int]:
+        """``delete_user`` through a redis.asyncio client (Redis or RedisCluster): the API's path."""
+        if hasattr(aclient, "get_nodes"):
+            slot = aclient.keyslot(self.user_slot_key(user_id))
+            found = await aclient.cluster_get_keys_in_slot(slot, await aclient.cluster_countkeysinslot(slot) or 1)
+        else:
+            found = [k async for k in aclient.scan_iter(match=self.user_keys_pattern(user_id), count=1000)]
+        keys = self.dataset_keys_of(user_id, found)
+        sizes = await aclient.eval(_DELETE_USER_LUA, len(keys), *keys)
+        await aclient.srem(self.dirty_key(self.bucket_of(user_id)), *self._dirty_members(user_id, keys))
+        return self.removed_per_dataset(user_id, keys, sizes)
+
     # --- read -----------------------------------------------------------------------
     def read(self, user_id: str, limits: Mapping[str, int]) -> dict[str, list[bytes]]:
         """The newest ``limits[dataset]`` stored events of each dataset, newest first.
@@ -254,6 +334,43 @@ class SequenceStore:
             total.keys_checked += s.keys_checked
             total.events_removed += s.events_removed
         return total
+
+
+class ErasureRequests:
+    """User erasures whose KV part is done and lake part is not: the API deletes a user's KV
+    state at once and records the request here; ``python -m batch delete-user --pending`` (the
+    user_erasure DAG) deletes the lake's rows, writes the audit row and completes the request::
+
+        {p}:erasure:requests   HASH  user_id -> JSON {request_id, requested_by, reason,
+                                                      requested_at, kv_deleted_at, kv_removed}
+    """
+
+    def __init__(self, prefix: str = "us"):
+        self.key = f"{prefix}:erasure:requests"
+
+    async def record_async(self, aclient, user_id: str, request: Mapping) -> None:
+        # A second request for the same user before the lake part ran replaces the first: its
+        # requested_at is later, so the lake deletion it leads to covers both.
+        await aclient.hset(self.key, user_id, json.dumps(dict(request), sort_keys=True))
+
+    def record(self, client, user_id: str, request: Mapping) -> None:
+        client.hset(self.key, user_id, json.dumps(dict(request), sort_keys=True))
+
+    def pending(self, client) -> dict[str, tuple[bytes, dict]]:
+        """user_id -> (the stored value, the request)."""
+        out = {}
+        for user, raw in client.hgetall(self.key).items():
+            user = user.decode() if isinstance(user, bytes) else user
+            out[user] = (raw, json.loads(raw))
+        return out
+
+    def complete(self, client, user_id: str, raw: bytes) -> bool:
+        """Remove the request if it is still ``raw`` (a newer request for the user stays pending)."""
+        return bool(client.eval(_COMPLETE_LUA, 1, self.key, user_id, raw))
+
+
+_COMPLETE_LUA = ("if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
+                 "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0")
 
 
 def run_trimmer(store: SequenceStore, interval_s: float = 1.0, stop=None, on_stats=None) -> None:
