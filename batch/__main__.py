@@ -71,10 +71,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=None)
     sub.add_parser("publish-features", help="latest item features from the lake to the KV layer")
     r = sub.add_parser("retrain", help="train ALS embeddings, evaluate on a holdout day, gate")
-    r.add_argument("--holdout-day", type=dt.date.fromisoformat, default=None,
-                   help="UTC day to evaluate on (default: yesterday); training uses the days before it")
+    r.add_argument("--holdout-day", type=dt.date.fromisoformat, required=True,
+                   help="UTC day to evaluate on; training uses the days before it")
     r.add_argument("--train-days", type=int, default=28)
-    r.add_argument("--rank", type=int, default=16)
+    r.add_argument("--rank", type=int, default=None, help="default: the registry's model.embedding_dim")
     r.add_argument("--iterations", type=int, default=10)
     r.add_argument("--reg", type=float, default=1.0)
     r.add_argument("--alpha", type=float, default=1.0)
@@ -137,15 +137,14 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
         if args.job == "retrain":
             from batch.retrain import TrainParams, retrain
 
-            day = args.holdout_day or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
-            return retrain(io, day, TrainParams(train_days=args.train_days, rank=args.rank,
-                                                iterations=args.iterations, reg=args.reg, alpha=args.alpha,
-                                                k=args.k, margin=args.margin))
+            return retrain(io, registry, args.holdout_day, TrainParams(
+                train_days=args.train_days, rank=args.rank, iterations=args.iterations, reg=args.reg, alpha=args.alpha,
+                k=args.k, margin=args.margin))
         if args.job == "publish-model":
             from batch.retrain import publish
             from usersignals.kv import connect
 
-            return publish(io, connect(settings), settings.kv_prefix, args.version)
+            return publish(io, registry, connect(settings), settings.kv_prefix, args.version)
         raise ValueError(f"unknown job {args.job}")
     finally:
         if own:

@@ -1,13 +1,14 @@
 """Model retraining: engagement in the lake → ALS item/user embeddings → evaluation → gate → publish.
 
 * **Training data** (``interactions``): deduplicated enriched events strictly before the holdout
-  day D, within the training window; each event weighs by its type (repin > click > close-up
-  > search > view) and, where it has one, its dwell time; weights sum per (user, item). Nothing
+  day D, within the training window; each event weighs by its type's ``training_weight`` in the
+  registry and, where it has one, its dwell time; weights sum per (user, item). Nothing
   at or after D is read for training (point-in-time: the model, the popularity baseline and the
   user/item vocabularies only know the past).
 * **Model**: Spark MLlib ALS with implicit feedback (confidence = 1 + alpha * weight).
 * **Evaluation** on day D: for users active both before and on D, the top K items by score
-  against the items they engaged with (click, repin, close-up) on D: recall@K and NDCG@K, for
+  against the items they engaged with on D through a ``relevant`` event type of the registry
+  (click, repin, close-up by default): recall@K and NDCG@K, for
   the candidate, the popularity baseline (top K by training weight) and the currently promoted
   model, all scored the same way in NumPy on the same users.
 * **Gate**: the candidate is promoted only if it beats both by ``margin`` (relative) on both
@@ -22,7 +23,8 @@ import datetime as dt
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Mapping
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -32,17 +34,15 @@ from batch import transforms as T
 from batch.kv_load import write_partitions
 from batch.progress import Progress
 from usersignals import lake
-from usersignals.models import EMBEDDING_DIM
+from usersignals.registry import Registry
 
 log = logging.getLogger("usersignals.batch.retrain")
-EVENT_WEIGHTS = {"repin": 4.0, "click": 3.0, "closeup": 2.0, "search": 1.0, "view": 0.5}
-RELEVANT_TYPES = ("click", "repin", "closeup")
 
 
 @dataclass(frozen=True)
 class TrainParams:
     train_days: int = 28
-    rank: int = EMBEDDING_DIM
+    rank: int | None = None             # None: the registry's model.embedding_dim, what serving expects
     iterations: int = 10
     reg: float = 1.0
     alpha: float = 1.0
@@ -55,17 +55,22 @@ class TrainParams:
 # --- pure parts --------------------------------------------------------------------------
 
 def interactions(events: DataFrame, start: dt.datetime, end: dt.datetime,
-                 weights: dict[str, float] = EVENT_WEIGHTS) -> DataFrame:
-    """(user_id, item_id, weight, events) from events in [start, end)."""
+                 weights: Mapping[str, float]) -> DataFrame:
+    """(user_id, item_id, weight, events) from events in [start, end); ``weights``: event type ->
+    training weight (``Registry.training_weights``). Events of a type not in it are not training data."""
     dwell_boost = F.lit(1.0) + F.log1p(F.coalesce(F.col("dwell_ms"), F.lit(0)) / F.lit(10_000.0))
-    weight = F.coalesce(T.by_event_type(weights), F.lit(0.0)) * dwell_boost
+    weight = F.coalesce(T.by_event_type(dict(weights)), F.lit(0.0)) * dwell_boost
     return (T.dedup_events(events.where(T.in_range(start, end)), "indexed_at")
             .withColumn("w", weight).where("w > 0")
             .groupBy("user_id", "item_id").agg(F.sum("w").alias("weight"), F.count("*").alias("events")))
 
 
-def relevant_items(events: DataFrame, day: dt.date) -> DataFrame:
-    return (events.where(T.in_range(*T.day_bounds(day)) & F.col("event_type").isin(list(RELEVANT_TYPES)))
+def relevant_items(events: DataFrame, day: dt.date, relevant_types: tuple[str, ...]) -> DataFrame:
+    """(user_id, item_id) each user engaged with on ``day`` through one of ``relevant_types``."""
+    if not relevant_types:
+        raise ValueError("no event type is relevant for evaluation: mark at least one `relevant = true` "
+                         "in the registry's [event_types]")
+    return (events.where(T.in_range(*T.day_bounds(day)) & F.col("event_type").isin(list(relevant_types)))
             .select("user_id", "item_id").distinct())
 
 
@@ -130,16 +135,22 @@ def _evaluate(user_vecs: dict[str, np.ndarray], item_vecs: dict[str, np.ndarray]
     return recall_ndcg([recs.get(u, []) for u in users], [relevant[u] for u in users], k)
 
 
-def retrain(io, holdout_day: dt.date, params: TrainParams, now: dt.datetime | None = None) -> dict:
+def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
+            now: dt.datetime | None = None) -> dict:
+    """Train on the days before ``holdout_day``, evaluate on it, gate, record. ``now`` only names
+    the version and stamps ``trained_at``: what is trained and evaluated depends on the holdout day."""
     from pyspark.ml.feature import StringIndexer
     from pyspark.ml.recommendation import ALS
 
+    if params.rank is None:
+        params = replace(params, rank=registry.model.embedding_dim)
     now = now or dt.datetime.now(dt.timezone.utc)
     version = "als-" + now.strftime("%Y%m%dT%H%M%S")
     p = Progress("retrain", io.metrics_dir, version=version, holdout_day=str(holdout_day))
     end = T.day_bounds(holdout_day)[0]
     events = io.read(lake.ENRICHED_EVENTS)
-    train = interactions(events, end - dt.timedelta(days=params.train_days), end).localCheckpoint(eager=True)
+    train = interactions(events, end - dt.timedelta(days=params.train_days), end,
+                         registry.training_weights()).localCheckpoint(eager=True)
     n_inter = train.count()
     if n_inter == 0:
         raise ValueError(f"no interactions in the {params.train_days} days before {holdout_day}")
@@ -158,7 +169,7 @@ def retrain(io, holdout_day: dt.date, params: TrainParams, now: dt.datetime | No
     items_vec = _factors(model.itemFactors, list(item_ix.labelsArray[0]))
     p.stage("trained", len(items_vec), users=len(users_vec), rank=params.rank)
 
-    rel_rows = relevant_items(events, holdout_day).collect()
+    rel_rows = relevant_items(events, holdout_day, registry.relevant_types()).collect()
     relevant: dict[str, set[str]] = {}
     for r in rel_rows:
         relevant.setdefault(r["user_id"], set()).add(r["item_id"])
@@ -227,7 +238,7 @@ def _current_promoted(io) -> str | None:
     return rows[0]["model_version"] if rows else None
 
 
-def publish(io, kv_client, prefix: str, version: str | None = None) -> dict:
+def publish(io, registry: Registry, kv_client, prefix: str, version: str | None = None) -> dict:
     """Make a promoted version's item embeddings current in the KV layer (atomic switch-over).
 
     Default: the newest promoted version. Idempotent: publishing the current version does nothing.
@@ -248,8 +259,10 @@ def publish(io, kv_client, prefix: str, version: str | None = None) -> dict:
         return {**p.done(), "published": version}
     emb = io.read(lake.ITEM_EMBEDDINGS).where(F.col("model_version") == version).select("item_id", "embedding")
     dims = {len(r["embedding"]) for r in emb.limit(100).collect()}
-    if dims != {EMBEDDING_DIM}:
-        raise ValueError(f"version {version} has {sorted(dims)}-d embeddings; serving expects {EMBEDDING_DIM}")
+    expected = registry.model.embedding_dim
+    if dims != {expected}:
+        raise ValueError(f"version {version} has {sorted(dims)}-d embeddings; serving expects {expected} "
+                         f"(the registry's model.embedding_dim)")
     kv_settings = io.kv
 
     def write(rows) -> int:

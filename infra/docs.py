@@ -268,6 +268,8 @@ def render_metrics(root: Path = REPO) -> str:
 # Each registry section: the function of usersignals/registry.py that validates one entry (its
 # _check_keys call names the keys allowed and required) and the dataclass it builds.
 REGISTRY_SECTIONS = (
+    ("model", "_model", "Model"),
+    ("views.<name>", "_view", "View"),
     ("enrichments.<name>", "_enrichment", "Enrichment"),
     ("event_types.<name>", "_event_type", "EventType"),
     ("datasets.<name>", "_dataset", "Dataset"),
@@ -290,7 +292,8 @@ REGISTRY_KEYS = {
     ("tenants", "enrichments"): "enrichments joined at serving time",
     ("tenants", "format"): "default response format, one of {FORMATS}",
     ("tenants", "filters"): "what not to serve: the next table",
-    ("tenants", "views"): "aggregate views served, from {VIEWS}",
+    ("tenants", "views"): "aggregate views served: registered `[views.<name>]`, each one of {VIEWS}",
+    ("views", "description"): "what the view gives; the section's name is the view, one of {VIEWS}",
     ("filters", "max_age_s"): "drop events older than this many seconds",
     ("filters", "min_dwell_ms"): "dataset → the least dwell (ms) an event of it needs to be served",
 }
@@ -352,7 +355,8 @@ def render_registry() -> str:
         GENERATED.format(source="`usersignals/registry.py` and `usersignals/default_registry.toml`"),
         "",
         "The registry is the one definition the job, the batch jobs, the API and the DAGs read: event",
-        "types, their real-time datasets, enrichments and tenants. It is a TOML file,",
+        "types (with their weights for aggregates and training), their real-time datasets, enrichments,",
+        "aggregate views, the model's embedding size and tenants. It is a TOML file,",
         "`usersignals/default_registry.toml` unless `USERSIGNALS_REGISTRY` names another. It is validated",
         "on load: an unknown or missing key, a bad value or a reference to an unknown entry fails with",
         "a message naming the entry, the value and what is allowed. Names are lowercase snake_case, at",
@@ -384,11 +388,14 @@ def render_registry() -> str:
         raise ValueError(f"registry keys without a description (a comment on the dataclass field in "
                          f"usersignals/registry.py, or REGISTRY_KEYS in infra/docs.py): {', '.join(missing)}")
     reg = registry_module.load_registry(registry_module.DEFAULT_REGISTRY_PATH)
-    lines += ["", "## The default registry", "", "| event type | id | dataset | retention | TTL days | stored enrichments |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "## The default registry", "", f"Item embeddings have {reg.model.embedding_dim} floats "
+              f"(`model.embedding_dim`). Aggregate views: {', '.join(f'`{v}`' for v in reg.views) or 'none'}.", "",
+              "| event type | id | aggregate weight | training weight | relevant | dataset | retention | TTL days "
+              "| stored enrichments |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for et in sorted(reg.event_types.values(), key=lambda e: e.id):
         for ds in reg.datasets_for(et.name):
-            lines.append(f"| `{et.name}` | {et.id} | `{ds.name}` | {ds.retention} | {ds.ttl_days} | "
+            lines.append(f"| `{et.name}` | {et.id} | {et.aggregate_weight:g} | {et.training_weight:g} | "
+                         f"{'yes' if et.relevant else 'no'} | `{ds.name}` | {ds.retention} | {ds.ttl_days} | "
                          f"{', '.join(f'`{e}`' for e in ds.enrichments) or '–'} |")
     lines += ["", "| enrichment | fields | stage | |", "| --- | --- | --- | --- |"]
     for e in reg.enrichments.values():

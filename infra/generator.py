@@ -26,7 +26,6 @@ from typing import Iterator
 
 import orjson
 
-from usersignals.models import EMBEDDING_DIM
 
 log = logging.getLogger("usersignals.generator")
 
@@ -59,7 +58,10 @@ class ItemCatalog:
     def __init__(self, cfg: WorkloadConfig):
         rng = random.Random(cfg.seed)
         self.cfg = cfg
-        self.centroids = [[rng.gauss(0, 1) for _ in range(EMBEDDING_DIM)] for _ in range(cfg.categories)]
+        from usersignals.registry import load_registry
+
+        dim = load_registry().model.embedding_dim  # what serving's model-ready tensors carry
+        self.centroids = [[rng.gauss(0, 1) for _ in range(dim)] for _ in range(cfg.categories)]
         self.item_ids = [f"i{n}" for n in range(cfg.items)]
         self.category = [rng.randrange(cfg.categories) for _ in range(cfg.items)]
         # Popularity rank is random with respect to id, so categories each have hits.

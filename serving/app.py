@@ -3,7 +3,9 @@
 ``POST /v1/features`` runs retrieve → filter → enrich → size → featurize for a batch of
 users of one tenant (its API key in ``X-API-Key``). ``GET /v1/users/{user_id}/events``
 reads one dataset raw. Tenants are listed, changed and versioned at runtime through
-``/v1/tenants`` (admin key in ``X-Admin-Key``). Run: ``.venv/bin/python -m serving``.
+``/v1/tenants`` (admin key in ``X-Admin-Key``); ``POST /v1/admin/reload`` re-reads the registry
+file (datasets, enrichments, views, tenants) without a restart (``apply_registry``). Run:
+``.venv/bin/python -m serving``.
 
 This module wires the parts: the routes (``serving.routes``), the key checks
 (``serving.auth``), the feature pipeline (``serving.pipeline``), the error body and its
@@ -48,7 +50,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     metrics = ServingMetrics()
     directory = TenantDirectory(registry, aclient, settings.kv_prefix)
     retriever = Retriever(hot, registry, settings.kv_prefix)
-    enricher = Enricher(hot, registry, settings.kv_prefix, CachedFeatures(None, ttl_s=60))
+    features_cache = CachedFeatures(None, ttl_s=60)  # item features, kept across registry reloads
+    enricher = Enricher(hot, registry, settings.kv_prefix, features_cache)
     if feature_logger is None:
         feature_logger = FeatureLogger(
             settings.broker, settings.served_topic,
@@ -80,6 +83,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     # shared through a directory): each holds 1/N of every tenant's limits.
     state.limits = TenantLimits(settings.api_workers if multiprocess_dir() else 1)
     state.retriever = retriever
+    state.hot = hot
+    state.features_cache = features_cache
     state.metrics = metrics
     state.feature_logger = feature_logger
     state.pipeline = Pipeline(registry, retriever, enricher, metrics, feature_logger)
@@ -92,13 +97,32 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         if app.openapi_schema is None:
             spec = FastAPI.openapi(app)  # caches it in app.openapi_schema
             errors.drop_422(spec)
-            users.document(spec, registry)
-            tenants.document(spec, registry)
+            users.document(spec, state.registry)  # the registry served now (reloads reset the cache)
+            tenants.document(spec, state.registry)
         return app.openapi_schema
 
     app.openapi = openapi
     fast = {("POST", "/v1/features"): (features.asgi, route_of(app, "/v1/features"))}
     return ObservedApp(app, metrics, fast)
+
+
+def apply_registry(app: FastAPI, registry: Registry) -> None:
+    """Serve ``registry`` from now on: its datasets, enrichments, views and embedding size, and
+    tenant changes validated against it. The stages are rebuilt and swapped in one synchronous
+    step (no await: no request runs in between); a request in flight keeps the pipeline, and so
+    the registry, it took when it started."""
+    state = app.state
+    prefix = state.settings.kv_prefix
+    if registry.model.embedding_dim != state.registry.model.embedding_dim:
+        # The cache holds float32 bytes of the old size: the new stages start a cache of their own.
+        state.features_cache = CachedFeatures(None, ttl_s=60)
+    retriever = Retriever(state.hot, registry, prefix)
+    enricher = Enricher(state.hot, registry, prefix, state.features_cache)
+    state.pipeline = Pipeline(registry, retriever, enricher, state.metrics, state.feature_logger)
+    state.retriever = retriever
+    state.registry = registry
+    state.directory.registry = registry
+    app.openapi_schema = None  # its enums (event types, datasets) come from the registry
 
 
 def route_of(app: FastAPI, path: str):

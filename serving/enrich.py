@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 
 from usersignals.features import CachedFeatures, item_key
-from usersignals.models import EMBEDDING_DIM, embedding_key, overlay, pointer_key
+from usersignals.models import embedding_key, overlay, pointer_key
 from usersignals.registry import Registry, Tenant
 
 from serving.kv_client import as_kv
@@ -63,7 +63,7 @@ class Enricher:
                 fetched = overlay(fetched, dict(zip(missing, raw[len(missing):])))
             for item in fetched.values():  # once per item while cached: what model-ready arrays join
                 vec = item.get("embedding")
-                if isinstance(vec, list) and len(vec) == EMBEDDING_DIM:
+                if isinstance(vec, list) and len(vec) == self.registry.model.embedding_dim:
                     item[EMBEDDING_F32] = np.asarray(vec, dtype="<f4").tobytes()
             self.cache.fill(missing, fetched, found)
         if not attach:

@@ -34,7 +34,6 @@ from functools import lru_cache
 import numpy as np
 import orjson
 
-from usersignals.models import EMBEDDING_DIM
 from usersignals.registry import Registry, Tenant
 
 from serving.enrich import EMBEDDING_F32
@@ -83,9 +82,10 @@ _ROW = np.dtype([("item_hash", "<i8"), ("ts", "<i8"), ("dwell_ms", "<f4")])
 
 
 def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, now_ms: int,
-              embedding_dim: int = EMBEDDING_DIM, items: dict | None = None) -> dict[str, np.ndarray]:
+              embedding_dim: int | None = None, items: dict | None = None) -> dict[str, np.ndarray]:
     """The model-ready arrays, [B, L] (embedding [B, L, D]), keyed by column name. ``items``
     (the enricher's item features) lets embeddings be joined as float32 bytes in one pass."""
+    embedding_dim = embedding_dim or registry.model.embedding_dim
     dim = embedding_dim if has_embedding(tenant, registry) else None
     b = len(users)
     arrays: dict[str, np.ndarray] = {}
@@ -112,14 +112,16 @@ def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, no
         arrays[f"{ds}.dwell_ms"] = place(rec["dwell_ms"], np.float32)
         arrays[f"{ds}.mask"] = place(1, np.uint8)
         if dim is not None:
-            arrays[f"{ds}.embedding"] = place(_embeddings(flat, dim, items), np.float32, dim)
+            arrays[f"{ds}.embedding"] = place(_embeddings(flat, dim, items, registry.model.embedding_dim),
+                                              np.float32, dim)
     return arrays
 
 
-def _embeddings(flat: list[dict], dim: int, items: dict | None) -> np.ndarray:
-    """[n, dim] float32: each event's item embedding, zeros where it has none of that size."""
+def _embeddings(flat: list[dict], dim: int, items: dict | None, cached_dim: int) -> np.ndarray:
+    """[n, dim] float32: each event's item embedding, zeros where it has none of that size.
+    ``cached_dim``: the size the enricher cached float32 bytes for (the registry's)."""
     zero = bytes(4 * dim)
-    if items is not None and dim == EMBEDDING_DIM:
+    if items is not None and dim == cached_dim:
         blobs = [(items.get(e["item_id"]) or _NONE).get(EMBEDDING_F32, zero) for e in flat]
         return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(flat), dim)
     vecs = [e.get("features", _NONE).get("embedding") for e in flat]  # no enricher cache: lists

@@ -81,7 +81,7 @@ class IndexEvents(ProcessFunction):
             SequenceStore(client, registry, self.kv_prefix),
             CachedFeatures(ItemFeatureStore(client, self.kv_prefix)),
             _shared_metrics(),
-            aggregates=AggregateStore(client, self.kv_prefix),
+            aggregates=AggregateStore(client, registry, self.kv_prefix),
             enriched_sink=self.enriched.send if self.enriched is not None else None,
         )
 

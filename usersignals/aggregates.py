@@ -8,19 +8,19 @@ features at request time; several views share the one state::
 
     {p}:{<user_id>}:agg   HASH   c:<category> -> "<decayed count>:<as of, epoch ms>"
 
-State expires 90 days after the user's last event.
+How much one event of a type adds is that type's ``aggregate_weight`` in the registry. State
+expires 90 days after the user's last event.
 """
 from __future__ import annotations
 
 import math
 from typing import Iterable, Mapping
 
+from usersignals.registry import Registry
 from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error, run_script_batch
 
 HALF_LIFE_MS = 14 * 24 * 3600 * 1000
 TTL_MS = 90 * 24 * 3600 * 1000
-# How much one event of a type says about interest in its item's category.
-WEIGHTS = {"view": 0.2, "closeup": 1.0, "search": 1.0, "click": 2.0, "repin": 3.0}
 
 UPDATE_LUA = """
 local hl = tonumber(ARGV[1])
@@ -67,9 +67,11 @@ async def delete_user_async(aclient, prefix: str, user_id: str) -> int:
 
 
 class AggregateStore:
-    def __init__(self, client, prefix: str = "us"):
+    def __init__(self, client, registry: Registry, prefix: str = "us"):
         self.client = client
         self.prefix = prefix
+        # Event type -> weight, from the registry (the job's aggregator reads no other table of weights).
+        self.weights = registry.aggregate_weights()
         self._update = client.register_script(UPDATE_LUA)
         self._single_node = is_single_node(client)
 
@@ -77,7 +79,7 @@ class AggregateStore:
         """Fold (user_id, category, ts, event_type) tuples into each user's state, one call per user."""
         per_user: dict[str, list] = {}
         for user, category, ts, event_type in events:
-            w = WEIGHTS.get(event_type, 1.0)
+            w = self.weights[event_type]  # only registered types are indexed, so only they reach here
             per_user.setdefault(user, []).extend((f"c:{category}", ts, w))
         if not per_user:
             return 0

@@ -7,17 +7,14 @@ Publishing writes every key of a new version first, then switches ``current`` in
 atomic script (the old current becomes ``previous``), so a reader sees one version or the
 other, never a mix. Rollback swaps them back. Readers (``usersignals.features``) overlay
 the current version's embedding on an item's features; with no published version they
-use the ``embedding`` of the item features as before.
+use the ``embedding`` of the item features as before. Every version's embeddings have the
+registry's ``model.embedding_dim`` floats (what serving's model-ready tensors carry).
 """
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
 import orjson
-
-# Dimension of the item embeddings that serving's model-ready tensors carry (``arrow``): the
-# generator's item features and every published model version have it.
-EMBEDDING_DIM = 16
 
 _SWITCH = """
 local cur = redis.call('HGET', KEYS[1], 'current')

@@ -17,6 +17,11 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 STAGES = ("indexing", "serving")
 FORMATS = ("json", "arrow")
 MAX_RETENTION = 10_000
+# Aggregate views the platform implements (usersignals.aggregates.VIEW_FUNCTIONS); the registry's
+# [views.<name>] sections say which of them this deployment serves.
+VIEWS = ("category_affinity", "top_category", "activity")
+MAX_WEIGHT = 1000.0
+MAX_EMBEDDING_DIM = 4096
 
 
 class RegistryError(ValueError):
@@ -37,6 +42,24 @@ class EventType:
     name: str
     id: int
     description: str = ""
+    aggregate_weight: float = 1.0       # how much one event adds to its user's interest in its item's category
+    training_weight: float = 1.0        # an event's weight in the model's training data, before the dwell boost
+    relevant: bool = False              # on the holdout day, an engagement the model should have predicted (evaluation)
+
+
+@dataclass(frozen=True)
+class View:
+    """An aggregate view served from each user's aggregate state (``usersignals.aggregates``)."""
+
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Model:
+    """What every part that produces or consumes model outputs must agree on."""
+
+    embedding_dim: int = 16             # length of item embeddings: training rank, published versions, serving tensors
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,8 @@ class Registry:
     enrichments: Mapping[str, Enrichment]
     tenants: Mapping[str, Tenant]
     source: str = "<memory>"
+    views: Mapping[str, View] = field(default_factory=dict)
+    model: Model = field(default_factory=Model)
     _by_event_type: Mapping[str, tuple[Dataset, ...]] = field(default_factory=dict, repr=False)
 
     def datasets_for(self, event_type: str) -> tuple[Dataset, ...]:
@@ -100,6 +125,18 @@ class Registry:
             known = ", ".join(sorted(self.event_types))
             raise KeyError(f"unknown event type {event_type!r}; known types: {known}")
         return found[0]
+
+    def aggregate_weights(self) -> dict[str, float]:
+        """Event type -> its weight in the aggregate state (the streaming job's aggregator)."""
+        return {n: et.aggregate_weight for n, et in self.event_types.items()}
+
+    def training_weights(self) -> dict[str, float]:
+        """Event type -> its weight in the model's training data (``batch.retrain``)."""
+        return {n: et.training_weight for n, et in self.event_types.items()}
+
+    def relevant_types(self) -> tuple[str, ...]:
+        """Event types whose engagements on the holdout day count as relevant in evaluation."""
+        return tuple(n for n, et in self.event_types.items() if et.relevant)
 
     def indexing_fields(self, dataset: Dataset) -> tuple[str, ...]:
         """Item-feature fields stored with each event of ``dataset``."""
@@ -123,12 +160,13 @@ def load_registry(path: str | Path | None = None) -> Registry:
 
 
 def parse_registry(raw: Mapping[str, Any], source: str = "<memory>") -> Registry:
-    unknown = set(raw) - {"enrichments", "event_types", "datasets", "tenants"}
+    unknown = set(raw) - set(SECTIONS)
     if unknown:
         raise RegistryError(
-            f"{source}: unknown top-level section(s) {sorted(unknown)}; "
-            "expected enrichments, event_types, datasets, tenants"
+            f"{source}: unknown top-level section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}"
         )
+    model = _model(raw.get("model", {}))
+    views = {n: _view(n, b) for n, b in _section(raw, "views").items()}
     enrichments = {n: _enrichment(n, b) for n, b in _section(raw, "enrichments").items()}
     event_types = {n: _event_type(n, b) for n, b in _section(raw, "event_types").items()}
     if not event_types:
@@ -155,13 +193,15 @@ def parse_registry(raw: Mapping[str, Any], source: str = "<memory>") -> Registry
     if missing:
         raise RegistryError(f"event types {missing} have no dataset; add a [datasets.<name>] for each")
 
-    tenants = {n: _tenant(n, b, datasets, enrichments) for n, b in _section(raw, "tenants").items()}
+    tenants = {n: _tenant(n, b, datasets, enrichments, views) for n, b in _section(raw, "tenants").items()}
     return Registry(
         event_types=event_types,
         datasets=datasets,
         enrichments=enrichments,
         tenants=tenants,
         source=source,
+        views=views,
+        model=model,
         _by_event_type={k: tuple(v) for k, v in by_type.items()},
     )
 
@@ -219,10 +259,41 @@ def _enrichment(name: str, body: Mapping[str, Any]) -> Enrichment:
     return Enrichment(name, fields, body["stage"], source, str(body.get("description", "")))
 
 
+def _weight(where: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= MAX_WEIGHT:
+        raise RegistryError(f"{where}: must be a number from 0 to {MAX_WEIGHT:g}, got {value!r}")
+    return float(value)
+
+
 def _event_type(name: str, body: Mapping[str, Any]) -> EventType:
     where = f"event_types.{name}"
-    _check_keys(where, body, {"id", "description"}, {"id"})
-    return EventType(name, _positive_int(f"{where}.id", body["id"], 255), str(body.get("description", "")))
+    _check_keys(where, body, {"id", "description", "aggregate_weight", "training_weight", "relevant"}, {"id"})
+    relevant = body.get("relevant", EventType.relevant)
+    if not isinstance(relevant, bool):
+        raise RegistryError(f"{where}.relevant: must be true or false, got {relevant!r}")
+    return EventType(
+        name, _positive_int(f"{where}.id", body["id"], 255), str(body.get("description", "")),
+        # A type without weights counts like any other engagement (1.0), never silently as 0.
+        aggregate_weight=_weight(f"{where}.aggregate_weight", body.get("aggregate_weight", EventType.aggregate_weight)),
+        training_weight=_weight(f"{where}.training_weight", body.get("training_weight", EventType.training_weight)),
+        relevant=relevant,
+    )
+
+
+def _view(name: str, body: Mapping[str, Any]) -> View:
+    where = f"views.{name}"
+    _check_keys(where, body, {"description"}, set())
+    if name not in VIEWS:
+        raise RegistryError(f"{where}: {name!r} is not a view the platform implements; known: {list(VIEWS)}")
+    return View(name, str(body.get("description", "")))
+
+
+def _model(body: Any) -> Model:
+    if not isinstance(body, Mapping):
+        raise RegistryError(f"model: expected a table, got {body!r}")
+    _check_keys("model", body, {"embedding_dim"}, set())
+    dim = _positive_int("model.embedding_dim", body.get("embedding_dim", Model.embedding_dim), MAX_EMBEDDING_DIM)
+    return Model(embedding_dim=dim)
 
 
 def _dataset(name, body, event_types, enrichments) -> Dataset:
@@ -252,7 +323,7 @@ def _dataset(name, body, event_types, enrichments) -> Dataset:
 
 TENANT_KEYS = {"sequences", "enrichments", "format", "description", "filters", "views", "max_concurrency",
                "max_rps", "timeout_ms", "log_sample_rate", "api_key_sha256"}
-VIEWS = ("category_affinity", "top_category", "activity")
+SECTIONS = ("model", "views", "enrichments", "event_types", "datasets", "tenants")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -262,7 +333,7 @@ def parse_tenant(name: str, body: Mapping[str, Any], registry: "Registry") -> Te
         raise RegistryError(f"tenants.{name}: names must be lowercase snake_case (a-z, 0-9, _)")
     if not isinstance(body, Mapping):
         raise RegistryError(f"tenants.{name}: expected an object, got {type(body).__name__}")
-    return _tenant(name, body, registry.datasets, registry.enrichments)
+    return _tenant(name, body, registry.datasets, registry.enrichments, registry.views)
 
 
 def _filters(where: str, body: Any, seqs: Mapping[str, int]) -> Filters:
@@ -286,7 +357,7 @@ def _filters(where: str, body: Any, seqs: Mapping[str, int]) -> Filters:
                    _str_list(f"{where}.exclude_items", body.get("exclude_items", [])))
 
 
-def _tenant(name, body, datasets, enrichments) -> Tenant:
+def _tenant(name, body, datasets, enrichments, views_served) -> Tenant:
     where = f"tenants.{name}"
     _check_keys(where, body, TENANT_KEYS, {"sequences"})
     seqs = body["sequences"]
@@ -307,8 +378,8 @@ def _tenant(name, body, datasets, enrichments) -> Tenant:
         raise RegistryError(f"{where}.format: {fmt!r} is not one of {list(FORMATS)}")
     views = _str_list(f"{where}.views", body.get("views", []))
     for v in views:
-        if v not in VIEWS:
-            raise RegistryError(f"{where}.views: {v!r} is not a known view; known: {list(VIEWS)}")
+        if v not in views_served:
+            raise RegistryError(f"{where}.views: {v!r} is not a registered view; registered: {sorted(views_served)}")
     rate = body.get("log_sample_rate", 0.0)
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
         raise RegistryError(f"{where}.log_sample_rate: must be a number from 0 to 1, got {rate!r}")

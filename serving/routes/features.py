@@ -128,6 +128,7 @@ async def serve(state, req: FeaturesRequest, keys: auth.Keys, header) -> tuple[b
     request id), or an HTTPException. ``header(name)`` reads a request header."""
     metrics: ServingMetrics = state.metrics
     cfg = state.directory.get(req.tenant)
+    pipeline = state.pipeline  # with cfg, before any await: a registry reload does not change it mid-request
     if cfg is None:
         raise HTTPException(404, f"unknown tenant {req.tenant!r}")
     auth.authorize(cfg, keys)
@@ -142,8 +143,8 @@ async def serve(state, req: FeaturesRequest, keys: auth.Keys, header) -> tuple[b
         tm.in_flight.inc()
         try:
             async with asyncio.timeout(t.timeout_ms / 1000):  # no task per request, unlike wait_for
-                served = await state.pipeline.run(cfg, req.user_ids, fmt, header("accept") or "",
-                                                  req.exclude_items, request_id)
+                served = await pipeline.run(cfg, req.user_ids, fmt, header("accept") or "",
+                                            req.exclude_items, request_id)
         except TimeoutError:
             tm.timeout.inc()
             raise HTTPException(504, f"tenant {t.name!r} request took over its {t.timeout_ms} ms timeout")

@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, Field
 
-from usersignals.registry import FORMATS, VIEWS, Registry, RegistryError, load_registry, tenant_to_dict
+from usersignals.registry import FORMATS, Registry, RegistryError, load_registry, parse_tenant, tenant_to_dict
 
 from serving import auth
 from serving.errors import ORJSONResponse, error_responses
@@ -169,16 +169,31 @@ async def tenant_versions(request: Request, name: str = _name("homefeed_ranking"
     return {"name": name, "versions": history}
 
 
-@router.post("/v1/admin/reload", summary="Re-read the registry file and apply changed tenants (admin)",
+@router.post("/v1/admin/reload", summary="Re-read the registry file: datasets, enrichments, views and "
+                                          "changed tenants, without a restart (admin)",
              response_model=None, dependencies=[Depends(auth.require_admin)],
              responses={200: {"model": Reloaded}, **error_responses(
-                 400, 401, 403, 413, notes={400: "The registry file is not valid; the message says why."})})
+                 400, 401, 403, 413, notes={400: "The registry file is not valid, or a tenant served now does "
+                                                 "not fit it; the message says why."})})
 async def reload(request: Request):
+    """Datasets, enrichments and views apply at once (``serving.app.apply_registry``); then each
+    tenant the file changed is stored as a new version, as PUT would."""
+    from serving.app import apply_registry
+
     state = request.app.state
     try:
         fresh = load_registry(state.settings.registry_path)
     except RegistryError as exc:
         raise HTTPException(400, str(exc)) from None
+    for name, cfg in state.directory.all().items():
+        if name in fresh.tenants:
+            continue  # the file redefines it, validated against the file
+        try:  # a tenant changed at runtime must still fit: refuse a registry that breaks it
+            parse_tenant(name, tenant_to_dict(cfg.tenant), fresh)
+        except RegistryError as exc:
+            raise HTTPException(400, f"tenant {name!r} (version {cfg.version}) does not fit the new "
+                                     f"registry: {exc}") from None
+    apply_registry(request.app, fresh)
     changed = []
     for name, tenant in fresh.tenants.items():
         current = state.directory.get(name)
@@ -223,7 +238,7 @@ def tenant_config_schema(registry: Registry, *, write: bool) -> dict:
                    "description": "Default response format."},
         "description": {"type": "string"},
         "filters": filters,
-        "views": unique("Aggregate views to serve with each user.", list(VIEWS)),
+        "views": unique("Aggregate views to serve with each user.", list(registry.views)),
         "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 32,
                             "description": "Requests in flight before 429."},
         "max_rps": {"type": "number", "minimum": 0, "maximum": 1_000_000, "default": 0,

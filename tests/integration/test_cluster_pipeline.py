@@ -74,11 +74,11 @@ def test_events_go_through_the_job_into_the_cluster_and_out_of_the_api(cluster_s
 def test_item_features_spread_over_the_masters_are_joined_into_model_ready_arrays(cluster_stack, store):
     """The home-feed tenant's embeddings come from item keys on every master (MGET split by slot)."""
     from usersignals.features import ItemFeatureStore
-    from usersignals.models import EMBEDDING_DIM
+    from usersignals.registry import load_registry
 
     s = cluster_stack.settings
     user, items = new_user(), [f"emb-item-{n}" for n in range(8)]
-    vectors = {i: [float(n)] * EMBEDDING_DIM for n, i in enumerate(items, start=1)}
+    vectors = {i: [float(n)] * load_registry().model.embedding_dim for n, i in enumerate(items, start=1)}
     features_store = ItemFeatureStore(connect(s), s.kv_prefix)
     assert len({store.client.get_node_from_key(features_store.key(i)).name for i in items}) >= 2
     features_store.put_many({i: {"category": "c1", "embedding": v} for i, v in vectors.items()})

@@ -180,14 +180,14 @@ def test_unknown_dataset_and_bad_limit_are_clear_errors(backend):
         backend.read("u", {"clicks": 0})
 
 
-def test_aggregates_decay_and_take_late_events_without_client_reads(backend):
+def test_aggregates_decay_and_take_late_events_without_client_reads(backend, registry):
     from usersignals.aggregates import HALF_LIFE_MS, TTL_MS, AggregateStore, agg_key, decode_state
 
     kv_client = backend.client
 
-    agg = AggregateStore(kv_client, prefix="t")
+    agg = AggregateStore(kv_client, registry, prefix="t")
     t0 = 1_800_000_000_000
-    agg.update([("u", "c1", t0, "click")])                        # weight 2
+    agg.update([("u", "c1", t0, "click")])                        # weight 2 (the registry's aggregate_weight)
     agg.update([("u", "c1", t0 + HALF_LIFE_MS, "click")])         # 2 * 0.5 + 2 = 3
     agg.update([("u", "c1", t0, "click")])                        # late: 3 + 2 * 0.5 = 4
     state = decode_state(kv_client.hgetall(agg_key("t", "u")), t0 + HALF_LIFE_MS)

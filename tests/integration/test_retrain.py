@@ -50,7 +50,7 @@ def test_training_data_stops_before_the_holdout_day(env):
     end = dt.datetime.combine(HOLDOUT, dt.time(), UTC)
     start = end - dt.timedelta(days=3)
     events = io.read(lake.ENRICHED_EVENTS)
-    train = interactions(events, start, end)
+    train = interactions(events, start, end, load_registry().training_weights())
     in_window = events.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end))) \
         .dropDuplicates(["event_id"]).count()
     assert train.agg(F.sum("events")).first()[0] == in_window  # every event before D, none from D on
@@ -60,21 +60,21 @@ def test_training_data_stops_before_the_holdout_day(env):
 
 def test_retrain_gate_publish_and_rollback(env, kv_client):
     settings, io = env
-    first = retrain(io, HOLDOUT, PARAMS, now=dt.datetime(2026, 11, 21, 1, tzinfo=UTC))
+    first = retrain(io, load_registry(), HOLDOUT, PARAMS, now=dt.datetime(2026, 11, 21, 1, tzinfo=UTC))
     # The planted interests make personalisation pay: the model clearly beats popularity.
     assert first["recall_at_k"] > 1.3 * first["baseline_recall_at_k"], first
     assert first["ndcg_at_k"] > 1.3 * first["baseline_ndcg_at_k"], first
     assert first["promoted"] and first["current_version"] is None and "promoted" in first["decision"]
 
     # Same data, same seed: the candidate ties the promoted model, so the gate says no.
-    second = retrain(io, HOLDOUT, PARAMS, now=dt.datetime(2026, 11, 21, 2, tzinfo=UTC))
+    second = retrain(io, load_registry(), HOLDOUT, PARAMS, now=dt.datetime(2026, 11, 21, 2, tzinfo=UTC))
     assert second["current_version"] == first["model_version"]
     assert not second["promoted"] and "current model" in second["decision"]
     runs = io.read(lake.MODEL_RUNS).orderBy("trained_at").collect()
     assert [r["promoted"] for r in runs] == [True, False]
 
     # Publish: the promoted version becomes current; both enrichers read its embeddings.
-    out = publish(io, kv_client, settings.kv_prefix)
+    out = publish(io, load_registry(), kv_client, settings.kv_prefix)
     v1 = first["model_version"]
     assert out["published"] == v1 and models.current_version(kv_client, settings.kv_prefix) == v1
     lake_vec = {r["item_id"]: r["embedding"] for r in io.read(lake.ITEM_EMBEDDINGS)
@@ -82,17 +82,17 @@ def test_retrain_gate_publish_and_rollback(env, kv_client):
     item = next(iter(lake_vec))
     stream_side = ItemFeatureStore(kv_client, settings.kv_prefix).get_many([item])[item]
     assert np.allclose(stream_side["embedding"], lake_vec[item], atol=1e-5)
-    assert len(stream_side["embedding"]) == models.EMBEDDING_DIM
+    assert len(stream_side["embedding"]) == load_registry().model.embedding_dim
     assert serving_embedding(settings, item) == pytest.approx(stream_side["embedding"])
-    assert publish(io, kv_client, settings.kv_prefix)["published"] == v1  # idempotent
+    assert publish(io, load_registry(), kv_client, settings.kv_prefix)["published"] == v1  # idempotent
     with pytest.raises(ValueError, match="not promoted"):
-        publish(io, kv_client, settings.kv_prefix, second["model_version"])
+        publish(io, load_registry(), kv_client, settings.kv_prefix, second["model_version"])
 
     # A forced promotion (negative margin), published, then rolled back.
-    third = retrain(io, HOLDOUT, TrainParams(train_days=9, iterations=3, k=10, margin=-0.9, seed=11),
+    third = retrain(io, load_registry(), HOLDOUT, TrainParams(train_days=9, iterations=3, k=10, margin=-0.9, seed=11),
                     now=dt.datetime(2026, 11, 21, 3, tzinfo=UTC))
     assert third["promoted"]
-    publish(io, kv_client, settings.kv_prefix)
+    publish(io, load_registry(), kv_client, settings.kv_prefix)
     v3 = third["model_version"]
     assert models.versions(kv_client, settings.kv_prefix) == {"current": v3, "previous": v1}
     assert models.rollback(kv_client, settings.kv_prefix) == v1

@@ -47,7 +47,7 @@ def seeded(kv_server, kv_client, registry):
     store.write(events)
     ItemFeatureStore(kv_client, prefix).put_many(
         {f"i{n}": {"category": f"c{n % 3}", "popularity": 0.5, "embedding": [n / 100] * 16} for n in range(40)})
-    AggregateStore(kv_client, prefix).update([("u1", "c1", now - 1000, "repin"), ("u1", "c2", now - 1000, "view")])
+    AggregateStore(kv_client, registry, prefix).update([("u1", "c1", now - 1000, "repin"), ("u1", "c2", now - 1000, "view")])
     return now
 
 

@@ -93,7 +93,10 @@ def test_registry_page_names_every_key_the_validation_accepts():
     page = docs.REGISTRY.read_text()
     tenants = page.split("### `[tenants.<name>]`")[1].split("###")[0]
     assert sorted(re.findall(r"^\| `(\w+)` \|", tenants, re.M)) == sorted(TENANT_KEYS)
-    assert "| `retention` | yes | – |" in page and "| `click` | 1 | `clicks` |" in page
+    assert "| `retention` | yes | – |" in page and "| `click` | 1 | 2 | 3 | yes | `clicks` |" in page
+    # The per-type weights' defaults are documented, not a silent 0.
+    assert "| `aggregate_weight` | no | `1.0` |" in page and "| `training_weight` | no | `1.0` |" in page
+    assert "| `embedding_dim` | no | `16` |" in page
 
 
 def _links(page: Path) -> list[str]:

@@ -66,3 +66,57 @@ def test_missing_file_and_bad_toml_are_clear(tmp_path):
     bad.write_text("[datasets\n")
     with pytest.raises(RegistryError, match="not valid TOML"):
         load_registry(bad)
+
+
+# --- per-type knowledge: weights, relevance, views, the embedding size ---------------------
+
+def test_each_event_type_carries_its_aggregate_and_training_weights_and_relevance():
+    reg = load_registry()
+    assert reg.aggregate_weights() == {"click": 2.0, "repin": 3.0, "closeup": 1.0, "view": 0.2, "search": 1.0}
+    assert reg.training_weights() == {"click": 3.0, "repin": 4.0, "closeup": 2.0, "view": 0.5, "search": 1.0}
+    assert set(reg.relevant_types()) == {"click", "repin", "closeup"}
+    assert reg.model.embedding_dim == 16
+    assert list(reg.views) == ["category_affinity", "top_category", "activity"]
+
+
+def test_a_new_type_without_weights_counts_like_any_engagement_not_zero():
+    def add_hover(r):
+        r["event_types"]["hover"] = {"id": 9}
+        r["datasets"]["hovers"] = {"event_type": "hover", "retention": 10}
+
+    reg = parse_registry(edited(add_hover))
+    hover = reg.event_types["hover"]
+    assert (hover.aggregate_weight, hover.training_weight, hover.relevant) == (1.0, 1.0, False)
+    assert reg.training_weights()["hover"] == 1.0 and reg.aggregate_weights()["hover"] == 1.0
+
+
+def test_registry_without_model_section_has_the_documented_embedding_size():
+    assert parse_registry(edited(lambda r: r.pop("model"))).model.embedding_dim == 16
+    assert parse_registry(edited(lambda r: r["model"].update(embedding_dim=32))).model.embedding_dim == 32
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r["event_types"]["view"].update(aggregate_weight=-0.5),
+     "event_types.view.aggregate_weight: must be a number from 0 to 1000, got -0.5"),
+    (lambda r: r["event_types"]["view"].update(training_weight="high"),
+     "event_types.view.training_weight: must be a number from 0 to 1000, got 'high'"),
+    (lambda r: r["event_types"]["view"].update(training_weight=True), "got True"),
+    (lambda r: r["event_types"]["view"].update(relevant="yes"), "event_types.view.relevant: must be true or false, got 'yes'"),
+    (lambda r: r["model"].update(embedding_dim=0), "model.embedding_dim: must be a positive integer, got 0"),
+    (lambda r: r["model"].update(embedding_dim=10**5), "model.embedding_dim: 100000 is over the maximum of 4096"),
+    (lambda r: r["model"].update(rank=16), "model: unknown key(s) ['rank']"),
+    (lambda r: r.update(model=16), "model: expected a table, got 16"),
+    (lambda r: r["views"].update(sparkle={}), "views.sparkle: 'sparkle' is not a view the platform implements"),
+    (lambda r: r["views"].pop("activity"),
+     "tenants.homefeed_ranking.views: 'activity' is not a registered view; registered: ['category_affinity', "
+     "'top_category']"),
+])
+def test_invalid_per_type_knowledge_names_the_bad_value(edit, message):
+    assert message in error_of(edited(edit))
+
+
+def test_views_the_registry_may_name_are_the_ones_aggregates_implement():
+    from usersignals.aggregates import VIEW_FUNCTIONS
+    from usersignals.registry import VIEWS
+
+    assert set(VIEWS) == set(VIEW_FUNCTIONS)
