@@ -1,18 +1,21 @@
 """Command line of the offline jobs (what spark-submit and the DAGs run)::
 
     python -m batch daily --day 2026-11-22 [--event-types click,view] [--no-kv]
-    python -m batch bootstrap --datasets clicks --days 30 [--as-of 2026-11-22T00:00:00+00:00]
-    python -m batch backfill-enrichment --enrichment item_popularity --days 30
-    python -m batch select --experiment dwell50 --dataset closeups --rule dwell --n 50 --days 30
+    python -m batch bootstrap --datasets clicks --days 30 --as-of 2026-11-22T00:00:00+00:00
+    python -m batch backfill-enrichment --enrichment item_popularity --days 30 --as-of 2026-11-22T00:00:00+00:00
+    python -m batch select --experiment dwell50 --dataset closeups --rule dwell --n 50 --days 30 --as-of ...
     python -m batch maintenance [--tables raw_events,enriched_events] [--expire-days 5]
     python -m batch delete-user <user_id> [--requested-by NAME] [--reason TEXT]
     python -m batch delete-user --pending      (complete the erasures the API recorded)
-    python -m batch parity --sample 200 [--watermark-minutes 10] [--threshold 0.01]
+    python -m batch parity --as-of 2026-11-22T00:00:00+00:00 --sample 200 [--watermark-minutes 10] [--threshold 0.01]
     python -m batch publish-features
-    python -m batch retrain [--holdout-day D] [--train-days 28] [--rank 16] [--iterations 10] [--k 10]
+    python -m batch retrain --holdout-day D [--train-days 28] [--rank R] [--iterations 10] [--k 10]
     python -m batch publish-model [--version V]      python -m batch model-rollback
 
 or ``spark-submit batch/submit.py <same arguments>``. Settings come from ``USERSIGNALS_*``.
+Every job that reads a time window takes its end (``--as-of``, ``--day``, ``--holdout-day``)
+from the caller (the DAG's data interval), never the wall clock: a re-run or a backfill of
+last month computes what that month's run did.
 Prints the job's figures as one JSON line last; exits non-zero on failure.
 """
 from __future__ import annotations
@@ -31,6 +34,20 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def instant(value: str) -> dt.datetime:
+    """An ISO 8601 moment with its UTC offset (what Airflow's ``ts`` filter renders)."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 date-time, e.g. 2026-11-22T00:00:00+00:00")
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} has no UTC offset; write e.g. {value}+00:00")
+    return moment
+
+
+AS_OF_HELP = "end of the window: ISO 8601 with offset (the DAG passes its data interval's end)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m batch", description="usersignals offline jobs on Spark + Iceberg")
     sub = p.add_subparsers(dest="job", required=True)
@@ -41,17 +58,18 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bootstrap", help="build datasets' sequences from the last N days into the KV layer")
     b.add_argument("--datasets", type=_csv, required=True)
     b.add_argument("--days", type=int, required=True)
-    b.add_argument("--as-of", type=dt.datetime.fromisoformat, default=None,
-                   help="end of the window (ISO 8601, default now)")
+    b.add_argument("--as-of", type=instant, required=True, help=AS_OF_HELP)
     e = sub.add_parser("backfill-enrichment", help="add an enrichment's fields to indexed events (lake + KV)")
     e.add_argument("--enrichment", required=True)
     e.add_argument("--days", type=int, required=True)
+    e.add_argument("--as-of", type=instant, required=True, help=AS_OF_HELP)
     s = sub.add_parser("select", help="materialise an alternative event selection for experiments")
     s.add_argument("--experiment", required=True)
     s.add_argument("--dataset", required=True)
     s.add_argument("--rule", choices=["last", "dwell", "similarity"], required=True)
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--days", type=int, default=30)
+    s.add_argument("--as-of", type=instant, required=True, help=AS_OF_HELP)
     s.add_argument("--no-kv", action="store_true")
     m = sub.add_parser("maintenance", help="drop expired partitions, compact files, rewrite manifests, "
                                            "expire snapshots")
@@ -65,8 +83,10 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--requested-by", default="operator", help="who asked, for the audit row")
     u.add_argument("--reason", default=None, help="why, for the audit row")
     q = sub.add_parser("parity", help="compare sampled users' KV sequences with the lake")
+    q.add_argument("--as-of", type=instant, required=True, help=AS_OF_HELP)
     q.add_argument("--sample", type=int, default=200)
-    q.add_argument("--watermark-minutes", type=int, default=10, help="compare as of this many minutes ago")
+    q.add_argument("--watermark-minutes", type=int, default=10,
+                   help="compare as of this many minutes before --as-of (lets the lake catch up)")
     q.add_argument("--threshold", type=float, default=0.01, help="fail above this mismatch rate")
     q.add_argument("--seed", type=int, default=None)
     sub.add_parser("publish-features", help="latest item features from the lake to the KV layer")
@@ -113,12 +133,12 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
         if args.job == "daily":
             return jobs.daily_reenrich(io, registry, args.day, args.event_types, repair_kv=not args.no_kv)
         if args.job == "bootstrap":
-            return jobs.bootstrap(io, registry, args.datasets, args.days, now=args.as_of)
+            return jobs.bootstrap(io, registry, args.datasets, args.days, as_of=args.as_of)
         if args.job == "backfill-enrichment":
-            return jobs.backfill_enrichment(io, registry, args.enrichment, args.days)
+            return jobs.backfill_enrichment(io, registry, args.enrichment, args.days, as_of=args.as_of)
         if args.job == "select":
             return jobs.select_experiment(io, registry, args.experiment, args.dataset, args.rule, args.n,
-                                          args.days, to_kv=not args.no_kv)
+                                          args.days, as_of=args.as_of, to_kv=not args.no_kv)
         if args.job == "maintenance":
             from iceberg_schemas.tables import table_defs
 
@@ -130,7 +150,7 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
             from usersignals.kv import SequenceStore, connect
 
             store = SequenceStore(connect(settings), registry, settings.kv_prefix)
-            wm = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=args.watermark_minutes)
+            wm = args.as_of - dt.timedelta(minutes=args.watermark_minutes)
             return jobs.parity(io, registry, store, args.sample, wm, args.threshold, seed=args.seed)
         if args.job == "publish-features":
             return jobs.publish_features(io)

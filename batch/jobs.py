@@ -56,6 +56,17 @@ class LakeIO:
         return lake.feature_columns(self.read(lake.ENRICHED_EVENTS).columns)
 
 
+def window_before(as_of: dt.datetime, days: int) -> tuple[dt.datetime, dt.datetime]:
+    """[as_of - days, as_of): the events a job run as of ``as_of`` reads. ``as_of`` is the run's
+    (the DAG's data interval end), never the wall clock, so a re-run or a backfill of a past run
+    reads exactly the window that run read."""
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of {as_of.isoformat()} has no UTC offset; pass an aware datetime")
+    if days <= 0:
+        raise ValueError(f"days must be a positive number of days, got {days!r}")
+    return as_of - dt.timedelta(days=days), as_of
+
+
 def _types_filter(event_types):
     return F.col("event_type").isin(list(event_types)) if event_types else F.lit(True)
 
@@ -106,16 +117,16 @@ def daily_reenrich(io: LakeIO, registry: Registry, day: dt.date, event_types: li
 
 # --- bootstrap a dataset ---------------------------------------------------------------
 
-def bootstrap(io: LakeIO, registry: Registry, datasets: list[str], days: int,
-              now: dt.datetime | None = None) -> dict[str, int]:
-    """Build datasets' sequences from the last ``days`` days of raw events, straight into KV."""
+def bootstrap(io: LakeIO, registry: Registry, datasets: list[str], days: int, *,
+              as_of: dt.datetime) -> dict[str, int]:
+    """Build datasets' sequences from the ``days`` days of raw events before ``as_of``, straight into KV."""
     unknown = sorted(set(datasets) - set(registry.datasets))
     if unknown:
         raise ValueError(f"unknown datasets {unknown}; registered: {sorted(registry.datasets)}")
-    now = now or dt.datetime.now(dt.timezone.utc)
-    p = Progress("bootstrap", io.metrics_dir, datasets=",".join(datasets), days=str(days))
+    p = Progress("bootstrap", io.metrics_dir, datasets=",".join(datasets), days=str(days),
+                 as_of=as_of.isoformat())
     types = [registry.datasets[d].event_type for d in datasets]
-    raw = io.read(lake.RAW_EVENTS).where(T.in_range(now - dt.timedelta(days=days), now) & _types_filter(types))
+    raw = io.read(lake.RAW_EVENTS).where(T.in_range(*window_before(as_of, days)) & _types_filter(types))
     events = T.dedup_events(raw).withColumn("dataset", T.dataset_of(registry)).where(F.col("dataset").isin(datasets))
     kept = T.last_n(events, {d: registry.datasets[d].retention for d in datasets})
     fields = io.feature_fields()
@@ -128,10 +139,10 @@ def bootstrap(io: LakeIO, registry: Registry, datasets: list[str], days: int,
 
 # --- backfill a new enrichment -----------------------------------------------------------
 
-def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: int,
-                        now: dt.datetime | None = None) -> dict[str, int]:
+def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: int, *,
+                        as_of: dt.datetime) -> dict[str, int]:
     """Add an enrichment's fields to already indexed events of the datasets that use it:
-    new columns (schema change, no rewrite), the last ``days`` days of partitions rewritten
+    new columns (schema change, no rewrite), the ``days`` days of partitions before ``as_of`` rewritten
     with values, and each user's retained sequence rewritten in the KV layer."""
     if enrichment not in registry.enrichments:
         raise ValueError(f"unknown enrichment {enrichment!r}; registered: {sorted(registry.enrichments)}")
@@ -139,8 +150,8 @@ def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: i
     datasets = [d.name for d in registry.datasets.values() if enrichment in d.enrichments]
     if not datasets:
         raise ValueError(f"no dataset uses enrichment {enrichment!r}: add it to a dataset in the registry first")
-    now = now or dt.datetime.now(dt.timezone.utc)
-    p = Progress("backfill_enrichment", io.metrics_dir, enrichment=enrichment, days=str(days))
+    p = Progress("backfill_enrichment", io.metrics_dir, enrichment=enrichment, days=str(days),
+                 as_of=as_of.isoformat())
     have = set(io.read(lake.ENRICHED_EVENTS).columns)
     feat_schema = {f.name: f.dataType.simpleString() for f in io.read(lake.ITEM_FEATURES).schema.fields}
     for f in e.fields:
@@ -150,7 +161,7 @@ def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: i
             io.spark.sql(f"ALTER TABLE {io.name(lake.ENRICHED_EVENTS)} ADD COLUMN {f} {feat_schema[f]}")
             p.stage(f"added_column_{f}")
     fields = io.feature_fields()
-    events = io.read(lake.ENRICHED_EVENTS).where(T.in_range(now - dt.timedelta(days=days), now)
+    events = io.read(lake.ENRICHED_EVENTS).where(T.in_range(*window_before(as_of, days))
                                                  & F.col("dataset").isin(datasets))
     feats = T.latest_features(io.read(lake.ITEM_FEATURES)).select(
         "item_id", *[F.col(f).alias(f"_n_{f}") for f in e.fields])
@@ -169,17 +180,17 @@ def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: i
 # --- event-selection experiments ----------------------------------------------------------
 
 def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: str, rule: str, n: int,
-                      days: int, to_kv: bool = True, now: dt.datetime | None = None) -> dict[str, int]:
-    """Materialise ``n`` events per user of ``dataset`` chosen by ``rule`` into
-    ``selected_sequences`` (partition ``experiment``) and KV dataset ``exp_<experiment>``."""
+                      days: int, *, as_of: dt.datetime, to_kv: bool = True) -> dict[str, int]:
+    """Materialise ``n`` events per user of ``dataset`` (of the ``days`` days before ``as_of``)
+    chosen by ``rule`` into ``selected_sequences`` (partition ``experiment``) and KV dataset
+    ``exp_<experiment>``."""
     if dataset not in registry.datasets:
         raise ValueError(f"unknown dataset {dataset!r}")
     if not experiment.replace("_", "").isalnum():
         raise ValueError(f"experiment name {experiment!r}: use letters, digits and _")
-    now = now or dt.datetime.now(dt.timezone.utc)
-    p = Progress("select_experiment", io.metrics_dir, experiment=experiment, rule=rule)
+    p = Progress("select_experiment", io.metrics_dir, experiment=experiment, rule=rule, as_of=as_of.isoformat())
     events = T.dedup_events(io.read(lake.ENRICHED_EVENTS).where(
-        T.in_range(now - dt.timedelta(days=days), now) & (F.col("dataset") == dataset)), "indexed_at")
+        T.in_range(*window_before(as_of, days)) & (F.col("dataset") == dataset)), "indexed_at")
     if rule == "similarity":
         emb = T.latest_features(io.read(lake.ITEM_FEATURES)).select("item_id", F.col("embedding").alias("_emb"))
         events = events.drop(*[c for c in ("embedding",) if c in events.columns]) \

@@ -20,6 +20,15 @@ from usersignals.settings import REPO_ROOT, load_settings
 SETTINGS = load_settings()
 REGISTRY = load_registry(SETTINGS.registry_path)
 
+# The moment a run computes "as of", for the batch CLI's --as-of: the end of the run's data
+# interval (scheduled runs and backfills); a run without one (asset-triggered, or triggered
+# without a logical date) has no interval, so the moment it was due (run_after). Never the
+# wall clock: a re-run or a backfill of a past run computes what that run did.
+AS_OF_MOMENT = "(data_interval_end if data_interval_end is defined and data_interval_end else dag_run.run_after)"
+AS_OF = "{{ %s | ts }}" % AS_OF_MOMENT
+# The day before that moment's UTC day: the last complete day (retraining's holdout day).
+DAY_BEFORE_AS_OF = "{{ macros.ds_add(%s | ds, -1) }}" % AS_OF_MOMENT
+
 
 def table_asset(table: str) -> Asset:
     """The Asset of an Iceberg table: what one DAG produces and another is scheduled on."""

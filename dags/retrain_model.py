@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from _usersignals import ENRICHED_BY_TYPE, ITEM_EMBEDDINGS, KV_EMBEDDINGS, MODEL_RUNS, spark_job, usersignals_dag
+from _usersignals import (DAY_BEFORE_AS_OF, ENRICHED_BY_TYPE, ITEM_EMBEDDINGS, KV_EMBEDDINGS, MODEL_RUNS,
+                          spark_job, usersignals_dag)
 
 all_types_refreshed = None
 for asset in ENRICHED_BY_TYPE.values():
@@ -29,7 +30,6 @@ with usersignals_dag(
     params={
         "train_days": Param(28, type="integer", minimum=1, maximum=365,
                             description="Training window: days before the holdout day"),
-        "rank": Param(16, type="integer", enum=[16], description="Embedding dimension (serving expects 16)"),
         "iterations": Param(10, type="integer", minimum=1, maximum=50, description="ALS iterations"),
         "reg": Param(1.0, type="number", minimum=0, description="ALS regularisation"),
         "alpha": Param(1.0, type="number", minimum=0, description="Implicit-feedback confidence scale"),
@@ -38,10 +38,11 @@ with usersignals_dag(
                         description="Relative improvement over baseline and current model needed to promote"),
     },
 ) as dag:
-    # The holdout day is the day before the run (run_after: set for timed and asset-triggered runs).
+    # The holdout day is the day before the run's as-of day. The rank is the registry's
+    # model.embedding_dim (what serving expects), so it is not a parameter here.
     train = spark_job("train_evaluate_gate", [
-        "retrain", "--holdout-day", "{{ macros.ds_add(dag_run.run_after | ds, -1) }}",
-        "--train-days", "{{ params.train_days }}", "--rank", "{{ params.rank }}",
+        "retrain", "--holdout-day", DAY_BEFORE_AS_OF,
+        "--train-days", "{{ params.train_days }}",
         "--iterations", "{{ params.iterations }}", "--reg", "{{ params.reg }}",
         "--alpha", "{{ params.alpha }}", "--k", "{{ params.k }}", "--margin", "{{ params.margin }}"],
         outlets=[ITEM_EMBEDDINGS, MODEL_RUNS])

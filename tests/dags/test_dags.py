@@ -92,3 +92,70 @@ def test_spark_tasks_run_in_the_batch_environment_not_airflows(dagbag):
         for t in dag.tasks:
             env = t.env_vars
             assert env["PYSPARK_PYTHON"] == python and env["PATH"].startswith(os.path.dirname(python)), (dag_id, t)
+
+
+# --- every run computes as of its data interval, never the wall clock ---------------------------
+# A run of a past interval (a backfill of last month), due long after that interval: each task's
+# rendered arguments must name the interval's moments, and none the moment the run happened to start.
+INTERVAL_START = "2026-10-01T00:00:00+00:00"
+INTERVAL_END = "2026-10-02T00:00:00+00:00"
+RUN_AFTER = "2026-11-30T08:00:00+00:00"
+# The batch CLI's options that fix a run's moment, and what each must be for the interval above.
+MOMENTS = {"as_of": "2026-10-02T00:00:00+00:00", "day": "2026-10-01", "holdout_day": "2026-10-01"}
+
+
+class DagRun:
+    def __init__(self, run_after):
+        import pendulum
+
+        self.run_after = pendulum.parse(run_after)
+        self.run_id = "test"
+
+
+def render(dag, task, context: dict) -> list[str]:
+    from airflow.sdk.execution_time import macros
+
+    env = dag.get_template_env()
+    context = {"params": {k: dag.params[k] for k in dag.params}, "macros": macros,
+               "dag_run": DagRun(RUN_AFTER), **context}
+    return [env.from_string(a).render(**context) if isinstance(a, str) else a for a in task.application_args]
+
+
+def moment_options(argv: list[str]) -> dict[str, str]:
+    """The moment options the job's subcommand has, with the values these arguments give them."""
+    from batch.__main__ import parser
+
+    ns = vars(parser().parse_args(argv))
+    return {k: (ns[k].isoformat() if ns[k] is not None else None) for k in MOMENTS if k in ns}
+
+
+def test_every_task_takes_its_moments_from_the_runs_data_interval(dagbag):
+    import pendulum
+
+    interval = {"data_interval_start": pendulum.parse(INTERVAL_START),
+                "data_interval_end": pendulum.parse(INTERVAL_END), "ds": INTERVAL_START[:10]}
+    checked = 0
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            argv = render(dag, task, interval)
+            got = moment_options(argv)
+            for option, value in got.items():
+                assert value == MOMENTS[option], (dag_id, task.task_id, option, argv)
+                checked += 1
+            assert RUN_AFTER[:10] not in " ".join(argv), (dag_id, task.task_id, argv)
+    # backfill_enrichment, bootstrap_dataset, selection_experiment, parity_check, retrain_model and
+    # one daily_enrichment per event type: a new windowed job without its moment fails to parse above.
+    assert checked >= 5 + len(load_registry().event_types)
+
+
+def test_a_run_without_a_data_interval_computes_as_of_when_it_was_due(dagbag):
+    """Asset-triggered runs (parity_check, retrain_model on fresh data) have no data interval
+    (Airflow 3): they compute as of run_after, the moment the run was due, which a re-run keeps."""
+    for dag_id, option, expected in (("parity_check", "as_of", RUN_AFTER),
+                                     ("retrain_model", "holdout_day", "2026-11-29"),
+                                     ("selection_experiment", "as_of", RUN_AFTER),
+                                     ("backfill_enrichment", "as_of", RUN_AFTER)):
+        dag = dagbag.dags[dag_id]
+        task = next(t for t in dag.tasks if moment_options(render(dag, t, {"data_interval_start": None,
+                                                                           "data_interval_end": None})))
+        assert moment_options(render(dag, task, {}))[option] == expected, dag_id

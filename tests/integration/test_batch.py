@@ -92,14 +92,19 @@ def test_jobs_end_to_end_on_the_lake_and_kv(env, kv_client):
     assert jobs.daily_reenrich(io, registry, DAY)["missing"] == 0
     assert io.read(lake.ENRICHED_EVENTS).count() == 7
 
+    # bootstrap as of a past moment loads what a run at that moment would have: nothing later
+    kv_client.flushall()
+    jobs.bootstrap(io, registry, ["clicks"], days=5, as_of=at(3))
+    assert [decode_stored(x)["event_id"] for x in store.read("u1", {"clicks": 100})["clicks"]] == ["e2", "e1", "e0"]
+
     # bootstrap: the last N per user, newest first, straight into KV
     kv_client.flushall()
-    figs = jobs.bootstrap(io, registry, ["clicks", "views"], days=5, now=at(12))
+    figs = jobs.bootstrap(io, registry, ["clicks", "views"], days=5, as_of=at(12))
     assert figs["loaded"] == 7
     ids = [decode_stored(x)["event_id"] for x in store.read("u1", {"clicks": 100})["clicks"]]
     assert ids == ["e5", "e4", "e3", "e2", "e1", "e0"]
     with pytest.raises(ValueError, match="unknown datasets"):
-        jobs.bootstrap(io, registry, ["nope"], days=1)
+        jobs.bootstrap(io, registry, ["nope"], days=1, as_of=at(12))
 
     # parity: KV rebuilt from the lake matches; a lost event is caught
     wm = at(12)
@@ -110,7 +115,7 @@ def test_jobs_end_to_end_on_the_lake_and_kv(env, kv_client):
 
     # backfill a new enrichment: column added by schema change, values and KV payloads filled
     full = load_registry()
-    figs = jobs.backfill_enrichment(io, full, "item_popularity", days=5, now=at(12))
+    figs = jobs.backfill_enrichment(io, full, "item_popularity", days=5, as_of=at(12))
     assert "popularity" in io.read(lake.ENRICHED_EVENTS).columns and figs["lake_rows"] == 6
     pops = {r["event_id"]: r["popularity"] for r in io.read(lake.ENRICHED_EVENTS).collect()}
     assert pops["e0"] == 0.5 and pops["v0"] is None  # views do not use item_popularity
@@ -119,7 +124,7 @@ def test_jobs_end_to_end_on_the_lake_and_kv(env, kv_client):
     assert e4["features"] == {"category": "c2", "popularity": 0.9}
 
     # selection experiment: the 2 longest dwells of each user
-    figs = jobs.select_experiment(io, full, "dwell2", "clicks", "dwell", 2, days=5, now=at(12))
+    figs = jobs.select_experiment(io, full, "dwell2", "clicks", "dwell", 2, days=5, as_of=at(12))
     sel = sorted((r["rank"], r["event_id"]) for r in io.read(lake.SELECTED_SEQUENCES).collect())
     assert sel == [(1, "e5"), (2, "e4")] and figs["kv_rows"] == 2
     assert kv_client.zrange(store.seq_key("exp_dwell2", "u1"), 0, -1) == [b"e4", b"e5"]
