@@ -100,14 +100,21 @@ def _iceberg_jdbc_options(settings: Settings) -> dict[str, str]:
         # engines share; the JVM engines only use them.
         "jdbc.init-catalog-tables": "false",
         "jdbc.schema-version": "V1",
+        **_file_io(settings),
     }
+
+
+def _file_io(settings: Settings) -> dict[str, str]:
+    """An s3:// warehouse is read and written through Iceberg's S3FileIO (iceberg-aws-bundle, in the
+    spark and flink profiles of infra/pom.xml): the JVM engines have no Hadoop S3 filesystem."""
+    return {"io-impl": "org.apache.iceberg.aws.s3.S3FileIO"} if settings.warehouse.startswith("s3://") else {}
 
 
 def flink_catalog_options(settings: Settings) -> dict[str, str]:
     """``CREATE CATALOG ... WITH (...)`` options of the lake for Flink's Iceberg connector."""
     if settings.lake_catalog_type == "rest":
         return {"type": "iceberg", "catalog-type": "rest", "uri": settings.catalog_uri,
-                "warehouse": settings.warehouse}
+                "warehouse": settings.warehouse, **_file_io(settings)}
     return {"type": "iceberg", "catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
             **_iceberg_jdbc_options(settings)}
 
@@ -139,7 +146,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         conf[f"{cat}.type"] = "jdbc"
         conf.update({f"{cat}.{k}": v for k, v in _iceberg_jdbc_options(settings).items()})
     else:
-        conf.update({f"{cat}.type": "rest", f"{cat}.uri": settings.catalog_uri})
+        conf.update({f"{cat}.type": "rest", f"{cat}.uri": settings.catalog_uri,
+                     **{f"{cat}.{k}": v for k, v in _file_io(settings).items()}})
     return conf
 
 

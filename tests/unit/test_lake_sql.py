@@ -90,3 +90,16 @@ def test_feature_columns_map_catalog_types_and_skip_base_columns():
                                               ("embedding", "ARRAY<FLOAT>")]
     with pytest.raises(ValueError, match="no Flink mapping"):
         lake_sql.feature_columns([("odd", "MAP<STRING, INT>")])
+
+
+def test_an_s3_warehouse_is_written_through_s3fileio_by_both_jvm_engines():
+    from usersignals import lake
+    from usersignals.settings import Settings
+
+    local = Settings()
+    s3 = Settings(lake_warehouse="s3://usersignals-lake/warehouse", lake_catalog_uri="postgresql+psycopg2://u:p@db:5432/iceberg")
+    assert "io-impl" not in lake.flink_catalog_options(local)
+    assert lake.flink_catalog_options(s3)["io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
+    assert lake.spark_conf(s3)["spark.sql.catalog.lake.io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
+    rest = Settings(lake_warehouse="s3://b/w", lake_catalog_type="rest", lake_catalog_uri="http://catalog:8181")
+    assert lake.flink_catalog_options(rest)["io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
