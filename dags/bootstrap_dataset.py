@@ -1,8 +1,10 @@
 """Bootstrap a dataset's sequences in the KV layer from the last N days of raw events.
 
-Use it when a new event type (dataset) is registered: the dataset is usable in minutes
-instead of after N days of streaming. Each run loads sequences as of the end of its data
-interval, so the UI's Backfill over a date range rebuilds as of each day in turn.
+Use it when a new event type (dataset) is registered: the indexing job has kept that type's
+events in raw_events since they first arrived, registered or not, so the dataset is usable in
+minutes instead of after N days of streaming (docs/operations/new-event-type.md). Each run
+loads sequences as of the end of its data interval, so the UI's Backfill over a date range
+rebuilds as of each day in turn.
 Idempotent: events already in the KV layer are stored once.
 """
 from __future__ import annotations
