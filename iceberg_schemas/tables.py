@@ -5,9 +5,10 @@ creates what is missing and evolves what differs (new columns, new partition fie
 properties, sort order) without rewriting data. Column names are a public contract
 (analysts' queries, Spark jobs and the indexing job's lake sink use them): add, never rename.
 
-Item-feature columns are typed here (``FEATURE_TYPES``); ``enriched_events`` carries one
-column per indexing-time enrichment field of the registry, so registering an
-enrichment over a new feature and running ``migrate`` adds its column.
+Item-feature columns are typed by the registry (``[features.<name>]``, mapped to Iceberg types by
+``ICEBERG_TYPES``); ``item_features`` has one column per registered feature and ``enriched_events``
+one per indexing-time enrichment field, so registering a feature (and an enrichment storing it)
+and running ``migrate`` adds its columns.
 """
 from __future__ import annotations
 
@@ -25,12 +26,20 @@ from pyiceberg.types import (
 from usersignals import lake
 from usersignals.registry import Registry
 
-# Types of item features (the columns of item_features, copied onto enriched events).
-FEATURE_TYPES: dict[str, IcebergType] = {
-    "category": StringType(),
-    "popularity": DoubleType(),
-    "embedding": ListType(element_id=1, element_type=FloatType(), element_required=False),
+# The Iceberg type of each item-feature type the registry allows (usersignals.registry.FEATURE_TYPES).
+ICEBERG_TYPES: dict[str, IcebergType] = {
+    "string": StringType(),
+    "double": DoubleType(),
+    "float": FloatType(),
+    "bigint": LongType(),
+    "int": IntegerType(),
+    "array<float>": ListType(element_id=1, element_type=FloatType(), element_required=False),
 }
+
+
+def feature_types(registry: Registry) -> dict[str, IcebergType]:
+    """Item feature -> its Iceberg column type, in registry order (the columns of item_features)."""
+    return {f.name: ICEBERG_TYPES[f.type] for f in registry.features.values()}
 
 COMMON_PROPERTIES = {
     "format-version": "2",
@@ -145,10 +154,7 @@ EVENT_COLUMNS = (
 def enrichment_fields(registry: Registry) -> tuple[str, ...]:
     """Item-feature fields stored on indexed events: every indexing-stage enrichment's fields."""
     names = [f for e in registry.enrichments.values() if e.stage == "indexing" for f in e.fields]
-    unknown = sorted(set(names) - FEATURE_TYPES.keys())
-    if unknown:
-        raise ValueError(f"enrichment fields {unknown} have no type in iceberg_schemas.tables.FEATURE_TYPES")
-    return tuple(dict.fromkeys(names))
+    return tuple(dict.fromkeys(names))  # each typed: the registry refuses an untyped enrichment field
 
 
 def _embeddings(name: str, key: str, what: str) -> TableDef:
@@ -156,7 +162,8 @@ def _embeddings(name: str, key: str, what: str) -> TableDef:
     per_user = key == "user_id"
     return TableDef(name, f"{what} embeddings produced by model retraining, one partition per model version.",
                     (Column("model_version", StringType(), True), Column(key, StringType(), True),
-                     Column("embedding", FEATURE_TYPES["embedding"]), Column("created_at", TimestamptzType(), True)),
+                     Column("embedding", ICEBERG_TYPES["array<float>"]),
+                     Column("created_at", TimestamptzType(), True)),
                     (("model_version", "identity"),), properties=USER_ROWS_PROPERTIES if per_user else {},
                     user_column=key if per_user else None, arrival_column="created_at" if per_user else None)
 
@@ -178,14 +185,14 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                      Column("dataset", StringType(), True, "The real-time dataset that holds the event"),
                      Column("indexed_at", TimestamptzType()),
                      Column("enriched_by", StringType(), doc="stream | daily | backfill"),
-                 ) + tuple(Column(f, FEATURE_TYPES[f]) for f in enrichment_fields(registry)),
+                 ) + tuple(Column(f, feature_types(registry)[f]) for f in enrichment_fields(registry)),
                  # Recomputable from raw_events (daily job), so kept for less.
                  day_and_type, by_user, USER_ROWS_PROPERTIES, retention_days=90,
                  user_column="user_id", arrival_column="indexed_at"),
         TableDef(lake.ITEM_FEATURES, "Item features: the source of every enrichment (one row per item and "
                  "version; the newest updated_at wins).",
                  (Column("item_id", StringType(), True),)
-                 + tuple(Column(f, t) for f, t in FEATURE_TYPES.items())
+                 + tuple(Column(f, t) for f, t in feature_types(registry).items())
                  + (Column("updated_at", TimestamptzType(), True),),
                  (), (("item_id", "asc"),)),
         TableDef(lake.DEAD_LETTERS, "Rejected records from the indexing job's dead-letter topic, bytes "
@@ -265,7 +272,8 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                   Column("event_time", TimestamptzType()),
                   Column("age_s", FloatType(), doc="ts minus event time, seconds"),
                   Column("dwell_ms", LongType()))
-                 + tuple(Column(f, FEATURE_TYPES[f], doc="As of ts (lake source)") for f in enrichment_fields(registry))
+                 + tuple(Column(f, feature_types(registry)[f], doc="As of ts (lake source)")
+                         for f in enrichment_fields(registry))
                  + (Column("created_at", TimestamptzType(), True, "When the job wrote the row"),),
                  (("ts", "day"), ("source", "identity")), (("user_id", "asc"), ("ts", "asc")),
                  USER_ROWS_PROPERTIES, retention_days=400, user_column="user_id", arrival_column="created_at"),

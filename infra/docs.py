@@ -270,6 +270,7 @@ def render_metrics(root: Path = REPO) -> str:
 REGISTRY_SECTIONS = (
     ("model", "_model", "Model"),
     ("views.<name>", "_view", "View"),
+    ("features.<name>", "_feature", "Feature"),
     ("enrichments.<name>", "_enrichment", "Enrichment"),
     ("event_types.<name>", "_event_type", "EventType"),
     ("datasets.<name>", "_dataset", "Dataset"),
@@ -279,7 +280,8 @@ REGISTRY_SECTIONS = (
 # What a key means, where its dataclass field has no comment of its own in registry.py. Allowed
 # values are filled in from the module ({STAGES} ...), so they cannot drift.
 REGISTRY_KEYS = {
-    ("enrichments", "fields"): "item-feature fields it copies onto an event (`category`, `popularity`, `embedding`)",
+    ("enrichments", "fields"): "registered item features (`[features.<name>]`) it copies onto an event",
+    ("features", "type"): "the column's type in the lake (item_features, enriched_events), one of {FEATURE_TYPES}",
     ("enrichments", "stage"): "where it is joined, one of {STAGES}: `indexing` stores the value with the event in "
                               "the KV layer, `serving` joins it at request time",
     ("enrichments", "source"): "where the features come from: `item_features`",

@@ -65,8 +65,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         except Exception:
             pass  # KV not reachable yet: /readyz says so, and the sync loop catches up
         task = asyncio.create_task(directory.run_sync(1.0))
+        follower = asyncio.create_task(follow_registry(app, 1.0))
         yield
         task.cancel()
+        follower.cancel()
         hot.close()
         feature_logger.close(2)
         metrics.worker_exit()
@@ -123,6 +125,31 @@ def apply_registry(app: FastAPI, registry: Registry) -> None:
     state.registry = registry
     state.directory.registry = registry
     app.openapi_schema = None  # its enums (event types, datasets) come from the registry
+
+
+def registry_key(state) -> str:
+    """Where a reload records the digest of the registry file it applied (the tenants' slot)."""
+    return state.directory.key + ":registry"
+
+
+async def follow_registry(app: FastAPI, interval_s: float = 1.0) -> None:
+    """With several API processes (``api_workers``) a reload reaches one of them, which records
+    the file's digest in the KV layer; every other process re-reads the file when the recorded
+    digest is not the one it serves, and applies it if the file still has that digest (a file
+    edited since, but not reloaded, waits for its own reload). A process whose registry was not
+    loaded from a file (tests) does not follow."""
+    state = app.state
+    while True:
+        try:
+            recorded = await state.aclient.get(registry_key(state))
+            recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
+            if recorded and state.registry.digest and recorded != state.registry.digest:
+                fresh = load_registry(state.settings.registry_path)
+                if fresh.digest == recorded:
+                    apply_registry(app, fresh)
+        except Exception:
+            pass  # KV unreachable or the file mid-edit: keep serving the registry we have
+        await asyncio.sleep(interval_s)
 
 
 def route_of(app: FastAPI, path: str):

@@ -29,7 +29,7 @@ INDEXED_FIELDS = (("event_id", "STRING"), ("user_id", "STRING"), ("event_type", 
 # The dead-letter side output's fields (streaming.functions.DLQ_TYPE).
 DLQ_FIELDS = ("key", "value", "reason", "detail", "source_topic", "partition", "offset")
 
-# Flink type of each item-feature column type the lake declares (iceberg_schemas FEATURE_TYPES).
+# Flink type of each item-feature column type the lake declares (the registry's [features], iceberg_schemas.tables).
 FEATURE_FLINK_TYPES = {"STRING": "STRING", "DOUBLE": "DOUBLE", "FLOAT": "FLOAT", "BIGINT": "BIGINT",
                        "INT": "INT", "ARRAY<FLOAT>": "ARRAY<FLOAT>"}
 

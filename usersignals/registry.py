@@ -6,9 +6,10 @@ that names the offending entry, the bad value and what would be right.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,11 +22,22 @@ MAX_RETENTION = 10_000
 # [views.<name>] sections say which of them this deployment serves.
 VIEWS = ("category_affinity", "top_category", "activity")
 MAX_WEIGHT = 1000.0
+# Column types an item feature may have (the lake's item_features and enriched_events columns).
+FEATURE_TYPES = ("string", "double", "float", "bigint", "int", "array<float>")
 MAX_EMBEDDING_DIM = 4096
 
 
 class RegistryError(ValueError):
     """The registry file is not valid; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    """An item feature: a column of the lake's item_features, copied onto events by enrichments."""
+
+    name: str
+    type: str
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,8 @@ class Registry:
     source: str = "<memory>"
     views: Mapping[str, View] = field(default_factory=dict)
     model: Model = field(default_factory=Model)
+    features: Mapping[str, Feature] = field(default_factory=dict)
+    digest: str = ""                    # sha256 of the file it was loaded from ("" when not from a file)
     _by_event_type: Mapping[str, tuple[Dataset, ...]] = field(default_factory=dict, repr=False)
 
     def datasets_for(self, event_type: str) -> tuple[Dataset, ...]:
@@ -151,12 +165,13 @@ def load_registry(path: str | Path | None = None) -> Registry:
     """Load and validate a registry file (the packaged default when ``path`` is None)."""
     path = Path(path) if path else DEFAULT_REGISTRY_PATH
     try:
-        raw = tomllib.loads(path.read_text())
+        data = path.read_bytes()
+        raw = tomllib.loads(data.decode())
     except FileNotFoundError:
         raise RegistryError(f"registry file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RegistryError(f"{path}: not valid TOML: {exc}") from None
-    return parse_registry(raw, source=str(path))
+    return replace(parse_registry(raw, source=str(path)), digest=hashlib.sha256(data).hexdigest())
 
 
 def parse_registry(raw: Mapping[str, Any], source: str = "<memory>") -> Registry:
@@ -167,7 +182,8 @@ def parse_registry(raw: Mapping[str, Any], source: str = "<memory>") -> Registry
         )
     model = _model(raw.get("model", {}))
     views = {n: _view(n, b) for n, b in _section(raw, "views").items()}
-    enrichments = {n: _enrichment(n, b) for n, b in _section(raw, "enrichments").items()}
+    features = {n: _feature(n, b) for n, b in _section(raw, "features").items()}
+    enrichments = {n: _enrichment(n, b, features) for n, b in _section(raw, "enrichments").items()}
     event_types = {n: _event_type(n, b) for n, b in _section(raw, "event_types").items()}
     if not event_types:
         raise RegistryError(f"{source}: at least one event type is required")
@@ -202,6 +218,7 @@ def parse_registry(raw: Mapping[str, Any], source: str = "<memory>") -> Registry
         source=source,
         views=views,
         model=model,
+        features=features,
         _by_event_type={k: tuple(v) for k, v in by_type.items()},
     )
 
@@ -245,12 +262,24 @@ def _str_list(where: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _enrichment(name: str, body: Mapping[str, Any]) -> Enrichment:
+def _feature(name: str, body: Mapping[str, Any]) -> Feature:
+    where = f"features.{name}"
+    _check_keys(where, body, {"type", "description"}, {"type"})
+    if body["type"] not in FEATURE_TYPES:
+        raise RegistryError(f"{where}.type: {body['type']!r} is not a feature type; known: {list(FEATURE_TYPES)}")
+    return Feature(name, body["type"], str(body.get("description", "")))
+
+
+def _enrichment(name: str, body: Mapping[str, Any], features: Mapping[str, Feature]) -> Enrichment:
     where = f"enrichments.{name}"
     _check_keys(where, body, {"fields", "stage", "source", "description"}, {"fields", "stage"})
     fields = _str_list(f"{where}.fields", body["fields"])
     if not fields:
         raise RegistryError(f"{where}.fields: must name at least one item-feature field")
+    for f in fields:
+        if f not in features:
+            raise RegistryError(f"{where}.fields: {f!r} is not a registered item feature; add [features.{f}] "
+                                f"with its type; registered: {sorted(features)}")
     if body["stage"] not in STAGES:
         raise RegistryError(f"{where}.stage: {body['stage']!r} is not one of {list(STAGES)}")
     source = body.get("source", "item_features")
@@ -323,7 +352,7 @@ def _dataset(name, body, event_types, enrichments) -> Dataset:
 
 TENANT_KEYS = {"sequences", "enrichments", "format", "description", "filters", "views", "max_concurrency",
                "max_rps", "timeout_ms", "log_sample_rate", "api_key_sha256"}
-SECTIONS = ("model", "views", "enrichments", "event_types", "datasets", "tenants")
+SECTIONS = ("model", "views", "features", "enrichments", "event_types", "datasets", "tenants")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

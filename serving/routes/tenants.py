@@ -178,7 +178,7 @@ async def tenant_versions(request: Request, name: str = _name("homefeed_ranking"
 async def reload(request: Request):
     """Datasets, enrichments and views apply at once (``serving.app.apply_registry``); then each
     tenant the file changed is stored as a new version, as PUT would."""
-    from serving.app import apply_registry
+    from serving.app import apply_registry, registry_key
 
     state = request.app.state
     try:
@@ -194,6 +194,7 @@ async def reload(request: Request):
             raise HTTPException(400, f"tenant {name!r} (version {cfg.version}) does not fit the new "
                                      f"registry: {exc}") from None
     apply_registry(request.app, fresh)
+    await state.aclient.set(registry_key(state), fresh.digest)  # the other API processes follow it
     changed = []
     for name, tenant in fresh.tenants.items():
         current = state.directory.get(name)

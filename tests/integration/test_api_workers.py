@@ -15,7 +15,7 @@ import redis
 from bench.common import WorkerConn
 from infra.stack import Stack, metric_sum, private_settings
 from usersignals.kv import SequenceStore, StoredEvent
-from usersignals.registry import load_registry
+from usersignals.registry import DEFAULT_REGISTRY_PATH, load_registry
 
 from .conftest import wait_until
 
@@ -32,7 +32,10 @@ USERS = [f"w{i}" for i in range(10)]
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    settings = private_settings(tmp_path_factory.mktemp("workers"), api_workers=WORKERS)
+    data_dir = tmp_path_factory.mktemp("workers")
+    registry_file = data_dir / "registry.toml"  # its own copy: a test edits it and reloads
+    registry_file.write_text(DEFAULT_REGISTRY_PATH.read_text())
+    settings = private_settings(data_dir, api_workers=WORKERS, registry_path=registry_file)
     stack = Stack(settings, components=("kv", "api"), env={"api": {"USERSIGNALS_ADMIN_KEY": ADMIN_KEY}})
     stack.start()
     registry = load_registry(settings.registry_path)
@@ -111,6 +114,37 @@ def test_a_tenant_change_on_one_worker_reaches_the_others_within_about_a_second(
 
     lag = asyncio.run(main())
     assert lag <= 2.0, f"the change took {lag:.2f}s to reach the other worker (sync every 1 s)"
+
+
+def test_a_registry_reload_on_one_worker_reaches_the_others(api):
+    """POST /v1/admin/reload lands on one worker; the others follow the digest it records and
+    serve the new dataset too, without a restart."""
+    path = api.settings.registry_path
+    path.write_text(path.read_text() + '\n[event_types.share]\nid = 6\n\n'
+                    '[datasets.shares]\nevent_type = "share"\nretention = 30\n')
+
+    async def datasets(conn: WorkerConn) -> set[str]:
+        status, raw = await conn.request("GET", "/v1/datasets")
+        assert status == 200, raw
+        return {d["name"] for d in orjson.loads(raw)["datasets"]}
+
+    async def main():
+        by_worker = await pinned(api, 1)
+        first, *others = by_worker.values()
+        assert "shares" not in await datasets(others[0][0])
+        status, raw = await first[0].request("POST", "/v1/admin/reload", headers={"X-Admin-Key": ADMIN_KEY})
+        assert status == 200, raw
+        assert "shares" in await datasets(first[0])
+        started = time.monotonic()
+        while not all(["shares" in await datasets(c[0]) for c in others]):
+            await asyncio.sleep(0.05)
+            assert time.monotonic() - started < 5.0, "another worker did not follow the reload within 5 s"
+        for conns in by_worker.values():
+            conns[0].close()
+        return time.monotonic() - started
+
+    lag = asyncio.run(main())
+    assert lag <= 3.0, f"the reload took {lag:.2f}s to reach the other worker (followed every 1 s)"
 
 
 def test_a_flooded_tenant_is_held_to_its_limits_across_workers_and_others_are_served(api):

@@ -120,3 +120,33 @@ def test_views_the_registry_may_name_are_the_ones_aggregates_implement():
     from usersignals.registry import VIEWS
 
     assert set(VIEWS) == set(VIEW_FUNCTIONS)
+
+
+def test_item_features_are_typed_in_the_registry_and_the_lake_tables_follow():
+    from iceberg_schemas.tables import feature_types, table_defs
+    from pyiceberg.types import DoubleType, StringType
+
+    def add_score(r):
+        r["features"]["score"] = {"type": "double"}
+        r["enrichments"]["item_score"] = {"fields": ["score"], "stage": "indexing"}
+        r["datasets"]["clicks"]["enrichments"].append("item_score")
+
+    reg = parse_registry(edited(add_score))
+    assert {f: t.type for f, t in reg.features.items()} == {
+        "category": "string", "popularity": "double", "embedding": "array<float>", "score": "double"}
+    defs = table_defs(reg)
+    columns = {c.name: c.type for c in defs["item_features"].columns}
+    assert columns["score"] == DoubleType() and columns["category"] == StringType()
+    assert {c.name for c in defs["enriched_events"].columns} >= {"category", "popularity", "score"}
+    assert list(feature_types(reg)) == ["category", "popularity", "embedding", "score"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r["features"]["popularity"].update(type="decimal"),
+     "features.popularity.type: 'decimal' is not a feature type; known: ['string', 'double'"),
+    (lambda r: r["features"].pop("popularity"),
+     "enrichments.item_popularity.fields: 'popularity' is not a registered item feature; add [features.popularity]"),
+    (lambda r: r["features"]["category"].pop("type"), "features.category: missing required key(s) ['type']"),
+])
+def test_an_untyped_or_mistyped_feature_is_refused_naming_it(edit, message):
+    assert message in error_of(edited(edit))
