@@ -77,3 +77,17 @@ def test_bootstrap_dag_loads_the_kv_layer_from_the_lake(lake_with_events, kv_cli
         assert ids[:3] == [f"u{u}-0", f"u{u}-1", f"u{u}-2"]
         assert len(ids) == len(set(ids)) and 20 <= len(ids) <= 25
     assert (settings.data_dir / "metrics" / "batch_bootstrap.prom").exists()
+
+
+def test_an_asset_scheduled_dag_run_passes_its_moment_to_the_job(lake_with_events):
+    """parity_check is scheduled on an asset: real Airflow renders its --as-of (the data interval's
+    end, or run_after for a run without one) and the job compares as of it minus the watermark."""
+    settings = lake_with_events
+    before = dt.datetime.now(dt.timezone.utc)
+    proc = run_dag(settings, "parity_check", {"sample": 10, "threshold": 1.0, "watermark_minutes": 10})
+    out = proc.stdout + proc.stderr
+    assert "DAG_RUN_STATE success" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
+    watermark = dt.datetime.fromisoformat(out.split("parity: started ")[1].split("watermark=")[1].split()[0])
+    # As of the run's moment (rendered when the run was created, about now) minus 10 minutes.
+    assert dt.timedelta(minutes=9) < before - watermark < dt.timedelta(minutes=15), watermark
+    assert (settings.data_dir / "metrics" / "batch_parity.prom").exists()
