@@ -9,6 +9,8 @@
     python -m batch delete-user --pending      (complete the erasures the API recorded)
     python -m batch parity --as-of 2026-11-22T00:00:00+00:00 --sample 200 [--watermark-minutes 10] [--threshold 0.01]
     python -m batch publish-features
+    python -m batch training-examples --day D [--source lake|served] [--tenant T] [--label-types click,repin]
+                                      [--labels-table NAME] [--export-dir DIR | --no-export]
     python -m batch retrain --holdout-day D [--train-days 28] [--rank R] [--iterations 10] [--k 10]
     python -m batch publish-model [--version V]      python -m batch model-rollback
 
@@ -90,6 +92,25 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--threshold", type=float, default=0.01, help="fail above this mismatch rate")
     q.add_argument("--seed", type=int, default=None)
     sub.add_parser("publish-features", help="latest item features from the lake to the KV layer")
+    t = sub.add_parser("training-examples", help="one day's point-in-time training examples (lake or served) "
+                                                 "into training_examples and a Parquet export")
+    t.add_argument("--day", type=dt.date.fromisoformat, required=True, help="UTC day of the labels, YYYY-MM-DD")
+    t.add_argument("--source", choices=["lake", "served"], default="lake",
+                   help="lake: rebuilt from raw events as of each label; served: the logged served features "
+                        "labelled by what followed")
+    t.add_argument("--tenant", default=None, help="sequence mix of this tenant (default: every dataset at its "
+                                                  "retention); required with --source served")
+    t.add_argument("--label-types", type=_csv, default=None,
+                   help="event types that are labels (default: the registry's relevant types)")
+    t.add_argument("--labels-table", default=None,
+                   help="lake source: labels from this lake table (user_id, ts, label[, example_id])")
+    t.add_argument("--lookback-days", type=int, default=30, help="lake source: oldest event, days before ts")
+    t.add_argument("--label-window-minutes", type=int, default=30,
+                   help="served source: engagements this long after the request are its label")
+    t.add_argument("--export-dir", default=None,
+                   help="Parquet export root (default: <data_dir>/exports/training_examples; a cluster "
+                        "gives an object-store URI)")
+    t.add_argument("--no-export", action="store_true", help="write the table only")
     r = sub.add_parser("retrain", help="train ALS embeddings, evaluate on a holdout day, gate")
     r.add_argument("--holdout-day", type=dt.date.fromisoformat, required=True,
                    help="UTC day to evaluate on; training uses the days before it")
@@ -154,6 +175,15 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
             return jobs.parity(io, registry, store, args.sample, wm, args.threshold, seed=args.seed)
         if args.job == "publish-features":
             return jobs.publish_features(io)
+        if args.job == "training-examples":
+            from batch.training import training_examples
+
+            default_export = (settings.data_dir / "exports" / "training_examples").resolve().as_uri()
+            export = None if args.no_export else (args.export_dir or default_export)
+            return training_examples(io, registry, args.day, source=args.source, tenant=args.tenant,
+                                     label_types=args.label_types, labels_table=args.labels_table,
+                                     lookback_days=args.lookback_days,
+                                     label_window_minutes=args.label_window_minutes, export_dir=export)
         if args.job == "retrain":
             from batch.retrain import TrainParams, retrain
 
