@@ -235,3 +235,15 @@ def test_the_admin_key_comes_from_a_secret_not_the_configmap():
                for c in containers(d))
     admin = next(e for e in api["env"] if e["name"] == _var("admin_key"))
     assert admin["valueFrom"]["secretKeyRef"]["name"] == "usersignals-admin"
+
+
+def test_the_topics_stamped_by_the_broker_locally_are_stamped_so_in_production():
+    """The lag alerts read the broker's append time: Strimzi's topics must say LogAppendTime where the
+    local stack's do (infra/kafka.timestamp_configs)."""
+    from infra.kafka import timestamp_configs
+
+    topics = {d["spec"]["topicName"]: d["spec"].get("config", {})
+              for d in yaml.safe_load_all((K8S / "kafka.yaml").read_text()) if d and d["kind"] == "KafkaTopic"}
+    settings = load_settings(config_map("usersignals-settings")["data"])
+    for topic, config in timestamp_configs(settings).items():
+        assert topics[topic].get("message.timestamp.type") == config["message.timestamp.type"], topic
