@@ -33,7 +33,7 @@ from serving.limits import TenantLimits
 from serving.metrics import ServingMetrics, multiprocess_dir
 from serving.pipeline import Pipeline
 from serving.retrieve import Retriever
-from serving.routes import features, ops, tenants, users
+from serving.routes import admin, features, ops, tenants, users
 from serving.tenants import TenantDirectory
 
 MAX_USERS_PER_REQUEST = features.MAX_USERS_PER_REQUEST
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     state.pipeline = Pipeline(registry, retriever, enricher, metrics, feature_logger)
     state.admin_sha256 = auth.admin_key_sha256(settings)
     errors.install(app)
-    for module in (features, users, tenants, ops):
+    for module in (features, users, tenants, admin, ops):
         add_routes(app, module.router)
 
     def openapi() -> dict:

@@ -103,7 +103,7 @@ def test_the_api_does_what_its_openapi_spec_says(api, setup, tmp_path):
            "--report-junit-path", str(tmp_path / "junit.xml"), *keys]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
-    assert re.search(r"Tested: 9\b", run.stdout), run.stdout[-3000:]  # every operation of the spec
+    assert re.search(r"Tested: 10\b", run.stdout), run.stdout[-3000:]  # every operation of the spec
     assert re.search(r"\d+ generated, \d+ passed", run.stdout), run.stdout[-3000:]
     assert api.component("api").proc.poll() is None, "the API process died"
     assert httpx.get(f"{base}/readyz").status_code == 200
@@ -119,12 +119,16 @@ def test_the_spec_declares_errors_keys_and_examples(api):
     assert statuses[("post", "/v1/features")] == {"200", "400", "401", "403", "404", "413", "429", "503", "504"}
     assert statuses[("put", "/v1/tenants/{name}")] == {"200", "400", "401", "403", "413"}
     assert statuses[("get", "/readyz")] == {"200", "503"}
+    assert statuses[("delete", "/v1/admin/users/{user_id}")] == {"202", "400", "401", "403", "503"}
     assert not any("422" in s for s in statuses.values())
     features = spec["paths"]["/v1/features"]["post"]
     assert features["security"] == [{"TenantKey": []}, {"AdminKey": []}]
     assert set(features["responses"]["200"]["content"]) == {"application/json", "application/vnd.apache.arrow.stream"}
     assert features["responses"]["404"]["content"]["application/json"]["schema"] == error
     assert spec["components"]["schemas"]["FeaturesRequest"]["examples"]
+    erase = spec["paths"]["/v1/admin/users/{user_id}"]["delete"]
+    assert erase["security"] == [{"AdminKey": []}]
+    assert erase["responses"]["503"]["content"]["application/json"]["schema"] == error
     put = spec["paths"]["/v1/tenants/{name}"]["put"]
     assert put["security"] == [{"AdminKey": []}]
     assert put["requestBody"]["content"]["application/json"]["example"]["sequences"]
