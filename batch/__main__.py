@@ -4,7 +4,7 @@
     python -m batch bootstrap --datasets clicks --days 30 --as-of 2026-11-22T00:00:00+00:00
     python -m batch backfill-enrichment --enrichment item_popularity --days 30 --as-of 2026-11-22T00:00:00+00:00
     python -m batch select --experiment dwell50 --dataset closeups --rule dwell --n 50 --days 30 --as-of ...
-    python -m batch maintenance [--tables raw_events,enriched_events] [--expire-days 5]
+    python -m batch maintenance --as-of 2026-11-22T03:30:00+00:00 [--tables raw_events] [--expire-days 5]
     python -m batch delete-user <user_id> [--requested-by NAME] [--reason TEXT]
     python -m batch delete-user --pending      (complete the erasures the API recorded)
     python -m batch parity --as-of 2026-11-22T00:00:00+00:00 --sample 200 [--watermark-minutes 10] [--threshold 0.01]
@@ -77,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
                                            "expire snapshots")
     m.add_argument("--tables", type=_csv, default=None,
                    help="comma-separated (default: every table of iceberg_schemas.tables)")
+    m.add_argument("--as-of", type=instant, required=True,
+                   help="the run's moment: retention and snapshot expiry count back from it (ISO 8601 with offset)")
     m.add_argument("--expire-days", type=int, default=5)
     m.add_argument("--retain-last", type=int, default=50)
     u = sub.add_parser("delete-user", help="erase a user from the KV layer and every lake table (audited)")
@@ -164,7 +166,8 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
             from iceberg_schemas.tables import table_defs
 
             defs = table_defs(registry)
-            return jobs.maintenance(io, args.tables or list(defs), args.expire_days, args.retain_last, defs=defs)
+            return jobs.maintenance(io, args.tables or list(defs), args.expire_days, args.retain_last,
+                                    now=args.as_of, defs=defs)
         if args.job == "delete-user":
             return delete_users(io, args, settings, registry)
         if args.job == "parity":

@@ -19,7 +19,7 @@ import re
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param
 
-from _usersignals import SETTINGS, spark_job, usersignals_dag
+from _usersignals import AS_OF, SETTINGS, spark_job, usersignals_dag
 
 _DROPPED = re.compile(r'^usersignals_batch_rows\{job="maintenance",stage="([^"]+)\.expired_(rows|files)"\} (\S+)$')
 
@@ -53,6 +53,7 @@ with usersignals_dag(
     params={"expire_days": Param(5, type="integer", minimum=1, maximum=90,
                                  description="Expire snapshots older than this many days")},
 ) as dag:
-    maintain = spark_job("maintain", ["maintenance", "--expire-days", "{{ params.expire_days }}"])
+    # Retention counts back from the run's moment (its data interval's end), not the wall clock.
+    maintain = spark_job("maintain", ["maintenance", "--as-of", AS_OF, "--expire-days", "{{ params.expire_days }}"])
     # spark_job builds the platform's SparkSubmitOperator (conf, jars, env); this task also returns figures.
     maintain.__class__ = MaintenanceSubmit
