@@ -45,10 +45,9 @@ def stack(tmp_path_factory):
     data = tmp_path_factory.mktemp("newtype")
     registry_file = data / "registry.toml"
     registry_file.write_text(DEFAULT_REGISTRY_PATH.read_text())   # the default: no share type
-    # One API worker: POST /v1/admin/reload applies the registry in the worker process that answers
-    # it, and nothing yet tells the other workers (with two, /v1/datasets answered without shares).
+    # Two API workers: a reload reaches one, which the other follows (serving.app.follow_registry).
     settings = private_settings(data, checkpoint_interval_ms=1000, bundle_time_ms=20, registry_path=registry_file,
-                                api_workers=1)
+                                api_workers=2)
     s = Stack(settings, components=("broker", "kv", "postgres", "job", "api"))
     s.start()
     yield s
@@ -137,13 +136,18 @@ def test_a_new_event_type_is_served_from_lake_history_and_the_stream(stack):
     restart(stack, "job", produce_while_the_job_is_down, timeout_s=180)
     assert job_log.read_text().count("restoring from checkpoint") == restores_before + 1
 
-    # 3. The API picks up the new dataset without a restart.
+    # 3. The API picks up the new dataset without a restart, in every worker.
     api_pid = stack.component("api").proc.pid
     status, body = api(s, "/v1/admin/reload", "POST", {"X-Admin-Key": s.admin_key})
     assert status == 200, body
-    status, body = api(s, "/v1/datasets")
+
+    def datasets_everywhere():
+        # Consecutive answers from whichever worker takes each connection: all must list shares.
+        answers = [{d["name"]: d for d in api(s, "/v1/datasets")[1]["datasets"]} for _ in range(10)]
+        return all("shares" in a for a in answers) and answers[0]
+
+    shares = wait_until(datasets_everywhere, 15, 0.5, "every API worker serving shares")["shares"]
     assert stack.component("api").proc.pid == api_pid
-    shares = {d["name"]: d for d in body["datasets"]}["shares"]
     assert (shares["event_type"], shares["retention"], shares["enrichments"]) == ("share", 50, ["item_category"])
 
     # 4. More shares after the restart, and one already in the lake delivered again by the stream.
