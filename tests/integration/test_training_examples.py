@@ -109,6 +109,10 @@ def test_lake_examples_hold_only_events_strictly_before_each_label(env, tmp_path
     assert table["clicks.dwell_ms"][i][0] == 200.0
     assert table["views.mask"][i] == [0] * 200
 
+    # A re-run that finds no label empties the day (an overwrite of nothing would leave it stale).
+    assert training.training_examples(io, registry, DAY, label_types=["search"])["examples"] == 0
+    assert io.read(TRAINING_EXAMPLES).where("source = 'lake'").count() == 0
+
 
 def test_log_and_wait_gives_the_lake_sequences_when_nothing_was_late(env, tmp_path):
     settings, registry, spark, io = env
