@@ -36,7 +36,7 @@ def test_every_dag_file_imports(dagbag):
     registry = load_registry()
     expected = {f"daily_enrichment_{t}" for t in registry.event_types} | {
         "bootstrap_dataset", "backfill_enrichment", "selection_experiment", "lake_maintenance", "parity_check",
-        "publish_item_features", "retrain_model"}
+        "publish_item_features", "retrain_model", "user_erasure", "training_examples"}
     assert expected <= set(dagbag.dag_ids)
 
 
