@@ -101,12 +101,13 @@ def submit_spec(settings, environ: Mapping[str, str]) -> dict:
             "conf": {**conf, "spark.local.dir": str(settings.data_dir / "spark-tmp")}}
 
 
-def spark_job(task_id: str, args: list[str], **kwargs):
-    """A task running ``python -m batch <args>`` on Spark with the lake's catalog mounted."""
+def spark_job(task_id: str, args: list[str], operator=None, **kwargs):
+    """A task running ``python -m batch <args>`` on Spark with the lake's catalog mounted;
+    ``operator``: a SparkSubmitOperator subclass (e.g. one that returns the job's figures)."""
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
     spec = submit_spec(SETTINGS, os.environ)
-    return SparkSubmitOperator(
+    return (operator or SparkSubmitOperator)(
         task_id=task_id,
         application_args=args,
         name=f"usersignals-{task_id}",

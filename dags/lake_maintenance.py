@@ -54,6 +54,5 @@ with usersignals_dag(
                                  description="Expire snapshots older than this many days")},
 ) as dag:
     # Retention counts back from the run's moment (its data interval's end), not the wall clock.
-    maintain = spark_job("maintain", ["maintenance", "--as-of", AS_OF, "--expire-days", "{{ params.expire_days }}"])
-    # spark_job builds the platform's SparkSubmitOperator (conf, jars, env); this task also returns figures.
-    maintain.__class__ = MaintenanceSubmit
+    maintain = spark_job("maintain", ["maintenance", "--as-of", AS_OF, "--expire-days", "{{ params.expire_days }}"],
+                         operator=MaintenanceSubmit)
