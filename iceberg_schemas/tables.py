@@ -224,7 +224,12 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                   Column("baseline_recall_at_k", DoubleType()), Column("baseline_ndcg_at_k", DoubleType()),
                   Column("current_version", StringType()), Column("current_recall_at_k", DoubleType()),
                   Column("current_ndcg_at_k", DoubleType()), Column("promoted", BooleanType(), True),
-                  Column("decision", StringType(), doc="why the gate promoted or rejected")),
+                  Column("decision", StringType(), doc="why the gate promoted or rejected"),
+                  Column("seq_recall_at_k", DoubleType(), doc="recall@K of the sequence model (each user's decayed "
+                         "mean of their sequence's item embeddings) on the same users"),
+                  Column("seq_ndcg_at_k", DoubleType()),
+                  Column("seq_beats_baseline", BooleanType(), doc="whether the sequence model beats the popularity "
+                         "baseline by the margin on both metrics (recorded; it promotes nothing)")),
                  ()),
         TableDef(lake.SELECTED_SEQUENCES, "Sequences materialised by event-selection experiments.",
                  (Column("experiment", StringType(), True), Column("dataset", StringType(), True),
