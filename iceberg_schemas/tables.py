@@ -236,9 +236,29 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                   Column("user_id", StringType(), True), Column("rank", IntegerType(), True),
                   Column("event_id", StringType(), True), Column("item_id", StringType()),
                   Column("event_time", TimestamptzType()), Column("score", DoubleType()),
-                  Column("created_at", TimestamptzType())),
+                  Column("created_at", TimestamptzType()),
+                  Column("rule", StringType(), doc="The selection rule (registry [selection_rules]); dataset is "
+                         "the experiment's derived dataset exp_<experiment>_<rule>")),
                  (("experiment", "identity"),), properties=USER_ROWS_PROPERTIES,
                  user_column="user_id", arrival_column="created_at"),
+        TableDef(lake.SELECTION_REPORTS, "Event-selection rules compared (python -m batch select): per run and "
+                 "rule, how well each user's k selected events of the window predict the next day's engagement.",
+                 (Column("experiment", StringType(), True), Column("rule", StringType(), True),
+                  Column("dataset", StringType(), True, "The source dataset the rules select from"),
+                  Column("k", IntegerType(), True, "Events selected per user"),
+                  Column("window_start", TimestamptzType(), True),
+                  Column("window_end", TimestamptzType(), True, "Exclusive: the as-of day boundary"),
+                  Column("eval_day", StringType(), True, "The day after the window (YYYY-MM-DD): its engagements "
+                         "of the registry's relevant types are what the selection should predict"),
+                  Column("users_evaluated", LongType(), True, "Users with events in the window and a relevant "
+                         "engagement on eval_day (the same for every rule of the run)"),
+                  Column("recall_at_k", DoubleType()), Column("ndcg_at_k", DoubleType()),
+                  Column("baseline_rule", StringType(), doc="The rule lifts are relative to (last)"),
+                  Column("recall_lift", DoubleType(), doc="recall_at_k / the baseline's - 1 (NULL: baseline 0)"),
+                  Column("ndcg_lift", DoubleType(), doc="ndcg_at_k / the baseline's - 1 (NULL: baseline 0)"),
+                  Column("select_seconds", DoubleType(), doc="Wall time of the rule's selection"),
+                  Column("run_at", TimestamptzType(), True, "When the run wrote the row")),
+                 (("experiment", "identity"),)),
         TableDef(DELETIONS, "The audit of user erasures: one row per completed deletion, saying who asked, "
                  "when, and how much was removed from each store and table; never the removed data, and the "
                  "user only as the sha256 of the id.",
