@@ -6,6 +6,7 @@ that names the offending entry, the bad value and what would be right.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import tomllib
@@ -25,6 +26,10 @@ MAX_WEIGHT = 1000.0
 # Column types an item feature may have (the lake's item_features and enriched_events columns).
 FEATURE_TYPES = ("string", "double", "float", "bigint", "int", "array<float>")
 MAX_EMBEDDING_DIM = 4096
+# A selection rule's function, importable where the batch jobs run: "package.module:function".
+_FUNCTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+# The rule every comparison measures the others against: the platform's own last-N.
+BASELINE_RULE = "last"
 
 
 class RegistryError(ValueError):
@@ -84,6 +89,49 @@ class Dataset:
     enrichments: tuple[str, ...] = ()
     ttl_days: int = 90
     description: str = ""
+    experiment: str | None = None       # set on an experiment's derived dataset: the experiment
+    ends: dt.date | None = None         # an experiment dataset's end: its keys expire at this day's start (UTC)
+
+    def ttl_seconds(self, now_s: float) -> int:
+        """Seconds the KV keys of this dataset live after a write: ``ttl_days``, or for an
+        experiment dataset until its end (at least 1: an ended experiment's keys go at once)."""
+        if self.ends is None:
+            return self.ttl_days * 86400
+        end = dt.datetime.combine(self.ends, dt.time(), tzinfo=dt.timezone.utc).timestamp()
+        return max(1, int(end - now_s))
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """An event-selection rule: ``function`` ("module:function") scores a user's events (``batch.selection``)."""
+
+    name: str
+    function: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An event-selection experiment: each rule's ``n`` events per user of ``dataset``, served as
+    dataset ``exp_<name>_<rule>`` until ``ends`` (UTC day start), then removed by the cleanup."""
+
+    name: str
+    dataset: str
+    rules: tuple[str, ...]
+    n: int
+    ends: dt.date
+    description: str = ""
+
+    def dataset_of(self, rule: str) -> str:
+        return experiment_dataset(self.name, rule)
+
+    def ended(self, as_of: dt.datetime) -> bool:
+        return as_of >= dt.datetime.combine(self.ends, dt.time(), tzinfo=dt.timezone.utc)
+
+
+def experiment_dataset(experiment: str, rule: str) -> str:
+    """The derived dataset holding one rule's selection of an experiment."""
+    return f"exp_{experiment}_{rule}"
 
 
 @dataclass(frozen=True)
@@ -126,6 +174,8 @@ class Registry:
     model: Model = field(default_factory=Model)
     features: Mapping[str, Feature] = field(default_factory=dict)
     digest: str = ""                    # sha256 of the file it was loaded from ("" when not from a file)
+    selection_rules: Mapping[str, SelectionRule] = field(default_factory=dict)
+    experiments: Mapping[str, Experiment] = field(default_factory=dict)
     _by_event_type: Mapping[str, tuple[Dataset, ...]] = field(default_factory=dict, repr=False)
 
     def datasets_for(self, event_type: str) -> tuple[Dataset, ...]:
@@ -139,6 +189,10 @@ class Registry:
             known = ", ".join(sorted(self.event_types))
             raise KeyError(f"unknown event type {event_type!r}; known types: {known}")
         return found[0]
+
+    def realtime_datasets(self) -> dict[str, Dataset]:
+        """The datasets the stream indexes (``datasets`` also holds experiments' derived ones)."""
+        return {n: d for n, d in self.datasets.items() if d.experiment is None}
 
     def aggregate_weights(self) -> dict[str, float]:
         """Event type -> its weight in the aggregate state (the streaming job's aggregator)."""
@@ -209,6 +263,16 @@ def parse_registry(raw: Mapping[str, Any], source: str = "<memory>") -> Registry
     if missing:
         raise RegistryError(f"event types {missing} have no dataset; add a [datasets.<name>] for each")
 
+    rules = {n: _selection_rule(n, b) for n, b in _section(raw, "selection_rules").items()}
+    experiments = {n: _experiment(n, b, datasets, rules) for n, b in _section(raw, "experiments").items()}
+    for exp in experiments.values():
+        for rule in exp.rules:
+            derived = _derived_dataset(exp, rule, datasets[exp.dataset])
+            if derived.name in datasets:
+                raise RegistryError(f"experiments.{exp.name}: its dataset {derived.name!r} for rule {rule!r} "
+                                    f"is already a dataset; rename the experiment")
+            datasets[derived.name] = derived
+
     tenants = {n: _tenant(n, b, datasets, enrichments, views) for n, b in _section(raw, "tenants").items()}
     return Registry(
         event_types=event_types,
@@ -219,6 +283,8 @@ def parse_registry(raw: Mapping[str, Any], source: str = "<memory>") -> Registry
         views=views,
         model=model,
         features=features,
+        selection_rules=rules,
+        experiments=experiments,
         _by_event_type={k: tuple(v) for k, v in by_type.items()},
     )
 
@@ -350,9 +416,52 @@ def _dataset(name, body, event_types, enrichments) -> Dataset:
     )
 
 
+def _selection_rule(name: str, body: Mapping[str, Any]) -> SelectionRule:
+    where = f"selection_rules.{name}"
+    _check_keys(where, body, {"function", "description"}, {"function"})
+    fn = body["function"]
+    if not isinstance(fn, str) or not _FUNCTION.match(fn):
+        raise RegistryError(f"{where}.function: {fn!r} is not \"module:function\", e.g. \"batch.selection:dwell\"")
+    return SelectionRule(name, fn, str(body.get("description", "")))
+
+
+def _experiment(name: str, body: Mapping[str, Any], datasets: Mapping[str, Dataset],
+                rules: Mapping[str, SelectionRule]) -> Experiment:
+    where = f"experiments.{name}"
+    _check_keys(where, body, {"dataset", "rules", "n", "ends", "description"}, {"dataset", "rules", "n", "ends"})
+    ds = body["dataset"]
+    if ds not in datasets:
+        raise RegistryError(f"{where}.dataset: {ds!r} is not a registered dataset; known: {sorted(datasets)}")
+    chosen = _str_list(f"{where}.rules", body["rules"])
+    if not chosen:
+        raise RegistryError(f"{where}.rules: name at least one selection rule; registered: {sorted(rules)}")
+    for r in chosen:
+        if r not in rules:
+            raise RegistryError(f"{where}.rules: {r!r} is not a registered selection rule; registered: "
+                                f"{sorted(rules)}")
+        if not _NAME.match(experiment_dataset(name, r)):
+            raise RegistryError(f"{where}: dataset name {experiment_dataset(name, r)!r} is over 63 characters; "
+                                f"shorten the experiment or rule name")
+    ends = body["ends"]
+    # A TOML date (ends = 2026-12-31), not a date-time: experiments end at a UTC day boundary.
+    if not isinstance(ends, dt.date) or isinstance(ends, dt.datetime):
+        raise RegistryError(f"{where}.ends: must be a TOML date like 2026-12-31 (unquoted), got {ends!r}")
+    return Experiment(name, ds, chosen, _positive_int(f"{where}.n", body["n"], MAX_RETENTION), ends,
+                      str(body.get("description", "")))
+
+
+def _derived_dataset(exp: Experiment, rule: str, base: Dataset) -> Dataset:
+    # Same event type and stored enrichments as the source; retention n; keys expire when it ends.
+    return Dataset(name=exp.dataset_of(rule), event_type=base.event_type, retention=exp.n,
+                   enrichments=base.enrichments, ttl_days=base.ttl_days,
+                   description=f"Experiment {exp.name}: rule {rule}'s {exp.n} events per user of {base.name}.",
+                   experiment=exp.name, ends=exp.ends)
+
+
 TENANT_KEYS = {"sequences", "enrichments", "format", "description", "filters", "views", "max_concurrency",
                "max_rps", "timeout_ms", "log_sample_rate", "api_key_sha256"}
-SECTIONS = ("model", "views", "features", "enrichments", "event_types", "datasets", "tenants")
+SECTIONS = ("model", "views", "features", "enrichments", "event_types", "datasets", "selection_rules",
+            "experiments", "tenants")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
