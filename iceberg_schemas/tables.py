@@ -19,8 +19,8 @@ from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform, parse_transform
 from pyiceberg.types import (
-    BinaryType, BooleanType, DoubleType, FloatType, IcebergType, IntegerType, ListType, LongType, NestedField,
-    StringType, TimestamptzType,
+    BinaryType, BooleanType, DateType, DoubleType, FloatType, IcebergType, IntegerType, ListType, LongType,
+    NestedField, StringType, TimestamptzType,
 )
 
 from usersignals import lake
@@ -302,6 +302,26 @@ def table_defs(registry: Registry) -> dict[str, TableDef]:
                  + (Column("created_at", TimestamptzType(), True, "When the job wrote the row"),),
                  (("ts", "day"), ("source", "identity")), (("user_id", "asc"), ("ts", "asc")),
                  USER_ROWS_PROPERTIES, retention_days=400, user_column="user_id", arrival_column="created_at"),
+        TableDef(lake.FEATURE_SKEW, "Online/offline feature skew (batch.skew): per day, tenant, dataset and "
+                 "feature, how many sampled served values were compared with the lake's rebuild of the same "
+                 "request, how many differed, and how many only one side had.",
+                 (Column("day", DateType(), True, "UTC day of the served requests"),
+                  Column("tenant", StringType(), True),
+                  Column("dataset", StringType(), True),
+                  Column("feature", StringType(), True, "A served field: item_id, type_id, age_s, dwell_ms, "
+                         "embedding (arrow); event_id, item_id, event_time, surface, dwell_ms, query and item "
+                         "features such as category (json)"),
+                  Column("requests", LongType(), True, "Sampled requests of the tenant that day"),
+                  Column("compared", LongType(), True, "Values both sides had"),
+                  Column("mismatched", LongType(), True, "Compared values that differ beyond the tolerance"),
+                  Column("missing_online", LongType(), True, "Values only the lake's rebuild had"),
+                  Column("missing_offline", LongType(), True, "Values only the served log had"),
+                  Column("mismatch_rate", DoubleType(), doc="mismatched / compared; NULL when none compared"),
+                  Column("config_versions", StringType(), doc="The tenant config versions of the compared "
+                         "requests, comma-separated"),
+                  Column("computed_at", TimestamptzType(), True)),
+                 (("day", "day"),), (("tenant", "asc"), ("dataset", "asc"), ("feature", "asc")),
+                 retention_days=400),
     ]
     return {d.name: d for d in defs}
 

@@ -144,6 +144,8 @@ EXPOSED_BY = {
     "usersignals/trimmer.py": "the trimmer, `/metrics` on `USERSIGNALS_TRIMMER_METRICS_PORT`",
     "batch/progress.py": "the batch job's textfile `<data_dir>/metrics/batch_<job>.prom`, served by the node exporter",
     "batch/retrain.py": "the retraining job's textfile `<data_dir>/metrics/batch_retrain.prom`, served by the node exporter",
+    "batch/skew.py": "the skew job's textfile `<data_dir>/metrics/batch_feature_skew[_<event types>].prom`, served "
+                     "by the node exporter",
 }
 
 

@@ -34,6 +34,7 @@ ITEM_EMBEDDINGS = "item_embeddings"        # model outputs (retraining), read by
 USER_EMBEDDINGS = "user_embeddings"        # model outputs (retraining)
 MODEL_RUNS = "model_runs"                  # every training run: params, metrics, gate decision
 SELECTED_SEQUENCES = "selected_sequences"  # event-selection experiments
+FEATURE_SKEW = "feature_skew"              # online/offline skew per tenant, dataset and feature
 SELECTION_REPORTS = "selection_reports"    # event-selection rules compared: recall/NDCG per rule
 
 
