@@ -3,7 +3,8 @@
     python -m batch daily --day 2026-11-22 [--event-types click,view] [--no-kv]
     python -m batch bootstrap --datasets clicks --days 30 --as-of 2026-11-22T00:00:00+00:00
     python -m batch backfill-enrichment --enrichment item_popularity --days 30 --as-of 2026-11-22T00:00:00+00:00
-    python -m batch select --experiment dwell50 --dataset closeups --rule dwell --n 50 --days 30 --as-of ...
+    python -m batch select --experiment dwell50 --dataset closeups --rules last,dwell --n 50 --days 30 --as-of ...
+    python -m batch select-cleanup --as-of 2026-11-22T00:00:00+00:00
     python -m batch maintenance --as-of 2026-11-22T03:30:00+00:00 [--tables raw_events] [--expire-days 5]
     python -m batch delete-user <user_id> [--requested-by NAME] [--reason TEXT]
     python -m batch delete-user --pending      (complete the erasures the API recorded)
@@ -11,6 +12,7 @@
     python -m batch publish-features
     python -m batch training-examples --day D [--source lake|served] [--tenant T] [--label-types click,repin]
                                       [--labels-table NAME] [--export-dir DIR | --no-export]
+    python -m batch skew --day D [--tenant T] [--event-types click] [--sample 2000] [--lookback-days 90]
     python -m batch retrain --holdout-day D [--train-days 28] [--rank R] [--iterations 10] [--k 10]
     python -m batch publish-model [--version V]      python -m batch model-rollback
 
@@ -65,14 +67,24 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--enrichment", required=True)
     e.add_argument("--days", type=int, required=True)
     e.add_argument("--as-of", type=instant, required=True, help=AS_OF_HELP)
-    s = sub.add_parser("select", help="materialise an alternative event selection for experiments")
-    s.add_argument("--experiment", required=True)
+    s = sub.add_parser("select", help="compare event-selection rules on next-day engagement; serve a "
+                                      "registered experiment's selections")
+    s.add_argument("--experiment", required=True, help="names the report rows (and, when registered in "
+                                                       "[experiments], its served datasets exp_<name>_<rule>)")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--rule", choices=["last", "dwell", "similarity"], required=True)
-    s.add_argument("--n", type=int, required=True)
-    s.add_argument("--days", type=int, default=30)
-    s.add_argument("--as-of", type=instant, required=True, help=AS_OF_HELP)
+    rules = s.add_mutually_exclusive_group(required=True)
+    rules.add_argument("--rules", type=_csv, help="comma-separated registry [selection_rules]; 'last' (the "
+                                                  "baseline) is always added")
+    rules.add_argument("--rule", type=lambda v: [v], dest="rules", help="one rule (same as --rules RULE)")
+    s.add_argument("--n", type=int, required=True, help="events selected per user: the k of recall@k")
+    s.add_argument("--days", type=int, default=30, help="days of events before the as-of day boundary")
+    s.add_argument("--as-of", type=instant, required=True,
+                   help=AS_OF_HELP + "; the window ends at its UTC day boundary, scored on that day")
+    s.add_argument("--chart", default=None, help="SVG chart path (default: <data_dir>/reports/selection/"
+                                                 "<experiment>/<eval day>.svg)")
     s.add_argument("--no-kv", action="store_true")
+    sc = sub.add_parser("select-cleanup", help="remove ended experiments' KV datasets and selected_sequences rows")
+    sc.add_argument("--as-of", type=instant, required=True, help="experiments ending at or before it are removed")
     m = sub.add_parser("maintenance", help="drop expired partitions, compact files, rewrite manifests, "
                                            "expire snapshots")
     m.add_argument("--tables", type=_csv, default=None,
@@ -113,6 +125,14 @@ def parser() -> argparse.ArgumentParser:
                    help="Parquet export root (default: <data_dir>/exports/training_examples; a cluster "
                         "gives an object-store URI)")
     t.add_argument("--no-export", action="store_true", help="write the table only")
+    k = sub.add_parser("skew", help="compare a sample of a day's served features with the lake's rebuild of "
+                                    "the same requests, per tenant, dataset and feature, into feature_skew")
+    k.add_argument("--day", type=dt.date.fromisoformat, required=True, help="UTC day of the served requests")
+    k.add_argument("--tenant", default=None, help="only this tenant (default: every tenant)")
+    k.add_argument("--event-types", type=_csv, default=None,
+                   help="only the datasets of these event types (default: every dataset a tenant reads)")
+    k.add_argument("--sample", type=int, default=2000, help="requests per tenant (by hash of request_id)")
+    k.add_argument("--lookback-days", type=int, default=90, help="oldest event rebuilt, days before the request")
     r = sub.add_parser("retrain", help="train ALS embeddings, evaluate on a holdout day, gate")
     r.add_argument("--holdout-day", type=dt.date.fromisoformat, required=True,
                    help="UTC day to evaluate on; training uses the days before it")
@@ -160,8 +180,13 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
         if args.job == "backfill-enrichment":
             return jobs.backfill_enrichment(io, registry, args.enrichment, args.days, as_of=args.as_of)
         if args.job == "select":
-            return jobs.select_experiment(io, registry, args.experiment, args.dataset, args.rule, args.n,
-                                          args.days, as_of=args.as_of, to_kv=not args.no_kv)
+            return jobs.select_experiment(io, registry, args.experiment, args.dataset, args.rules, args.n,
+                                          args.days, as_of=args.as_of, to_kv=not args.no_kv, chart_path=args.chart)
+        if args.job == "select-cleanup":
+            from usersignals.kv import SequenceStore, connect
+
+            store = SequenceStore(connect(settings), registry, settings.kv_prefix)
+            return jobs.select_cleanup(io, registry, as_of=args.as_of, store=store)
         if args.job == "maintenance":
             from iceberg_schemas.tables import table_defs
 
@@ -187,6 +212,11 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
                                      label_types=args.label_types, labels_table=args.labels_table,
                                      lookback_days=args.lookback_days,
                                      label_window_minutes=args.label_window_minutes, export_dir=export)
+        if args.job == "skew":
+            from batch.skew import feature_skew
+
+            return feature_skew(io, registry, args.day, tenant=args.tenant, event_types=args.event_types,
+                                sample=args.sample, lookback_days=args.lookback_days)
         if args.job == "retrain":
             from batch.retrain import TrainParams, retrain
 
