@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
-	bench-offline bench-analytics bench-retrain test-faults soak audit airflow trino trino-cli lake-migrate lock \
+	bench-offline bench-analytics bench-retrain bench-training test-faults soak audit airflow trino trino-cli lake-migrate lock \
 	jars-lock clean
 
 install:
@@ -60,6 +60,10 @@ bench-analytics: install
 
 bench-retrain: install
 	@$(PY) -m bench.retrain
+
+# the lake path of training-examples on 150k generated events; last line {"bench": "training", ...}
+bench-training: install
+	@$(PY) -m bench.training
 
 # Airflow (scheduler, API server, UI) on USERSIGNALS_AIRFLOW_PORT (8080), DAGs from dags/.
 airflow: install lake-migrate

@@ -119,25 +119,55 @@ def sequences_before(labels: DataFrame, events: DataFrame, registry: Registry, l
                      lookback: dt.timedelta, tenant: Tenant | None = None) -> DataFrame:
     """Each label's user's newest ``lengths[dataset]`` events of each dataset with
     ``ts - lookback <= event_time < ts`` (strictly before: an event at ``ts``, the label's own
-    included, is the future), ranked 1 = newest, with ``type_id`` and ``age_s`` (``ts`` minus
-    event time, in seconds, as the API computes it). ``events``: deduplicated raw events.
+    included, is the future), ranked 1 = newest (equal times: the greater event id first), with
+    ``type_id`` and ``age_s`` (``ts`` minus event time, in seconds, as the API computes it).
+    ``events``: deduplicated raw events.
 
     With ``tenant``, what the API would have served that tenant at ``ts``: of the dataset's
     newest ``retention`` events (what the KV layer holds), those its filters keep
     (``serving.filtering``: excluded items, max age, surfaces, min dwell, newest per item), then
-    the first ``lengths[dataset]``."""
+    the first ``lengths[dataset]``.
+
+    Each user's events are sorted once, not joined with every label (labels x events is what a
+    heavy user makes unaffordable): an event's ``_seq`` is its position among its user's events
+    of its dataset, oldest first; a label's ``_before`` is how many of those are strictly before
+    ``ts`` (a running count over the labels and events sorted together), so its candidates are
+    ``_seq`` = ``_before``, ``_before - 1``, ... — an equi-join of labels x cap rows."""
     datasets = _datasets_frame(events.sparkSession, registry, lengths)
-    ev = events.select(F.col("user_id").alias("_u"), *[c for c in T.EVENT_COLUMNS if c != "user_id"]) \
-        .join(F.broadcast(datasets), "event_type")
+    # How far back a label looks before filters: a tenant's filters pick from what the KV layer
+    # holds (the retention); without them the newest N are the sequence.
+    datasets = datasets.withColumn("_cap", F.col("_retention") if tenant is not None else F.col("_limit"))
+    ev = (events.where(F.col("user_id").isNotNull() & F.col("event_time").isNotNull())
+                .join(F.broadcast(datasets), "event_type")
+                .select("user_id", "dataset", "type_id", "event_id", "item_id", "event_time", "surface",
+                        "dwell_ms"))
+    per_user = Window.partitionBy("user_id", "dataset")
+    ev = ev.withColumn("_seq", F.row_number().over(per_user.orderBy("event_time", "event_id"))) \
+        .withColumn("item_hash", _item_hash_udf("item_id"))   # once per event, not once per example row
+    marks = labels.where(F.col("user_id").isNotNull() & F.col("ts").isNotNull()) \
+        .crossJoin(F.broadcast(datasets.select("dataset", "_limit", "_cap")))
+    # A label's mark sorts before the events at its own ts (kind 0 < 1): the running count of
+    # events at the mark is the number strictly before ts.
+    timeline = marks.withColumn("_t", F.col("ts")).withColumn("_kind", F.lit(0)).unionByName(
+        ev.select("user_id", "dataset", F.col("event_time").alias("_t"), F.lit(1).alias("_kind"),
+                  F.col("event_id").alias("_event_id")), allowMissingColumns=True)
+    running = per_user.orderBy("_t", "_kind", "_event_id").rowsBetween(Window.unboundedPreceding,
+                                                                       Window.currentRow)
+    before = F.sum("_kind").over(running)
+    n = F.least(F.col("_before"), F.col("_cap"))
+    candidates = (timeline.withColumn("_before", before).where("_kind = 0").where(n > 0)
+                          .select(*labels.columns, "dataset", "_limit", "_before",
+                                  F.explode(F.sequence(F.lit(1), n)).alias("_r"))
+                          .withColumn("_seq", F.col("_before") - F.col("_r") + 1))
+    # The cap counts from the newest event, the lookback from ts: dropping what is older than
+    # the lookback after the join leaves the same newest events, at the same ranks.
     secs = int(lookback.total_seconds())
-    cond = ((F.col("user_id") == F.col("_u")) & (F.col("event_time") < F.col("ts"))
-            & (F.col("event_time") >= F.col("ts") - F.expr(f"INTERVAL {secs} SECONDS")))
-    newest = [F.col("event_time").desc(), F.col("event_id").desc()]
-    w = Window.partitionBy("example_id", "dataset").orderBy(*newest)
-    out = labels.join(ev, cond)
+    out = (candidates.join(ev, ["user_id", "dataset", "_seq"])
+                     .where(F.col("event_time") >= F.col("ts") - F.expr(f"INTERVAL {secs} SECONDS"))
+                     .withColumn("rank", F.col("_r")))
     if tenant is not None:
         f = tenant.filters
-        out = out.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= F.col("_retention"))
+        newest = F.col("_r").asc()
         if f.exclude_items:
             out = out.where(~F.col("item_id").isin(list(f.exclude_items)))
         if f.max_age_s:
@@ -147,28 +177,35 @@ def sequences_before(labels: DataFrame, events: DataFrame, registry: Registry, l
         for d, min_dwell in f.min_dwell_ms.items():
             out = out.where((F.col("dataset") != d) | (F.coalesce(F.col("dwell_ms"), F.lit(0)) >= min_dwell))
         if f.dedup_items:
-            per_item = Window.partitionBy("example_id", "dataset", "item_id").orderBy(*newest)
+            per_item = Window.partitionBy("example_id", "dataset", "item_id").orderBy(newest)
             out = out.withColumn("_n", F.row_number().over(per_item)).where("_n = 1").drop("_n")
+        out = out.withColumn("rank", F.row_number().over(Window.partitionBy("example_id", "dataset")
+                                                                .orderBy(newest)))
     age = ((F.unix_millis("ts") - F.unix_millis("event_time")) / 1000.0).cast("float")
-    return (out.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= F.col("_limit"))
-               .withColumn("age_s", age).withColumn("item_hash", _item_hash_udf("item_id"))
-               .drop("_u", "_limit", "_retention", "event_type", "surface", "query"))
+    return (out.where(F.col("rank") <= F.col("_limit")).withColumn("age_s", age)
+               .drop("_seq", "_r", "_before", "_limit", "surface"))
 
 
 def features_as_of(rows: DataFrame, item_features: DataFrame, registry: Registry,
                    feature_fields: tuple[str, ...]) -> DataFrame:
     """``rows`` with each event's item features as they were at its example's ``ts``: the newest
     ``item_features`` version with ``updated_at <= ts`` (none: NULL), a field set only on the
-    datasets that store it (their indexing-time enrichments), as ``batch.transforms.enrich`` does."""
-    feats = item_features.select(F.col("item_id").alias("_i"), F.col("updated_at").alias("_at"),
-                                 *[F.col(f).alias(f"_f_{f}") for f in feature_fields])
-    cond = (F.col("item_id") == F.col("_i")) & (F.col("_at") <= F.col("ts"))
-    w = Window.partitionBy("example_id", "dataset", "rank").orderBy(F.col("_at").desc_nulls_last())
-    out = rows.join(feats, cond, "left").withColumn("_n", F.row_number().over(w)).where("_n = 1")
+    datasets that store it (their indexing-time enrichments), as ``batch.transforms.enrich`` does.
+
+    Each version is valid from its ``updated_at`` until the item's next one, so a row matches at
+    most one version: the join's output is ``rows``, whatever the number of versions."""
+    until = F.lead("updated_at").over(Window.partitionBy("item_id").orderBy("updated_at"))
+    feats = (item_features.where(F.col("item_id").isNotNull() & F.col("updated_at").isNotNull())
+                          .withColumn("_until", until)
+                          .select(F.col("item_id").alias("_i"), F.col("updated_at").alias("_at"), "_until",
+                                  *[F.col(f).alias(f"_f_{f}") for f in feature_fields]))
+    cond = ((F.col("item_id") == F.col("_i")) & (F.col("_at") <= F.col("ts"))
+            & (F.col("_until").isNull() | (F.col("ts") < F.col("_until"))))
+    out = rows.join(feats, cond, "left")
     for f in feature_fields:
         stored_by = [d for d, ds in registry.datasets.items() if f in registry.indexing_fields(ds)]
         out = out.withColumn(f, F.when(F.col("dataset").isin(stored_by), F.col(f"_f_{f}")))
-    return out.drop("_i", "_at", "_n", *[f"_f_{f}" for f in feature_fields])
+    return out.drop("_i", "_at", "_until", *[f"_f_{f}" for f in feature_fields])
 
 
 def with_empty_examples(examples: DataFrame, rows: DataFrame) -> DataFrame:
@@ -334,7 +371,9 @@ def training_examples(io, registry: Registry, day: dt.date, *, source: str = "la
     lookback = dt.timedelta(days=lookback_days)
     window = dt.timedelta(minutes=label_window_minutes)
     if source == "lake":
-        events = T.dedup_events(io.read(lake.RAW_EVENTS).where(T.in_range(start - lookback, end)))
+        # Read and deduplicated once: the labels, the users' timelines and their events all come from it.
+        events = T.dedup_events(io.read(lake.RAW_EVENTS).where(T.in_range(start - lookback, end))) \
+            .localCheckpoint(eager=True)
         if labels_table:
             labels = table_labels(io.read(labels_table)).where(T.in_range(start, end, "ts"))
         else:
