@@ -38,7 +38,8 @@ float32 keeps a 90-day age to 0.5 s and ``served_at`` is logged a few ms after t
 clock; any other float within 1e-6 relative or absolute, float32's round trip); arrays (the
 embedding) element-wise so, and of the same length.
 
-Not compared: aggregate views (computed from the stream's decayed state, not rebuilt here), and
+Not compared: an experiment's datasets (``exp_<experiment>_<rule>``, a rule's selection rather
+than the newest events), aggregate views (computed from the stream's decayed state, not rebuilt here), and
 the tenant's config as it was: the registry's tenant is the reference, so a tenant changed at
 runtime (``PUT /v1/tenants``) shows the change as skew until the registry file has it (the table
 keeps the config versions compared).
@@ -330,7 +331,9 @@ def feature_skew(io, registry: Registry, day: dt.date, *, tenant: str | None = N
     tenants: dict[str, tuple[Tenant, list[str]]] = {}
     for name in ([tenant] if tenant else sorted(registry.tenants)):
         t = registry.tenants[name]
-        ds = [d for d in t.sequences if not event_types or registry.datasets[d].event_type in event_types]
+        # An experiment's dataset holds a rule's selection, not the newest events: not rebuilt here.
+        ds = [d for d in t.sequences if registry.datasets[d].experiment is None
+              and (not event_types or registry.datasets[d].event_type in event_types)]
         if ds:
             tenants[name] = (t, ds)
     if not tenants:

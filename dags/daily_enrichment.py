@@ -4,10 +4,19 @@ Each run recomputes one UTC day (the run's data interval) of that type's enriche
 from raw events and current item features, deduplicates, overwrites the day's partitions
 and repairs the KV layer where the stream missed or mis-enriched events. Re-running a
 day is safe (idempotent); use the UI's Backfill to redo a range of days.
+
+Then, where a tenant serves a dataset of the type, ``skew`` measures the day's online/offline
+feature skew of those datasets (``python -m batch skew --event-types <type>``: a sample of what
+the API logged, against the lake's rebuild of the same requests) into ``feature_skew`` and the
+``usersignals_feature_skew_ratio`` gauges. It runs here, after the type's re-enrichment of the same
+interval, rather than in a DAG of its own: that needs no sensor across DAGs, and a failed or late
+re-enrichment holds back only its own type's measurement (docs/operations/skew.md).
 """
 from __future__ import annotations
 
-from _usersignals import ENRICHED_BY_TYPE, ENRICHED_EVENTS, REGISTRY, spark_job, usersignals_dag
+from _usersignals import ENRICHED_BY_TYPE, ENRICHED_EVENTS, REGISTRY, spark_job, table_asset, usersignals_dag
+
+FEATURE_SKEW = table_asset("feature_skew")
 
 for event_type in REGISTRY.event_types:
     dataset = REGISTRY.dataset_for_type(event_type).name
@@ -19,6 +28,10 @@ for event_type in REGISTRY.event_types:
         doc_md=__doc__,
         timeout_h=3,
     ) as dag:
-        spark_job("reenrich", ["daily", "--day", "{{ data_interval_start | ds }}", "--event-types", event_type],
-                  outlets=[ENRICHED_EVENTS, ENRICHED_BY_TYPE[event_type]])
+        reenrich = spark_job("reenrich", ["daily", "--day", "{{ data_interval_start | ds }}", "--event-types",
+                                          event_type], outlets=[ENRICHED_EVENTS, ENRICHED_BY_TYPE[event_type]])
+        served = {ds.name for ds in REGISTRY.datasets_for(event_type) if ds.experiment is None}
+        if any(served & set(t.sequences) for t in REGISTRY.tenants.values()):
+            reenrich >> spark_job("skew", ["skew", "--day", "{{ data_interval_start | ds }}", "--event-types",
+                                           event_type], outlets=[FEATURE_SKEW])
     globals()[dag.dag_id] = dag

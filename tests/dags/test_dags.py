@@ -159,3 +159,29 @@ def test_a_run_without_a_data_interval_computes_as_of_when_it_was_due(dagbag):
         task = next(t for t in dag.tasks if moment_options(render(dag, t, {"data_interval_start": None,
                                                                            "data_interval_end": None})))
         assert moment_options(render(dag, task, {}))[option] == expected, dag_id
+
+
+def test_each_daily_reenrichment_measures_its_types_feature_skew_after_it(dagbag):
+    import pendulum
+
+    from batch.__main__ import parser
+
+    registry = load_registry()
+    interval = {"data_interval_start": pendulum.parse(INTERVAL_START),
+                "data_interval_end": pendulum.parse(INTERVAL_END), "ds": INTERVAL_START[:10]}
+    served = {registry.datasets[d].event_type for t in registry.tenants.values() for d in t.sequences
+              if registry.datasets[d].experiment is None}
+    checked = 0
+    for event_type in registry.event_types:
+        dag = dagbag.dags[f"daily_enrichment_{event_type}"]
+        if event_type not in served:   # no tenant serves its dataset: nothing to compare
+            assert "skew" not in dag.task_ids, event_type
+            continue
+        task = dag.get_task("skew")
+        assert task.upstream_task_ids == {"reenrich"}, event_type
+        argv = render(dag, task, interval)
+        assert argv == ["skew", "--day", INTERVAL_START[:10], "--event-types", event_type]
+        ns = parser().parse_args(argv)
+        assert (ns.job, ns.day.isoformat(), ns.event_types, ns.tenant) == ("skew", "2026-10-01", [event_type], None)
+        checked += 1
+    assert checked == len(served) >= 1
