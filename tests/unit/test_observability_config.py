@@ -133,3 +133,38 @@ def test_a_job_writing_events_45_seconds_after_the_broker_pages_then_tickets(tmp
         ],
     }])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def skew_series(tenant: str, dataset: str, feature: str, ratio: float, compared: int) -> list[dict]:
+    """The skew job's gauges of one feature, as the node exporter serves its textfile (constant)."""
+    labels = f'tenant="{tenant}",dataset="{dataset}",feature="{feature}",instance="node:9100",job="node"'
+    return [{"series": f"usersignals_feature_skew_ratio{{{labels}}}", "values": f"{ratio}x30"},
+            {"series": f'usersignals_feature_skew_values{{{labels},outcome="compared"}}', "values": f"{compared}x30"},
+            {"series": f'usersignals_feature_skew_values{{{labels},outcome="mismatched"}}',
+             "values": f"{round(ratio * compared)}x30"}]
+
+
+def test_feature_skew_over_5_percent_on_enough_values_raises_a_ticket_for_that_feature(tmp_path):
+    series = [*skew_series("search_ranking", "clicks", "category", 0.15, 2000),   # fires
+              *skew_series("search_ranking", "clicks", "popularity", 0.0, 2000),  # agrees
+              *skew_series("homefeed_ranking", "clicks", "age_s", 0.05, 2000),   # at the threshold: quiet
+              *skew_series("homefeed_ranking", "repins", "item_id", 0.5, 40)]    # too few values: quiet
+    fired = {"exp_labels": {"severity": "ticket", "tenant": "search_ranking", "dataset": "clicks",
+                            "feature": "category"},
+             "exp_annotations": {"summary": "search_ranking's served clicks category differs from the lake on "
+                                            "15% of compared values."}}
+    out = promtool_test(tmp_path, [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "UsersignalsFeatureSkewHigh", "exp_alerts": [fired]}],
+    }])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_feature_skew_at_or_under_5_percent_stays_quiet(tmp_path):
+    series = [*skew_series("search_ranking", "clicks", "category", 0.0, 2000),
+              *skew_series("homefeed_ranking", "clicks", "age_s", 0.049, 5000)]
+    out = promtool_test(tmp_path, [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "UsersignalsFeatureSkewHigh", "exp_alerts": []}],
+    }])
+    assert out.returncode == 0, out.stdout + out.stderr
