@@ -26,6 +26,7 @@ import hashlib
 import math
 from typing import Mapping
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as S
@@ -371,9 +372,11 @@ def training_examples(io, registry: Registry, day: dt.date, *, source: str = "la
     lookback = dt.timedelta(days=lookback_days)
     window = dt.timedelta(minutes=label_window_minutes)
     if source == "lake":
-        # Read and deduplicated once: the labels, the users' timelines and their events all come from it.
+        # Read and deduplicated once (the labels, the users' timelines and their events all come
+        # from it), kept on disk: the lookback's events need not fit in memory.
         events = T.dedup_events(io.read(lake.RAW_EVENTS).where(T.in_range(start - lookback, end))) \
-            .localCheckpoint(eager=True)
+            .persist(StorageLevel.DISK_ONLY)
+        p.stage("events", events.count())
         if labels_table:
             labels = table_labels(io.read(labels_table)).where(T.in_range(start, end, "ts"))
         else:
@@ -385,7 +388,20 @@ def training_examples(io, registry: Registry, day: dt.date, *, source: str = "la
                                                       & (F.col("tenant") == tenant))
         events = T.dedup_events(io.read(lake.RAW_EVENTS).where(T.in_range(start, end + window)))
         rows = served_examples(served, events, registry, lengths, label_types, window)
-    rows = _to_table(io, rows.withColumn("created_at", F.current_timestamp())).localCheckpoint(eager=True)
+    # Counted, written and exported from one copy on disk, not in the heap: a day's rows are
+    # labels x N (11M rows from 150k events), which a driver's memory does not hold.
+    rows = _to_table(io, rows.withColumn("created_at", F.current_timestamp())).persist(StorageLevel.DISK_ONLY)
+    try:
+        return _write(io, rows, p, source, day, lengths, export_dir)
+    finally:
+        rows.unpersist()
+        events.unpersist()
+
+
+def _write(io, rows: DataFrame, p: Progress, source: str, day: dt.date, lengths: Mapping[str, int],
+           export_dir: str | None) -> dict[str, int]:
+    """Replace the day's rows of ``source`` in ``training_examples`` with ``rows``, export them."""
+    start, end = T.day_bounds(day)
     examples = rows.select("example_id").distinct().count()
     p.stage("built", rows.count(), examples=examples)
     if examples:
