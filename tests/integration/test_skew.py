@@ -190,3 +190,20 @@ def test_skew_is_zero_where_serving_agrees_with_the_lake_and_counts_each_wrong_v
     assert {k[1] for k in after if after[k] != before[k]} == {"clicks"}
     click_metrics = gauges("batch_feature_skew_click.prom")
     assert {dict(k[1])["dataset"] for k in click_metrics if k[0] == "usersignals_feature_skew_ratio"} == {"clicks"}
+
+    # The CLI, sampling one request: the one whose request id hashes lowest, the same each time.
+    from pyspark.sql import functions as F
+
+    from batch.__main__ import parser, run
+
+    figs = run(parser().parse_args(["skew", "--day", str(DAY), "--tenant", home.name, "--sample", "1"]), settings,
+               spark=spark)
+    assert {k: v for k, v in figs.items() if k.endswith(".requests")} == {"homefeed_ranking.requests": 1}
+    hashes = spark.createDataFrame([("req-h0",), ("req-h1",)], "r string") \
+        .select("r", F.xxhash64("r").alias("h")).orderBy("h", "r").collect()
+    chosen = int(hashes[0]["r"][-1])
+    row = io.read(lake.FEATURE_SKEW).where(f"tenant = '{home.name}' AND dataset = 'clicks' AND feature = 'item_id'") \
+        .first()
+    assert (row["requests"], row["compared"], row["mismatched"]) == (1, int(arrays["clicks.mask"][chosen].sum()), 0)
+    assert {k: v for k, v in written().items() if k[0] == search.name} == \
+        {k: v for k, v in after.items() if k[0] == search.name}   # another tenant's rows stay
