@@ -181,7 +181,8 @@ def test_skew_is_zero_where_serving_agrees_with_the_lake_and_counts_each_wrong_v
     # A re-run for one event type (the click re-enrichment's task) replaces that day's click rows
     # only, and writes its own metrics file.
     def written():
-        return {(r["tenant"], r["dataset"], r["feature"]): r["computed_at"] for r in io.read(lake.FEATURE_SKEW).collect()}
+        return {(r["tenant"], r["dataset"], r["feature"]): r["computed_at"]
+                for r in io.read(lake.FEATURE_SKEW).collect()}
 
     before = written()
     skew.feature_skew(io, registry, DAY, event_types=["click"])
