@@ -11,9 +11,23 @@
   (click, repin, close-up by default): recall@K and NDCG@K, for
   the candidate, the popularity baseline (top K by training weight) and the currently promoted
   model, all scored the same way in NumPy on the same users.
+* **Sequence model**, next to ALS on the same users and holdout: each evaluated user's
+  point-in-time sequence (``batch.training.sequences_before``: the newest N events of each dataset
+  of a relevant event type, strictly before D and within the training window; N the dataset's
+  retention or ``seq_length``) becomes one vector, the exponentially time-decayed mean of its
+  items' embeddings (an event ``seq_half_life_h`` older weighs half as much), and items are
+  ranked by dot product with it, over all items, excluding nothing, as ALS's users are. The
+  embeddings are the candidate's own ALS item factors, learnt from the same days before D, so
+  the sequence model, like ALS, knows only the past. A user whose sequence is empty (only
+  views or searches before D) gets no recommendation and scores 0, as a user ALS cannot score.
 * **Gate**: the candidate is promoted only if it beats both by ``margin`` (relative) on both
   metrics. Everything is recorded in ``model_runs``; embeddings of every candidate are kept in
-  ``item_embeddings`` / ``user_embeddings`` under its version.
+  ``item_embeddings`` / ``user_embeddings`` under its version. The sequence model is recorded
+  and gated as ``sequence`` next to ALS (``seq_recall_at_k``, ``seq_ndcg_at_k`` and
+  ``seq_beats_baseline``: whether it beats the popularity baseline by ``margin`` on both
+  metrics) but promotes nothing: what is published is item embeddings, the ALS ones it scores
+  with, and serving builds the user side from the sequences it serves; it tells whether that
+  use of the embeddings pays, run after run.
 * **Publish** (``publish``): the newest promoted version's item embeddings go to the KV layer
   and become current atomically (``usersignals.models``); ``rollback`` switches back.
 """
@@ -33,6 +47,7 @@ from pyspark.sql import functions as F
 from batch import transforms as T
 from batch.kv_load import write_partitions
 from batch.progress import Progress
+from batch.training import sequences_before
 from usersignals import lake
 from usersignals.registry import Registry
 
@@ -50,6 +65,8 @@ class TrainParams:
     margin: float = 0.02
     max_eval_users: int = 5000
     seed: int = 7
+    seq_half_life_h: float = 72.0       # the sequence model: an event this much older weighs half
+    seq_length: int | None = None       # events per dataset in a sequence; None: the dataset's retention
 
 
 # --- pure parts --------------------------------------------------------------------------
@@ -102,6 +119,34 @@ def recall_ndcg(recommended: list[list[str]], relevant: list[set[str]], k: int) 
     return float(np.mean(recalls)), float(np.mean(ndcgs))
 
 
+def decayed_mean(embeddings: np.ndarray, age_s: np.ndarray, half_life_s: float) -> np.ndarray:
+    """The mean of a sequence's item embeddings (one per row), each weighted ``0.5 ** (age_s /
+    half_life_s)``: an event one half-life older than another counts half as much."""
+    if not half_life_s > 0:
+        raise ValueError(f"half-life must be positive seconds, got {half_life_s!r}")
+    age = np.asarray(age_s, dtype=np.float64)
+    if embeddings.shape[0] != age.shape[0] or age.shape[0] == 0:
+        raise ValueError(f"need one age per embedding and at least one: {embeddings.shape[0]} embeddings, "
+                         f"{age.shape[0]} ages")
+    # Relative to the newest event: the same weighted mean, and a sequence older than ~1000
+    # half-lives does not underflow to weights that are all 0.
+    w = np.exp2(-(age - age.min()) / half_life_s)
+    return (w[:, None] * embeddings).sum(axis=0) / w.sum()
+
+
+def sequence_profiles(sequences: Mapping[str, list[tuple[str, float]]], item_vecs: Mapping[str, np.ndarray],
+                      half_life_s: float) -> dict[str, np.ndarray]:
+    """user -> the decayed mean of the embeddings of their sequence's items ((item_id, age_s)
+    pairs); items without an embedding are left out, a user with none of them has no profile."""
+    profiles = {}
+    for user, events in sequences.items():
+        known = [(item_vecs[i], age) for i, age in events if i in item_vecs]
+        if known:
+            profiles[user] = decayed_mean(np.stack([v for v, _ in known]), np.array([a for _, a in known]),
+                                          half_life_s).astype(np.float32)
+    return profiles
+
+
 def gate(candidate: tuple[float, float], baseline: tuple[float, float], current: tuple[float, float] | None,
          margin: float) -> tuple[bool, str]:
     """Promote only if the candidate beats the baseline and the current model by ``margin`` on
@@ -116,6 +161,34 @@ def gate(candidate: tuple[float, float], baseline: tuple[float, float], current:
 
 
 # --- the job ---------------------------------------------------------------------------------
+
+def sequence_lengths(registry: Registry, length: int | None = None) -> dict[str, int]:
+    """dataset -> N of the sequence model: the datasets of the relevant event types (the
+    engagements it predicts), each at ``length`` capped by its retention (more than the KV layer
+    keeps could not be served), or at its retention."""
+    relevant = set(registry.relevant_types())
+    lengths = {d: min(length, ds.retention) if length else ds.retention
+               for d, ds in registry.datasets.items() if ds.event_type in relevant}
+    if not lengths:
+        raise ValueError(f"no dataset holds a relevant event type {sorted(relevant)}: the sequence model has "
+                         "no sequence to read")
+    return lengths
+
+
+def _sequences(events: DataFrame, users: list[str], before: dt.datetime, registry: Registry,
+               lengths: Mapping[str, int], lookback: dt.timedelta) -> dict[str, list[tuple[str, float]]]:
+    """user -> their point-in-time sequence at ``before`` as (item_id, age_s) pairs: one example
+    per user, labelled at the holdout day's start, through the training-examples transform."""
+    labels = events.sparkSession.createDataFrame([(u, u, before) for u in users],
+                                                 "example_id string, user_id string, ts timestamp")
+    # The raw events' columns only: the transform derives each event's dataset from its type.
+    past = T.dedup_events(events.where(T.in_range(before - lookback, before)), "indexed_at").select(*T.EVENT_COLUMNS)
+    out: dict[str, list[tuple[str, float]]] = {}
+    for r in sequences_before(labels, past, registry, lengths, lookback).select("user_id", "item_id", "age_s") \
+            .collect():
+        out.setdefault(r["user_id"], []).append((r["item_id"], float(r["age_s"])))
+    return out
+
 
 def _factors(df: DataFrame, labels: list[str]) -> dict[str, np.ndarray]:
     return {labels[int(r["id"])]: np.asarray(r["features"], dtype=np.float32) for r in df.collect()}
@@ -144,6 +217,8 @@ def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
 
     if params.rank is None:
         params = replace(params, rank=registry.model.embedding_dim)
+    if not params.seq_half_life_h > 0:
+        raise ValueError(f"seq_half_life_h must be positive hours, got {params.seq_half_life_h!r}")
     now = now or dt.datetime.now(dt.timezone.utc)
     version = "als-" + now.strftime("%Y%m%dT%H%M%S")
     p = Progress("retrain", io.metrics_dir, version=version, holdout_day=str(holdout_day))
@@ -183,6 +258,13 @@ def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
     popular = [r["item_id"] for r in train.groupBy("item_id").agg(F.sum("weight").alias("w"))
                .orderBy(F.desc("w"), "item_id").limit(params.k).collect()]
     baseline = recall_ndcg([popular] * len(eval_users), [relevant[u] for u in eval_users], params.k)
+    sequences = _sequences(events, eval_users, end, registry, sequence_lengths(registry, params.seq_length),
+                           dt.timedelta(days=params.train_days))
+    profiles = sequence_profiles(sequences, items_vec, params.seq_half_life_h * 3600)
+    seq = _evaluate(profiles, items_vec, eval_users, relevant, params.k)
+    seq_beats = gate(seq, baseline, None, params.margin)[0]
+    p.stage("sequences", len(profiles), events=sum(len(v) for v in sequences.values()),
+            half_life_h=params.seq_half_life_h)
 
     current_version, current = _current_promoted(io), None
     if current_version is not None:
@@ -194,8 +276,12 @@ def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
     promoted, decision = gate(candidate, baseline, current, params.margin)
     p.stage("evaluated", len(eval_users), recall=f"{candidate[0]:.4f}", ndcg=f"{candidate[1]:.4f}",
             baseline_recall=f"{baseline[0]:.4f}", baseline_ndcg=f"{baseline[1]:.4f}",
-            current=current_version, current_recall=f"{current[0]:.4f}" if current else None)
+            current=current_version, current_recall=f"{current[0]:.4f}" if current else None,
+            seq_recall=f"{seq[0]:.4f}", seq_ndcg=f"{seq[1]:.4f}")
     log.info("gate: %s", decision)
+    log.info("sequence model (recorded, promotes nothing): recall %.4f / ndcg %.4f %s the popularity baseline "
+             "(%.4f / %.4f) by %.0f%%", seq[0], seq[1], "beats" if seq_beats else "does not beat", baseline[0],
+             baseline[1], params.margin * 100)
 
     spark = io.spark
     ts = F.lit(now)
@@ -210,12 +296,13 @@ def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
            "items": len(items_vec), "k": params.k, "recall_at_k": candidate[0], "ndcg_at_k": candidate[1],
            "baseline_recall_at_k": baseline[0], "baseline_ndcg_at_k": baseline[1],
            "current_version": current_version, "current_recall_at_k": current[0] if current else None,
-           "current_ndcg_at_k": current[1] if current else None, "promoted": promoted, "decision": decision}
+           "current_ndcg_at_k": current[1] if current else None, "promoted": promoted, "decision": decision,
+           "seq_recall_at_k": seq[0], "seq_ndcg_at_k": seq[1], "seq_beats_baseline": seq_beats}
     io.append(lake.MODEL_RUNS, spark.createDataFrame([run], io.read(lake.MODEL_RUNS).schema))
     _gate_metrics(p, run)
     figures = p.done()
     return {**figures, **{k: v for k, v in run.items() if k not in ("params", "trained_at")},
-            "eval_users": len(eval_users), "training_events": n_events}
+            "eval_users": len(eval_users), "training_events": n_events, "seq_users": len(profiles)}
 
 
 def _gate_metrics(p: Progress, run: dict) -> None:
@@ -223,7 +310,8 @@ def _gate_metrics(p: Progress, run: dict) -> None:
 
     g = Gauge("usersignals_model_holdout_metric", "Holdout metrics of the last training run.",
               ["model", "metric"], registry=p.registry)
-    for model, prefix in (("candidate", ""), ("baseline", "baseline_"), ("current", "current_")):
+    for model, prefix in (("candidate", ""), ("baseline", "baseline_"), ("current", "current_"),
+                          ("sequence", "seq_")):
         for metric in ("recall_at_k", "ndcg_at_k"):
             v = run.get(prefix + metric)
             if v is not None:

@@ -4,17 +4,20 @@
 
 1M events from the workload generator (10k Zipf users with 1-3 interest categories, 50k
 items in 32 categories) over 29 days go into ``enriched_events``; the job trains on 28 days
-and evaluates on the last (recall@10 / NDCG@10 of the model and the popularity baseline,
-side by side in one run). Spark local[2]; MLlib uses native BLAS when Debian's OpenBLAS is
-installed (``make install`` does) and says so.
+and evaluates on the last (recall@10 / NDCG@10 of ALS, of the sequence model - each user's
+time-decayed mean of their sequence's ALS item embeddings - and of the popularity baseline,
+side by side on the same users in one run). Spark local[2]; MLlib uses native BLAS when
+Debian's OpenBLAS is installed (``make install`` does) and says so.
 Last line: ``{"bench": "retrain", "interactions", "train_s", "recall_at_10", "ndcg_at_10",
-"baseline_recall_at_10", ...}``.
+"baseline_recall_at_10", ..., "seq_recall_at_10", "seq_ndcg_at_10"}``; ``train_s`` is the
+whole job (ALS, sequences, evaluation, recording).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import time
+from dataclasses import replace
 
 import pyarrow as pa
 
@@ -24,6 +27,8 @@ from bench.common import bench_settings, emit, log
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Retraining benchmark")
     p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--seq-half-life-h", type=float, default=None,
+                   help="the sequence model's half-life (default: TrainParams')")
     args = p.parse_args(argv)
     import logging
 
@@ -70,7 +75,10 @@ def _run(args, settings) -> int:
         log(f"MLlib BLAS: {blas}")
         io = make_io(spark, settings)
         started = time.monotonic()
-        out = retrain(io, holdout, TrainParams(train_days=28, k=10))
+        params = TrainParams(train_days=28, k=10)
+        if args.seq_half_life_h is not None:
+            params = replace(params, seq_half_life_h=args.seq_half_life_h)
+        out = retrain(io, load_registry(), holdout, params)
         train_s = time.monotonic() - started
     finally:
         spark.stop()
@@ -79,7 +87,9 @@ def _run(args, settings) -> int:
           "train_s": round(train_s, 1), "recall_at_10": round(out["recall_at_k"], 4),
           "ndcg_at_10": round(out["ndcg_at_k"], 4), "baseline_recall_at_10": round(out["baseline_recall_at_k"], 4),
           "baseline_ndcg_at_10": round(out["baseline_ndcg_at_k"], 4), "eval_users": out["eval_users"],
-          "users": out["users"], "items": out["items"], "promoted": out["promoted"], "blas": blas})
+          "users": out["users"], "items": out["items"], "promoted": out["promoted"], "blas": blas,
+          "seq_recall_at_10": round(out["seq_recall_at_k"], 4), "seq_ndcg_at_10": round(out["seq_ndcg_at_k"], 4),
+          "seq_users": out["seq_users"], "seq_half_life_h": params.seq_half_life_h})
     return 0
 
 
