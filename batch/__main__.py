@@ -77,9 +77,10 @@ def parser() -> argparse.ArgumentParser:
                                                   "baseline) is always added")
     rules.add_argument("--rule", type=lambda v: [v], dest="rules", help="one rule (same as --rules RULE)")
     s.add_argument("--n", type=int, required=True, help="events selected per user: the k of recall@k")
-    s.add_argument("--days", type=int, default=30, help="days of events before the as-of day boundary")
+    s.add_argument("--days", type=int, default=30, help="days of events before the scored day")
     s.add_argument("--as-of", type=instant, required=True,
-                   help=AS_OF_HELP + "; the window ends at its UTC day boundary, scored on that day")
+                   help=AS_OF_HELP + "; rules are scored on the last UTC day complete at it, the window "
+                        "is the days before that day")
     s.add_argument("--chart", default=None, help="SVG chart path (default: <data_dir>/reports/selection/"
                                                  "<experiment>/<eval day>.svg)")
     s.add_argument("--no-kv", action="store_true")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import re
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 from pyspark.sql import DataFrame
@@ -21,7 +24,7 @@ from batch.progress import Progress
 from iceberg_schemas.tables import DELETIONS, TableDef, partition_name
 from usersignals import lake
 from usersignals.events import decode_stored
-from usersignals.registry import Registry
+from usersignals.registry import BASELINE_RULE, Registry
 
 log = logging.getLogger("usersignals.batch")
 
@@ -179,33 +182,210 @@ def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: i
 
 # --- event-selection experiments ----------------------------------------------------------
 
-def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: str, rule: str, n: int,
-                      days: int, *, as_of: dt.datetime, to_kv: bool = True) -> dict[str, int]:
-    """Materialise ``n`` events per user of ``dataset`` (of the ``days`` days before ``as_of``)
-    chosen by ``rule`` into ``selected_sequences`` (partition ``experiment``) and KV dataset
-    ``exp_<experiment>``."""
-    if dataset not in registry.datasets:
-        raise ValueError(f"unknown dataset {dataset!r}")
-    if not experiment.replace("_", "").isalnum():
-        raise ValueError(f"experiment name {experiment!r}: use letters, digits and _")
-    p = Progress("select_experiment", io.metrics_dir, experiment=experiment, rule=rule, as_of=as_of.isoformat())
+@dataclass(frozen=True)
+class SelectionWindow:
+    """A comparison's days: rules select from [start, end) and are scored on the engagement of
+    ``eval_day``, the day after the window, which starts at ``end``."""
+    start: dt.datetime
+    end: dt.datetime
+
+    @classmethod
+    def before(cls, as_of: dt.datetime, days: int) -> "SelectionWindow":
+        """The scored day is the last UTC day complete at ``as_of`` (as retraining's holdout day:
+        for a run as of 2026-11-22T00:00 or 2026-11-22T18:00, 2026-11-21); the window is the
+        ``days`` days before it, so every event selected is strictly before the scored day."""
+        if as_of.tzinfo is None:
+            raise ValueError(f"as_of {as_of.isoformat()} has no UTC offset; pass an aware datetime")
+        scored = (as_of.astimezone(dt.timezone.utc) - dt.timedelta(days=1)).date()
+        start, end = window_before(T.day_bounds(scored)[0], days)
+        return cls(start, end)
+
+    @property
+    def eval_day(self) -> dt.date:
+        return self.end.date()
+
+
+def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: str, rules: list[str], n: int,
+                      days: int, *, as_of: dt.datetime, to_kv: bool = True, chart_path: str | None = None,
+                      now: dt.datetime | None = None) -> dict:
+    """Compare event-selection rules on one window and, for a registered experiment, serve them.
+
+    Every rule (the registry's ``[selection_rules]``; the baseline ``last`` is always included)
+    picks each user's ``n`` events of ``dataset`` among those of the ``days`` days before the scored
+    day (the last UTC day complete at ``as_of``, ``SelectionWindow``); each rule's picks are scored
+    against that day's engagement
+    (``T.selection_metrics``) into ``selection_reports`` (this window's rows replaced) and an SVG
+    chart. When ``experiment`` is registered (``[experiments.<name>]``, not ended), its rules'
+    picks also replace its partition of ``selected_sequences`` and its KV datasets
+    ``exp_<experiment>_<rule>`` (loaded, then trimmed: retention n, TTL until its end)."""
+    from batch import selection
+    from batch.retrain import relevant_items
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if dataset not in registry.realtime_datasets():
+        raise ValueError(f"unknown dataset {dataset!r}; rules select from a real-time dataset: "
+                         f"{sorted(registry.realtime_datasets())}")
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", experiment):
+        raise ValueError(f"experiment name {experiment!r}: use lowercase letters, digits and _ (at most 40)")
+    if n <= 0:
+        raise ValueError(f"n must be a positive number of events, got {n!r}")
+    rules = list(dict.fromkeys([BASELINE_RULE, *rules]))
+    functions = {r: selection.resolve(registry, r) for r in rules}  # unknown or unimportable: fails here
+    served = registry.experiments.get(experiment)
+    if served is not None:
+        if (served.dataset, served.n) != (dataset, n):
+            raise ValueError(f"experiment {experiment!r} is registered with dataset {served.dataset!r} and n "
+                             f"{served.n}; this run asks for {dataset!r} and {n}: use the registered values")
+        if served.ended(as_of):
+            raise ValueError(f"experiment {experiment!r} ended on {served.ends} (before {as_of.isoformat()}); "
+                             f"its data is removed by python -m batch select-cleanup")
+    window = SelectionWindow.before(as_of, days)
+    p = Progress("select_experiment", io.metrics_dir, experiment=experiment, rules=",".join(rules),
+                 as_of=as_of.isoformat())
     events = T.dedup_events(io.read(lake.ENRICHED_EVENTS).where(
-        T.in_range(*window_before(as_of, days)) & (F.col("dataset") == dataset)), "indexed_at")
-    if rule == "similarity":
-        emb = T.latest_features(io.read(lake.ITEM_FEATURES)).select("item_id", F.col("embedding").alias("_emb"))
-        events = events.drop(*[c for c in ("embedding",) if c in events.columns]) \
-            .join(emb, "item_id", "left").withColumnRenamed("_emb", "embedding")
-    selected = T.select_events(events, rule, n).localCheckpoint(eager=True)
-    rows = selected.select(F.lit(experiment).alias("experiment"), "dataset", "user_id", "rank", "event_id",
-                           "item_id", "event_time", "score", F.current_timestamp().alias("created_at"))
-    io.overwrite_partitions(lake.SELECTED_SEQUENCES, rows)
-    p.stage("selected", selected.count())
-    if to_kv:
-        fields = io.feature_fields()
-        kv_rows = T.stored_payload(selected.select(*T.EVENT_COLUMNS, *fields).withColumn(
-            "dataset", F.lit(f"exp_{experiment}")), fields)
-        p.stage("kv_rows", io.to_kv(kv_rows))
-    return p.done()
+        T.in_range(window.start, window.end) & (F.col("dataset") == dataset)), "indexed_at")
+    emb = T.latest_features(io.read(lake.ITEM_FEATURES)).select("item_id", F.col("embedding").alias("_emb"))
+    events = (events.drop(*[c for c in ("embedding",) if c in events.columns])
+              .join(emb, "item_id", "left").withColumnRenamed("_emb", "embedding")).localCheckpoint(eager=True)
+    p.stage("window_events", events.count())
+
+    picks, seconds = [], {}
+    for rule in rules:
+        started = time.monotonic()
+        chosen = T.select_events(events, functions[rule], n, rule).withColumn("rule", F.lit(rule)) \
+            .localCheckpoint(eager=True)
+        seconds[rule] = time.monotonic() - started
+        picks.append(chosen)
+        p.stage(f"selected.{rule}", chosen.count())
+    selected = picks[0]
+    for more in picks[1:]:
+        selected = selected.unionByName(more)
+
+    relevant = relevant_items(io.read(lake.ENRICHED_EVENTS), window.eval_day, registry.relevant_types())
+    users = events.select("user_id").distinct().join(relevant.select("user_id").distinct(), "user_id")
+    measured = {r["rule"]: r for r in T.selection_metrics(
+        selected.select("rule", "user_id", "rank", "item_id"), relevant, users, n).collect()}
+    n_users = users.count()
+    report = selection_report(experiment, dataset, n, window, rules, measured, n_users, seconds, now)
+    table = io.name(lake.SELECTION_REPORTS)
+    io.spark.sql(f"DELETE FROM {table} WHERE experiment = '{experiment}' "
+                 f"AND window_end = TIMESTAMP '{window.end.isoformat()}'")
+    io.append(lake.SELECTION_REPORTS, io.spark.createDataFrame(report, SELECTION_REPORTS_SCHEMA))
+    p.stage("users_evaluated", n_users)
+    chart = write_selection_chart(report, chart_path or _default_chart_path(io, experiment, window))
+    p.stage("chart", None, path=chart)
+
+    if served is not None:
+        kept = selected.where(F.col("rule").isin(list(served.rules))).withColumn(
+            "dataset", F.concat(F.lit(f"exp_{experiment}_"), F.col("rule")))
+        rows = kept.select(F.lit(experiment).alias("experiment"), "dataset", "user_id", "rank", "event_id",
+                           "item_id", "event_time", "score", F.lit(now).alias("created_at"), "rule")
+        # Replace the whole partition: a re-run with fewer rules leaves no stale rule behind.
+        io.spark.sql(f"DELETE FROM {io.name(lake.SELECTED_SEQUENCES)} WHERE experiment = '{experiment}'")
+        io.append(lake.SELECTED_SEQUENCES, rows)
+        p.stage("selected_sequences", rows.count())
+        if to_kv:
+            p.stage("kv_rows", _load_experiment_kv(io, registry, served, kept))
+    out = p.done()
+    out.update({"experiment": experiment, "dataset": dataset, "k": n, "window_start": window.start.isoformat(),
+                "window_end": window.end.isoformat(), "eval_day": str(window.eval_day), "chart": chart,
+                "served": served is not None,
+                "rules": {r[1]: {"recall_at_k": r[8], "ndcg_at_k": r[9], "recall_lift": r[11], "ndcg_lift": r[12],
+                                 "users_evaluated": r[7]} for r in report}})
+    return out
+
+
+SELECTION_REPORTS_SCHEMA = ("experiment string, rule string, dataset string, k int, window_start timestamp, "
+                            "window_end timestamp, eval_day string, users_evaluated bigint, recall_at_k double, "
+                            "ndcg_at_k double, baseline_rule string, recall_lift double, ndcg_lift double, "
+                            "select_seconds double, run_at timestamp")
+
+
+def selection_report(experiment: str, dataset: str, k: int, window: SelectionWindow, rules: list[str],
+                     measured: Mapping[str, object], users: int, seconds: Mapping[str, float],
+                     now: dt.datetime) -> list[tuple]:
+    """The rows of ``selection_reports``, one per rule in ``rules`` order; a rule without a
+    measure (no user to evaluate) scores 0. Lifts are relative to the baseline (NULL when it scores 0)."""
+    def score(rule):
+        m = measured.get(rule)
+        return (float(m["recall_at_k"]), float(m["ndcg_at_k"])) if m is not None else (0.0, 0.0)
+
+    base = score(BASELINE_RULE)
+    rows = []
+    for rule in rules:
+        recall, ndcg = score(rule)
+        rows.append((experiment, rule, dataset, k, window.start, window.end, str(window.eval_day), users, recall,
+                     ndcg, BASELINE_RULE, recall / base[0] - 1 if base[0] else None,
+                     ndcg / base[1] - 1 if base[1] else None, round(seconds.get(rule, 0.0), 3), now))
+    return rows
+
+
+def _default_chart_path(io: LakeIO, experiment: str, window: SelectionWindow) -> str:
+    root = io.kv.data_dir / "reports" if io.kv is not None else Path("reports")
+    return str(root / "selection" / experiment / f"{window.eval_day}.svg")
+
+
+def write_selection_chart(report: list[tuple], path: str) -> str:
+    """recall@k and NDCG@k per rule as an SVG bar chart at ``path`` (a local file of the driver)."""
+    from batch.charts import grouped_bars
+
+    first = report[0]
+    svg = grouped_bars(f"Selection rules of {first[0]}: next-day engagement of k={first[3]} events",
+                       [r[1] for r in report],
+                       {f"recall@{first[3]}": [r[8] for r in report], f"NDCG@{first[3]}": [r[9] for r in report]},
+                       subtitle=f"{first[2]}, window {first[4]:%Y-%m-%d} to {first[5]:%Y-%m-%d} (excl.), "
+                                f"scored on {first[6]}, {first[7]} users")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(svg)
+    return str(target)
+
+
+def _load_experiment_kv(io: LakeIO, registry: Registry, experiment, kept: DataFrame) -> int:
+    """Replace the experiment's KV datasets with ``kept`` and trim them (retention n, TTL to its end)."""
+    from usersignals.kv import SequenceStore, connect
+
+    store = SequenceStore(connect(io.kv), registry, io.kv.kv_prefix)
+    for rule in experiment.rules:  # a user the new window does not select keeps nothing from the old one
+        store.delete_dataset(experiment.dataset_of(rule))
+    fields = io.feature_fields()
+    n = io.to_kv(T.stored_payload(kept.select(*T.EVENT_COLUMNS, "dataset", *fields), fields))
+    # Trimmed here, not only by the trimmer: the keys get their TTL even if the trimmer's registry lags.
+    store.trim_all()
+    return n
+
+
+def select_cleanup(io: LakeIO, registry: Registry, *, as_of: dt.datetime, store=None) -> dict:
+    """Remove what ended experiments left: registered experiments whose ``ends`` is at or before
+    ``as_of``, and experiments with rows in ``selected_sequences`` that the registry no longer
+    names. Deletes their KV datasets and their ``selected_sequences`` partition (their
+    ``selection_reports`` rows stay: they are the result). Idempotent."""
+    p = Progress("select_cleanup", io.metrics_dir, as_of=as_of.isoformat())
+    on_lake = {}
+    for r in io.read(lake.SELECTED_SEQUENCES).select("experiment", "dataset").distinct().collect():
+        on_lake.setdefault(r["experiment"], set()).add(r["dataset"])
+    ended = {name: {e.dataset_of(r) for r in e.rules} for name, e in registry.experiments.items() if e.ended(as_of)}
+    for name, datasets in on_lake.items():
+        if name not in registry.experiments:
+            ended.setdefault(name, set()).update(datasets)
+        elif name in ended:
+            ended[name].update(datasets)
+    removed_keys = removed_rows = 0
+    for name, datasets in sorted(ended.items()):
+        keys = sum(store.delete_dataset(d) for d in sorted(datasets)) if store is not None else 0
+        rows = io.read(lake.SELECTED_SEQUENCES).where(F.col("experiment") == name).count()
+        if rows:
+            io.spark.sql(f"DELETE FROM {io.name(lake.SELECTED_SEQUENCES)} WHERE experiment = '{name}'")
+        p.stage(f"{name}.kv_keys", keys, datasets=sorted(datasets))
+        p.stage(f"{name}.lake_rows", rows)
+        removed_keys += keys
+        removed_rows += rows
+    p.figures["kv_keys"] = removed_keys
+    p.figures["lake_rows"] = removed_rows
+    out = p.done()
+    # Still in the registry: their names stay valid (served empty) until the entry is deleted.
+    out.update({"ended": sorted(ended), "still_registered": sorted(n for n in ended if n in registry.experiments)})
+    return out
 
 
 # --- table maintenance ---------------------------------------------------------------------
@@ -334,15 +514,15 @@ def parity(io: LakeIO, registry: Registry, store, sample: int, watermark: dt.dat
         return {**p.done(), "mismatch_rate": 0.0, "compared": 0}
     wm_ms = int(watermark.timestamp() * 1000)
     kept = T.last_n(T.dedup_events(events.where(F.col("user_id").isin(users)), "indexed_at"),
-                    {d: ds.retention for d, ds in registry.datasets.items()})
+                    {d: ds.retention for d, ds in datasets.items()})
     lake_seqs: dict[tuple[str, str], list[str]] = {}
     for r in kept.orderBy("user_id", "dataset", "rank").select("user_id", "dataset", "event_id").collect():
         lake_seqs.setdefault((r["user_id"], r["dataset"]), []).append(r["event_id"])
     compared = mismatched = 0
     examples = []
     for u in users:
-        kv = store.read(u, {d: ds.retention for d, ds in registry.datasets.items()})
-        for d, ds in registry.datasets.items():
+        kv = store.read(u, {d: ds.retention for d, ds in datasets.items()})
+        for d, ds in datasets.items():
             stored = [decode_stored(x) for x in kv[d]]
             after = sum(1 for s in stored if s["ts"] > wm_ms)
             kv_ids = [s["event_id"] for s in stored if s["ts"] <= wm_ms]
@@ -362,3 +542,5 @@ def parity(io: LakeIO, registry: Registry, store, sample: int, watermark: dt.dat
         raise ParityError(f"parity: {mismatched}/{compared} sequences differ ({rate:.2%} > {threshold:.2%}); "
                           f"examples (user, dataset, kv, lake): {examples}")
     return out
+    # The stream's datasets only: an experiment's exp_* datasets have no lake rows to match.
+    datasets = registry.realtime_datasets()

@@ -114,31 +114,43 @@ def needs_repair(recomputed: DataFrame, streamed: DataFrame, feature_fields: tup
                   .drop("_streamed", *[f"_s_{f}" for f in feature_fields]))
 
 
-def select_events(events: DataFrame, rule: str, n: int, user_vectors: DataFrame | None = None) -> DataFrame:
-    """An alternative selection of each user's ``n`` events per dataset, for experiments.
+def select_events(events: DataFrame, rule, n: int, name: str = "") -> DataFrame:
+    """Each user's ``n`` events per dataset chosen by a selection rule (``batch.selection``):
+    ``rule(events)`` adds ``score``; the highest scores are kept (ties: newest, then event_id),
+    with their ``rank`` (1 = best). ``name`` names the rule in errors."""
+    scored = rule(events)
+    if "score" not in scored.columns:
+        raise ValueError(f"selection rule {name or rule!r} returned no 'score' column; columns: {scored.columns}")
+    scored = scored.withColumn("score", F.col("score").cast("double"))
+    w = Window.partitionBy("dataset", "user_id").orderBy(
+        F.col("score").desc_nulls_last(), F.col("event_time").desc(), F.col("event_id").desc())
+    return scored.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= n)
 
-    ``rule``: ``last`` (newest n, the production rule), ``dwell`` (longest dwell first,
-    newest on ties), ``similarity`` (embedding closest to the user's mean item embedding;
-    needs an ``embedding`` column). Adds ``score`` and ``rank``.
-    """
-    if rule == "last":
-        scored = events.withColumn("score", F.unix_millis("event_time").cast("double"))
-    elif rule == "dwell":
-        scored = events.withColumn("score", F.coalesce(F.col("dwell_ms"), F.lit(0)).cast("double"))
-    elif rule == "similarity":
-        if "embedding" not in events.columns:
-            raise ValueError("rule 'similarity' needs an embedding column on the events")
-        mean = (events.where("embedding IS NOT NULL")
-                .select("user_id", "dataset", F.posexplode("embedding").alias("i", "v"))
-                .groupBy("user_id", "dataset", "i").agg(F.avg("v").alias("m"))
-                .groupBy("user_id", "dataset").agg(F.sort_array(F.collect_list(F.struct("i", "m"))).alias("c")))
-        dot = F.aggregate(F.arrays_zip(F.col("embedding"), F.col("c.m")), F.lit(0.0),
-                          lambda acc, x: acc + F.coalesce(x["embedding"] * x["m"], F.lit(0.0)))
-        scored = events.join(mean, ["user_id", "dataset"], "left").withColumn("score", F.coalesce(dot, F.lit(0.0))) \
-            .drop("c")
-    else:
-        raise ValueError(f"unknown selection rule {rule!r}; expected last, dwell or similarity")
-    limits = {r["dataset"]: n for r in scored.select("dataset").distinct().collect()}
-    if not limits:
-        return scored.withColumn("rank", F.lit(0)).limit(0)
-    return last_n(scored, limits, order=F.col("score").desc())
+
+def selection_metrics(selected: DataFrame, relevant: DataFrame, users: DataFrame, k: int) -> DataFrame:
+    """Recall@k and NDCG@k of each rule's selection against the next day's engagement.
+
+    ``selected``: (rule, user_id, rank, item_id), rank 1 = the rule's best event. The ranking
+    scored is the user's selected events in rank order, item ids deduplicated (an item's place
+    is that of its best-ranked event), cut at ``k``. ``relevant``: distinct (user_id, item_id)
+    engaged with the next day. ``users``: the users evaluated, the same for every rule (users with
+    events in the window and a relevant item the next day); a rule that selects nothing for one
+    scores 0 there. Recall = hits / relevant items; NDCG = sum over hits of 1/log2(place+1) over
+    the ideal sum for min(relevant, k) hits (as ``batch.retrain.recall_ndcg``).
+    Returns (rule, users, recall_at_k, ndcg_at_k)."""
+    first = selected.groupBy("rule", "user_id", "item_id").agg(F.min("rank").alias("_best"))
+    w = Window.partitionBy("rule", "user_id").orderBy("_best", "item_id")
+    ranked = first.withColumn("place", F.row_number().over(w)).where(F.col("place") <= k)
+    n_rel = relevant.groupBy("user_id").agg(F.count("*").alias("n_rel"))
+    base = users.select("user_id").distinct().join(n_rel, "user_id")
+    hits = (ranked.join(relevant, ["user_id", "item_id"])
+            .groupBy("rule", "user_id").agg(F.count("*").alias("hits"),
+                                            F.sum(1.0 / F.log2(F.col("place") + 1)).alias("dcg")))
+    rules = selected.select("rule").distinct()
+    ideal = F.aggregate(F.sequence(F.lit(1), F.least(F.col("n_rel"), F.lit(k))), F.lit(0.0),
+                        lambda acc, i: acc + 1.0 / F.log2(i + 1))
+    per_user = (rules.crossJoin(base).join(hits, ["rule", "user_id"], "left")
+                .select("rule", "user_id", (F.coalesce("hits", F.lit(0)) / F.col("n_rel")).alias("recall"),
+                        (F.coalesce("dcg", F.lit(0.0)) / ideal).alias("ndcg")))
+    return per_user.groupBy("rule").agg(F.count("*").alias("users"), F.avg("recall").alias("recall_at_k"),
+                                        F.avg("ndcg").alias("ndcg_at_k"))

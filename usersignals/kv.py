@@ -315,14 +315,38 @@ class SequenceStore:
         if not pending:
             return stats
         calls = []
+        now = time.time()
         for dataset, user_id in pending:
             ds = self.registry.datasets[dataset]
+            # An experiment's dataset (exp_<experiment>_<rule>) expires at the experiment's end.
             calls.append(([self.seq_key(dataset, user_id), self.events_key(dataset, user_id)],
-                          [ds.retention, ds.ttl_days * 86400]))
+                          [ds.retention, ds.ttl_seconds(now)]))
         removed = run_script_batch(self.client, self._trim, calls)
         stats.keys_checked = len(pending)
         stats.events_removed = int(sum(removed))
         return stats
+
+    def delete_dataset(self, dataset: str, count: int = 1000) -> int:
+        """Delete every user's keys of ``dataset`` (an ended experiment's); returns keys deleted.
+        SCANs the keyspace (every node of a cluster): a clean-up task's cost, not a serving one's."""
+        pattern = f"{self.prefix}:{{*}}:{dataset.translate(_GLOB_SPECIAL)}:[zh]"
+        deleted = 0
+        batch: list = []
+        for key in self.client.scan_iter(match=pattern, count=count):
+            batch.append(key)
+            if len(batch) >= count:
+                deleted += self._unlink(batch)
+                batch = []
+        return deleted + (self._unlink(batch) if batch else 0)
+
+    def _unlink(self, keys: list) -> int:
+        # One command per key on a cluster (keys of different users live in different slots).
+        if self._single_node:
+            return int(self.client.unlink(*keys))
+        pipe = self.client.pipeline(transaction=False)
+        for k in keys:
+            pipe.unlink(k)
+        return int(sum(pipe.execute()))
 
     def trim_all(self, max_rounds: int = 1000) -> TrimStats:
         """Trim until no key is dirty (tests, shutdown, batch loads)."""

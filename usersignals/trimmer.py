@@ -2,7 +2,8 @@
 
 ``python -m usersignals.trimmer`` runs it forever against the configured KV server,
 serving its metrics on ``trimmer_metrics_port``; with nothing to trim it sleeps ``trim_interval_s``
-(both settings, ``usersignals.settings``).
+(both settings, ``usersignals.settings``). It re-reads the registry file every ``RELOAD_EVERY_S``,
+so experiment datasets registered meanwhile are trimmed (to n) and expire at their end.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from prometheus_client import Counter, Histogram, start_http_server
 
 from usersignals.kv import SequenceStore, connect, run_trimmer
-from usersignals.registry import load_registry
+from usersignals.registry import Registry, RegistryError, load_registry
 from usersignals.settings import load_settings
 
 log = logging.getLogger("usersignals.trimmer")
@@ -22,6 +23,26 @@ KEYS = Counter("usersignals_trimmer_keys_checked_total", "Sequences checked by t
 REMOVED = Counter("usersignals_trimmer_events_removed_total", "Events trimmed past their dataset's retention.")
 PASS = Histogram("usersignals_trimmer_pass_seconds", "Duration of one trim pass.",
                  buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+
+
+# How often the trimmer re-reads the registry file: an experiment registered while it runs
+# (datasets exp_<experiment>_<rule>) is trimmed and given its TTL from then on.
+RELOAD_EVERY_S = 30.0
+
+
+def reload(current: Registry, path) -> Registry:
+    """The registry file's current content, or ``current`` when it is unchanged or invalid
+    (an invalid file is logged; the trimmer keeps trimming what it knew)."""
+    try:
+        fresh = load_registry(path)
+    except RegistryError as exc:
+        log.warning("registry %s not reloaded: %s", path, exc)
+        return current
+    if fresh.digest != current.digest:
+        added = sorted(set(fresh.datasets) - set(current.datasets))
+        log.info("registry reloaded (%s): datasets added %s", fresh.digest[:12], added)
+        return fresh
+    return current
 
 
 def main() -> int:
@@ -47,9 +68,17 @@ def main() -> int:
 
     log.info("trimming %s%s every %.1fs (metrics :%d)", settings.kv_url.rsplit("@", 1)[-1],
              " (cluster)" if settings.kv_cluster else "", interval, port)
+    next_reload = [time.monotonic() + RELOAD_EVERY_S]
+
+    def stop() -> bool:
+        return bool(stopping) or time.monotonic() >= next_reload[0]
+
     while not stopping:
+        if time.monotonic() >= next_reload[0]:
+            next_reload[0] = time.monotonic() + RELOAD_EVERY_S
+            store.registry = reload(store.registry, settings.registry_path)
         try:
-            run_trimmer(store, interval, stop=lambda: bool(stopping), on_stats=on_stats)
+            run_trimmer(store, interval, stop=stop, on_stats=on_stats)
         except Exception as exc:  # KV restarting: wait and go on, never die
             log.warning("trim pass failed (%s); retrying in 2s", exc)
             time.sleep(2)
