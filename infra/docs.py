@@ -276,6 +276,8 @@ REGISTRY_SECTIONS = (
     ("enrichments.<name>", "_enrichment", "Enrichment"),
     ("event_types.<name>", "_event_type", "EventType"),
     ("datasets.<name>", "_dataset", "Dataset"),
+    ("selection_rules.<name>", "_selection_rule", "SelectionRule"),
+    ("experiments.<name>", "_experiment", "Experiment"),
     ("tenants.<name>", "_tenant", "Tenant"),
     ("tenants.<name>.filters", "_filters", "Filters"),
 )
@@ -292,6 +294,13 @@ REGISTRY_KEYS = {
     ("datasets", "retention"): "N, the events kept per user, newest first (at most {MAX_RETENTION})",
     ("datasets", "enrichments"): "indexing-stage enrichments stored with each event",
     ("datasets", "ttl_days"): "days a user's sequence lives after its last write (at most 3650)",
+    ("selection_rules", "function"): "`module:function` scoring a user's events (`batch.selection`), importable "
+                                     "where the batch jobs run",
+    ("experiments", "dataset"): "the real-time dataset its rules select from",
+    ("experiments", "rules"): "registered `[selection_rules.<name>]`; each is served as dataset "
+                              "`exp_<experiment>_<rule>`",
+    ("experiments", "n"): "events per user each rule keeps: the derived datasets' retention (at most {MAX_RETENTION})",
+    ("experiments", "ends"): "a TOML date (UTC): its KV keys expire at this day's start and the cleanup removes its data",
     ("tenants", "sequences"): "dataset → length served (at most the dataset's retention)",
     ("tenants", "enrichments"): "enrichments joined at serving time",
     ("tenants", "format"): "default response format, one of {FORMATS}",
