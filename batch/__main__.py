@@ -6,6 +6,7 @@
     python -m batch select --experiment dwell50 --dataset closeups --rules last,dwell --n 50 --days 30 --as-of ...
     python -m batch select-cleanup --as-of 2026-11-22T00:00:00+00:00
     python -m batch maintenance --as-of 2026-11-22T03:30:00+00:00 [--tables raw_events] [--expire-days 5]
+    python -m batch maintenance-figures --as-of 2026-11-22T03:30:00+00:00   (what that run dropped, per table)
     python -m batch delete-user <user_id> [--requested-by NAME] [--reason TEXT]
     python -m batch delete-user --pending      (complete the erasures the API recorded)
     python -m batch parity --as-of 2026-11-22T00:00:00+00:00 --sample 200 [--watermark-minutes 10] [--threshold 0.01]
@@ -94,6 +95,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the run's moment: retention and snapshot expiry count back from it (ISO 8601 with offset)")
     m.add_argument("--expire-days", type=int, default=5)
     m.add_argument("--retain-last", type=int, default=50)
+    mf = sub.add_parser("maintenance-figures", help="what the maintenance run as of --as-of dropped per table, "
+                                                    "read back from the tables' properties (no Spark)")
+    mf.add_argument("--as-of", type=instant, required=True, help="the maintenance run's --as-of")
+    mf.add_argument("--tables", type=_csv, default=None, help="the run's --tables (default: every table)")
     u = sub.add_parser("delete-user", help="erase a user from the KV layer and every lake table (audited)")
     u.add_argument("user_id", nargs="?", help="the user to erase (or --pending)")
     u.add_argument("--pending", action="store_true", help="complete the erasures the API recorded")
@@ -170,6 +175,13 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
 
         return {"current": models.rollback(connect(settings), settings.kv_prefix)}
     registry = load_registry(settings.registry_path)
+    if args.job == "maintenance-figures":  # no Spark: pyiceberg reads the tables' properties
+        from iceberg_schemas.tables import table_defs
+        from usersignals import lake
+
+        defs = table_defs(registry)
+        return jobs.maintenance_dropped(lake.load_catalog(settings), settings.lake_namespace,
+                                        args.tables or list(defs), defs, args.as_of)
     own = spark is None
     spark = spark or spark_session(settings, f"usersignals-{args.job}")
     try:

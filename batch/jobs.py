@@ -406,6 +406,7 @@ def maintenance(io: LakeIO, tables: list[str], expire_older_than_days: int = 5, 
             rows, files, cutoff = drop_expired_partitions(io, tdef, now)
             p.stage(f"{t}.expired_rows", rows, before=cutoff.isoformat(), retention_days=tdef.retention_days)
             p.stage(f"{t}.expired_files", files)
+            record_dropped(io, t, now, rows, files)
         # delete-file-threshold 1: a data file with any row deleted is rewritten without those rows.
         r = io.spark.sql(f"CALL {cat}.system.rewrite_data_files(table => '{ident}', options => map("
                          f"'min-input-files', '2', 'partial-progress.enabled', 'true', "
@@ -416,6 +417,40 @@ def maintenance(io: LakeIO, tables: list[str], expire_older_than_days: int = 5, 
                          f"older_than => TIMESTAMP '{older}', retain_last => {retain_last})").first()
         p.stage(f"{t}.expired_data_files", e["deleted_data_files_count"])
     return p.done()
+
+
+# The table properties where a maintenance run leaves what it dropped from the table.
+DROPPED_PROPERTIES = {"as_of": "usersignals.maintenance.as-of", "rows": "usersignals.maintenance.expired-rows",
+                      "files": "usersignals.maintenance.expired-files"}
+
+
+def record_dropped(io: LakeIO, table: str, as_of: dt.datetime, rows: int, files: int) -> None:
+    """What the run as of ``as_of`` dropped from ``table``, kept in the table's own properties: the
+    lake is what the task that submitted the job can read back wherever the driver ran (on
+    Kubernetes, cluster mode: another pod, whose files and logs the task never sees)."""
+    p = DROPPED_PROPERTIES
+    io.spark.sql(f"ALTER TABLE {io.name(table)} SET TBLPROPERTIES ('{p['as_of']}' = '{as_of.isoformat()}', "
+                 f"'{p['rows']}' = '{int(rows)}', '{p['files']}' = '{int(files)}')")
+
+
+def maintenance_dropped(catalog, namespace: str, tables: list[str], defs: Mapping[str, TableDef],
+                        as_of: dt.datetime) -> dict[str, dict[str, int]]:
+    """``{table: {"rows", "files"}}`` that the maintenance run as of ``as_of`` dropped from each of
+    ``tables`` with a retention, read back from their properties (``record_dropped``) through
+    ``catalog`` (pyiceberg: no Spark). A table whose properties hold another run's figures, or
+    none, is an error: a task must not report what an earlier run did."""
+    p = DROPPED_PROPERTIES
+    out: dict[str, dict[str, int]] = {}
+    for t in tables:
+        if defs[t].retention_days is None:
+            continue
+        props = catalog.load_table(f"{namespace}.{t}").properties
+        recorded = props.get(p["as_of"])
+        if recorded is None or dt.datetime.fromisoformat(recorded) != as_of:
+            raise RuntimeError(f"{namespace}.{t} holds no figures of the maintenance run as of {as_of.isoformat()}: "
+                               f"its {p['as_of']} is {recorded!r}")
+        out[t] = {"rows": int(props[p["rows"]]), "files": int(props[p["files"]])}
+    return out
 
 
 def drop_expired_partitions(io: LakeIO, tdef: TableDef, now: dt.datetime) -> tuple[int, int, dt.date]:

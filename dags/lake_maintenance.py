@@ -9,38 +9,54 @@ which also keeps the job's last committed checkpoint id (in its snapshots' summa
 Iceberg's Flink sink looks up when the job restores; expiring the older ones deletes the files
 only they needed (dropped partitions, rows erased before compaction).
 
-The task returns (XCom ``return_value``) what it dropped per table: ``{table: {"rows", "files"}}``;
-the job's log and its textfile metric (``usersignals_batch_rows{job="maintenance"}``) say the same.
+The task returns (XCom ``return_value``) what it dropped per table: ``{table: {"rows", "files"}}``,
+read back from the lake once the job has finished: the job records each table's figures in that
+table's properties (``batch.jobs.record_dropped``), which the task reads through the catalog,
+wherever the driver ran (locally on this worker; on Kubernetes in a pod of its own). The job's log
+and its textfile metric (``usersignals_batch_rows{job="maintenance"}``) say the same.
 """
 from __future__ import annotations
 
-import re
+import json
+import os
+import subprocess
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param
 
 from _usersignals import AS_OF, SETTINGS, spark_job, usersignals_dag
+from usersignals.settings import REPO_ROOT
 
-_DROPPED = re.compile(r'^usersignals_batch_rows\{job="maintenance",stage="([^"]+)\.expired_(rows|files)"\} (\S+)$')
 
+def figures_command(application_args: list[str], python: str) -> list[str]:
+    """``python -m batch maintenance-figures`` for the run the (rendered) job arguments describe:
+    its ``--as-of`` and, if it named some, its ``--tables``."""
+    def value(option: str) -> str | None:
+        return application_args[application_args.index(option) + 1] if option in application_args else None
 
-def dropped(prom_text: str) -> dict[str, dict[str, int]]:
-    """``{table: {"rows": n, "files": n}}`` from the maintenance job's textfile metric."""
-    out: dict[str, dict[str, int]] = {}
-    for line in prom_text.splitlines():
-        m = _DROPPED.match(line)
-        if m:
-            out.setdefault(m[1], {})[m[2]] = int(float(m[3]))
-    return out
+    as_of = value("--as-of")
+    if as_of is None:
+        raise ValueError(f"the maintenance job's arguments {application_args} have no --as-of")
+    tables = value("--tables")
+    return [python, "-m", "batch", "maintenance-figures", "--as-of", as_of] + (["--tables", tables] if tables else [])
 
 
 class MaintenanceSubmit(SparkSubmitOperator):
-    """spark-submit of the maintenance job, returning what it dropped: the figures its driver (on
-    this worker: client mode) wrote to the textfile metric, which each run rewrites whole."""
+    """spark-submit of the maintenance job, returning what it dropped per table, as the job
+    recorded it in the lake (pyiceberg in the batch jobs' Python: Airflow's has no Iceberg
+    client). Not the driver's metric file: in cluster mode it is on another machine."""
 
     def execute(self, context):
         super().execute(context)
-        return dropped((SETTINGS.data_dir / "metrics" / "batch_maintenance.prom").read_text())
+        env = {**os.environ, **SETTINGS.to_env(), "PYTHONPATH": str(REPO_ROOT)}
+        proc = subprocess.run(figures_command(list(self.application_args), SETTINGS.batch_python), env=env,
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"reading the maintenance run's figures from the lake failed "
+                               f"(exit {proc.returncode}): {proc.stderr[-3000:]}")
+        figures = json.loads(proc.stdout.strip().splitlines()[-1])
+        figures.pop("job")
+        return figures
 
 
 with usersignals_dag(

@@ -74,6 +74,10 @@ def test_user_erasure_completes_the_apis_request_and_maintenance_returns_what_it
     returned = json.loads(out.stdout.split("RETURN_VALUE", 1)[1].strip())
     assert returned[lake.RAW_EVENTS] == {"rows": 1, "files": 1}
     assert returned[lake.DEAD_LETTERS] == {"rows": 0, "files": 0}
+    # Read back from what the job left in the lake (the table's properties), not from the driver's
+    # files: in cluster mode the driver is not on this worker.
+    props = lake.load_catalog(settings).load_table(lake.table_id(settings, lake.RAW_EVENTS)).properties
+    assert (props["usersignals.maintenance.expired-rows"], props["usersignals.maintenance.expired-files"]) == ("1", "1")
     ids = [r["event_id"] for r in lake.load_catalog(settings).load_table(
         lake.table_id(settings, lake.RAW_EVENTS)).scan().to_arrow().to_pylist()]
     assert ids == ["kept-1"]
