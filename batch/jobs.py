@@ -548,6 +548,8 @@ def parity(io: LakeIO, registry: Registry, store, sample: int, watermark: dt.dat
         p.stage("compared", 0)
         return {**p.done(), "mismatch_rate": 0.0, "compared": 0}
     wm_ms = int(watermark.timestamp() * 1000)
+    # The stream's datasets only: an experiment's exp_* datasets have no lake rows to match.
+    datasets = registry.realtime_datasets()
     kept = T.last_n(T.dedup_events(events.where(F.col("user_id").isin(users)), "indexed_at"),
                     {d: ds.retention for d, ds in datasets.items()})
     lake_seqs: dict[tuple[str, str], list[str]] = {}
@@ -577,5 +579,3 @@ def parity(io: LakeIO, registry: Registry, store, sample: int, watermark: dt.dat
         raise ParityError(f"parity: {mismatched}/{compared} sequences differ ({rate:.2%} > {threshold:.2%}); "
                           f"examples (user, dataset, kv, lake): {examples}")
     return out
-    # The stream's datasets only: an experiment's exp_* datasets have no lake rows to match.
-    datasets = registry.realtime_datasets()
