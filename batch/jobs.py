@@ -123,9 +123,11 @@ def daily_reenrich(io: LakeIO, registry: Registry, day: dt.date, event_types: li
 def bootstrap(io: LakeIO, registry: Registry, datasets: list[str], days: int, *,
               as_of: dt.datetime) -> dict[str, int]:
     """Build datasets' sequences from the ``days`` days of raw events before ``as_of``, straight into KV."""
-    unknown = sorted(set(datasets) - set(registry.datasets))
+    # An experiment's datasets are built by `batch select`, from its rules, not from raw events.
+    realtime = registry.realtime_datasets()
+    unknown = sorted(set(datasets) - set(realtime))
     if unknown:
-        raise ValueError(f"unknown datasets {unknown}; registered: {sorted(registry.datasets)}")
+        raise ValueError(f"unknown datasets {unknown}; real-time datasets: {sorted(realtime)}")
     p = Progress("bootstrap", io.metrics_dir, datasets=",".join(datasets), days=str(days),
                  as_of=as_of.isoformat())
     types = [registry.datasets[d].event_type for d in datasets]
@@ -150,7 +152,7 @@ def backfill_enrichment(io: LakeIO, registry: Registry, enrichment: str, days: i
     if enrichment not in registry.enrichments:
         raise ValueError(f"unknown enrichment {enrichment!r}; registered: {sorted(registry.enrichments)}")
     e = registry.enrichments[enrichment]
-    datasets = [d.name for d in registry.datasets.values() if enrichment in d.enrichments]
+    datasets = [d.name for d in registry.realtime_datasets().values() if enrichment in d.enrichments]
     if not datasets:
         raise ValueError(f"no dataset uses enrichment {enrichment!r}: add it to a dataset in the registry first")
     p = Progress("backfill_enrichment", io.metrics_dir, enrichment=enrichment, days=str(days),

@@ -6,7 +6,7 @@ rebuilt from the lake **as the API builds it** at the request's ``served_at``:
 
 - the user's newest events of each of the tenant's datasets strictly before ``served_at`` (from
   deduplicated ``raw_events``, at most ``lookback_days`` back), as many as the API fetches from
-  the KV layer (``serving.retrieve.Retriever.fetch_limits``: the tenant's length, twice it when
+  the KV layer (``Registry.fetch_limits``: the tenant's length, twice it when
   the tenant has filters, at most the retention);
 - the tenant's filters applied in the API's order (``serving.filtering``: excluded items, max age,
   surfaces, min dwell per dataset, newest event per item when ``dedup_items``), then cut to the
@@ -214,11 +214,10 @@ def sample_requests(served: DataFrame, sample: int) -> DataFrame:
 
 
 def fetch_limits(tenant: Tenant, registry: Registry, datasets: Iterable[str]) -> dict[str, int]:
-    """What the API reads from the KV layer per dataset before filtering
-    (``serving.retrieve.Retriever.fetch_limits``, repeated so executors need not import serving)."""
-    f = tenant.filters
-    filtering = bool(f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces or f.exclude_items)
-    return {d: min(registry.datasets[d].retention, tenant.sequences[d] * (2 if filtering else 1)) for d in datasets}
+    """What the API reads from the KV layer per dataset before filtering (``Registry.fetch_limits``,
+    the rule ``serving.retrieve`` applies), for ``datasets`` of the tenant's mix."""
+    limits = registry.fetch_limits(tenant)
+    return {d: limits[d] for d in datasets}
 
 
 def served_view(requests: DataFrame, events: DataFrame, item_features: DataFrame, registry: Registry,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from dataclasses import replace
 from typing import Mapping
 
 from pyspark import StorageLevel
@@ -59,21 +60,27 @@ _item_hash_udf = F.udf(lambda i: None if i is None else item_hash(i), S.LongType
 
 
 def dataset_lengths(registry: Registry, tenant: str | None = None) -> dict[str, int]:
-    """dataset -> N: a tenant's sequence mix, or every registered dataset's retention."""
+    """dataset -> N: a tenant's sequence mix, or every real-time dataset's retention (an
+    experiment's derived datasets are not in the lake's events)."""
     if tenant is None:
-        return {d: ds.retention for d, ds in registry.datasets.items()}
+        return {d: ds.retention for d, ds in registry.realtime_datasets().items()}
     if tenant not in registry.tenants:
         raise ValueError(f"unknown tenant {tenant!r}; registered: {sorted(registry.tenants)}")
     return dict(registry.tenants[tenant].sequences)
 
 
-def _datasets_frame(spark, registry: Registry, lengths: Mapping[str, int]) -> DataFrame:
-    unknown = sorted(set(lengths) - set(registry.datasets))
+def _datasets_frame(spark, registry: Registry, lengths: Mapping[str, int], tenant: Tenant | None = None) -> DataFrame:
+    """One row per dataset: its type, N (``_limit``) and how many newest events a label looks at
+    before filters (``_cap``): N, or with a tenant the window the API fetches for it
+    (``Registry.fetch_limits``: N, twice N when its filters can drop events, at most the retention)."""
+    realtime = registry.realtime_datasets()
+    unknown = sorted(set(lengths) - set(realtime))
     if unknown:
-        raise ValueError(f"unknown datasets {unknown}; registered: {sorted(registry.datasets)}")
+        raise ValueError(f"unknown datasets {unknown}; real-time datasets: {sorted(realtime)}")
+    caps = dict(lengths) if tenant is None else registry.fetch_limits(replace(tenant, sequences=dict(lengths)))
     rows = [(d, registry.datasets[d].event_type, registry.event_types[registry.datasets[d].event_type].id, n,
-             registry.datasets[d].retention) for d, n in lengths.items()]
-    return spark.createDataFrame(rows, "dataset string, event_type string, type_id int, _limit int, _retention int")
+             caps[d]) for d, n in lengths.items()]
+    return spark.createDataFrame(rows, "dataset string, event_type string, type_id int, _limit int, _cap int")
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -124,8 +131,8 @@ def sequences_before(labels: DataFrame, events: DataFrame, registry: Registry, l
     ``type_id`` and ``age_s`` (``ts`` minus event time, in seconds, as the API computes it).
     ``events``: deduplicated raw events.
 
-    With ``tenant``, what the API would have served that tenant at ``ts``: of the dataset's
-    newest ``retention`` events (what the KV layer holds), those its filters keep
+    With ``tenant``, what the API would have served that tenant at ``ts``: of the newest events
+    it fetches from the KV layer (``Registry.fetch_limits``), those its filters keep
     (``serving.filtering``: excluded items, max age, surfaces, min dwell, newest per item), then
     the first ``lengths[dataset]``.
 
@@ -134,10 +141,9 @@ def sequences_before(labels: DataFrame, events: DataFrame, registry: Registry, l
     of its dataset, oldest first; a label's ``_before`` is how many of those are strictly before
     ``ts`` (a running count over the labels and events sorted together), so its candidates are
     ``_seq`` = ``_before``, ``_before - 1``, ... — an equi-join of labels x cap rows."""
-    datasets = _datasets_frame(events.sparkSession, registry, lengths)
-    # How far back a label looks before filters: a tenant's filters pick from what the KV layer
-    # holds (the retention); without them the newest N are the sequence.
-    datasets = datasets.withColumn("_cap", F.col("_retention") if tenant is not None else F.col("_limit"))
+    # How far back a label looks before filters: a tenant's filters pick from what the API
+    # fetches; without a tenant the newest N are the sequence.
+    datasets = _datasets_frame(events.sparkSession, registry, lengths, tenant)
     ev = (events.where(F.col("user_id").isNotNull() & F.col("event_time").isNotNull())
                 .join(F.broadcast(datasets), "event_type")
                 .select("user_id", "dataset", "type_id", "event_id", "item_id", "event_time", "surface",
@@ -204,7 +210,7 @@ def features_as_of(rows: DataFrame, item_features: DataFrame, registry: Registry
             & (F.col("_until").isNull() | (F.col("ts") < F.col("_until"))))
     out = rows.join(feats, cond, "left")
     for f in feature_fields:
-        stored_by = [d for d, ds in registry.datasets.items() if f in registry.indexing_fields(ds)]
+        stored_by = [d for d, ds in registry.realtime_datasets().items() if f in registry.indexing_fields(ds)]
         out = out.withColumn(f, F.when(F.col("dataset").isin(stored_by), F.col(f"_f_{f}")))
     return out.drop("_i", "_at", "_until", *[f"_f_{f}" for f in feature_fields])
 

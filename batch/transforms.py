@@ -68,7 +68,7 @@ def enrich(events: DataFrame, features: DataFrame, registry: Registry, feature_f
     out = events.select(*EVENT_COLUMNS).withColumn("dataset", dataset_of(registry)).where("dataset IS NOT NULL")
     out = out.join(feats, "item_id", "left")
     for f in feature_fields:
-        datasets = [ds.name for ds in registry.datasets.values() if f in registry.indexing_fields(ds)]
+        datasets = [ds.name for ds in registry.realtime_datasets().values() if f in registry.indexing_fields(ds)]
         out = out.withColumn(f, F.when(F.col("dataset").isin(datasets), F.col(f"_f_{f}"))).drop(f"_f_{f}")
     return (out.withColumn("indexed_at", F.current_timestamp())
                .withColumn("enriched_by", F.lit(enriched_by))

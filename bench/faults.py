@@ -323,7 +323,7 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         stack.start()
         write_features(ItemCatalog(WorkloadConfig(seed=seed)), settings.kv_url, settings.kv_prefix)
         base = f"http://{settings.host}:{settings.api_port}"
-        tenant = {"sequences": {d.name: d.retention for d in registry.datasets.values()},
+        tenant = {"sequences": {d.name: d.retention for d in registry.realtime_datasets().values()},
                   "filters": {"dedup_items": False}, "max_concurrency": 64, "timeout_ms": 2000,
                   "api_key": TENANT_KEY, "format": "json"}
         httpx.put(f"{base}/v1/tenants/{TENANT}", json=tenant,
@@ -362,7 +362,7 @@ def run(rate: float = 100.0, steady_s: float = 12.0, users: int = 3000, read_rps
         log(f"produced {sum(sent.values())} records ({len(sent)} events), acked {len(acked)} events, "
             f"{failed} delivery failures; waiting for KV and lake")
 
-        retention = {d.name: d.retention for d in registry.datasets.values()}
+        retention = {d.name: d.retention for d in registry.realtime_datasets().values()}
         expected = expected_in_kv(acked.values(), retention)
         n_expected = sum(len(v) for v in expected.values())
         prefix = next(iter(acked.values())).user_id.split("-")[0] + "-" if acked else "none-"

@@ -21,9 +21,9 @@ with usersignals_dag(
     doc_md=__doc__,
     timeout_h=2,
     params={
-        "datasets": Param(sorted(REGISTRY.datasets)[:1], type="array",
-                          items={"type": "string", "enum": sorted(REGISTRY.datasets)}, minItems=1,
-                          title="Datasets", description="Registered datasets to build"),
+        "datasets": Param(sorted(REGISTRY.realtime_datasets())[:1], type="array",
+                          items={"type": "string", "enum": sorted(REGISTRY.realtime_datasets())}, minItems=1,
+                          title="Datasets", description="Real-time datasets to build"),
         "days": Param(30, type="integer", minimum=1, maximum=365, title="Days",
                       description="How many days of raw events to read, ending at the run's data interval end"),
     },

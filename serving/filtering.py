@@ -16,8 +16,7 @@ from serving.model import UserSequences
 
 def has_filters(tenant: Tenant) -> bool:
     """Whether the tenant's filters can drop anything (request-level exclusions aside)."""
-    f = tenant.filters
-    return bool(f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces or f.exclude_items)
+    return tenant.filtering
 
 
 def filter_events(events: list[dict], dataset: str, tenant: Tenant, now_ms: int,

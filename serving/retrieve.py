@@ -13,7 +13,6 @@ from usersignals.aggregates import agg_key, decode_state
 from usersignals.kv import READ_JSON_LUA, SequenceStore
 from usersignals.registry import Registry, Tenant
 
-from serving.filtering import has_filters
 from serving.kv_client import as_kv
 from serving.model import UserSequences
 
@@ -28,8 +27,7 @@ class Retriever:
 
     @staticmethod
     def fetch_limits(tenant: Tenant, registry: Registry) -> dict[str, int]:
-        factor = 2 if has_filters(tenant) else 1
-        return {ds: min(registry.datasets[ds].retention, n * factor) for ds, n in tenant.sequences.items()}
+        return registry.fetch_limits(tenant)
 
     async def one(self, user_id: str, limits: dict[str, int], with_state: bool, now_ms: int,
                   parse: bool = True) -> UserSequences:

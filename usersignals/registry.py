@@ -162,6 +162,12 @@ class Tenant:
     log_sample_rate: float = 0.0        # share of responses logged to the served-features topic
     api_key_sha256: str = ""            # sha256 hex of the tenant's API key ("" = no key accepted)
 
+    @property
+    def filtering(self) -> bool:
+        """Whether the tenant's filters can drop events (request-level exclusions aside)."""
+        f = self.filters
+        return bool(f.dedup_items or f.max_age_s or f.min_dwell_ms or f.surfaces or f.exclude_items)
+
 
 @dataclass(frozen=True)
 class Registry:
@@ -189,6 +195,13 @@ class Registry:
             known = ", ".join(sorted(self.event_types))
             raise KeyError(f"unknown event type {event_type!r}; known types: {known}")
         return found[0]
+
+    def fetch_limits(self, tenant: Tenant) -> dict[str, int]:
+        """Dataset -> how many newest events the API reads for ``tenant`` before its filters: its
+        length, twice it when filters can drop events, at most the retention. The skew job and
+        the training examples rebuild from the lake exactly this window."""
+        factor = 2 if tenant.filtering else 1
+        return {d: min(self.datasets[d].retention, n * factor) for d, n in tenant.sequences.items()}
 
     def realtime_datasets(self) -> dict[str, Dataset]:
         """The datasets the stream indexes (``datasets`` also holds experiments' derived ones)."""

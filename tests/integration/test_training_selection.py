@@ -1,8 +1,8 @@
 """The lake path's selection (batch.training.sequences_before, features_as_of) on real Spark, held
 to the rule written out plainly in Python: for each label, its user's events of each dataset
 with ts - lookback <= event_time < ts, newest first (equal times: the greater event id first),
-the first N; with a tenant, of the newest `retention` its filters keep, newest per item, the
-first N. Random timelines on a coarse clock (many events at a label's ts and at the lookback's
+the first N; with a tenant, of the newest events the API fetches (N, twice N when its filters can
+drop events, at most the retention) those its filters keep, newest per item, the first N. Random timelines on a coarse clock (many events at a label's ts and at the lookback's
 edge), small retentions so the caps bite; no catalog, DataFrames in and out."""
 import dataclasses
 import datetime as dt
@@ -37,9 +37,10 @@ def spark(tmp_path_factory, new_lake):
 
 @pytest.fixture(scope="module")
 def registry():
-    """The registry with retentions small enough for a tenant's filters to pick within them."""
+    """The registry with retentions small enough that the events before a label exceed them, yet
+    above the API's fetch window of the tenant below (twice its lengths)."""
     reg = load_registry()
-    retention = {"clicks": 6, "repins": 4, "closeups": 5}
+    retention = {"clicks": 9, "repins": 9, "closeups": 9}
     return dataclasses.replace(reg, datasets={d: dataclasses.replace(ds, retention=retention.get(d, ds.retention))
                                               for d, ds in reg.datasets.items()})
 
@@ -60,16 +61,20 @@ def timeline(seed: int):
     return events, labels
 
 
-def expected(events, labels, registry, lengths, tenant=None):
-    """The selection, one label and dataset at a time, as the docstring above states it."""
+def expected(events, labels, registry, lengths, tenant=None, window=None):
+    """The selection, one label and dataset at a time, as the docstring above states it.
+    ``window(dataset)``: how many newest events the filters pick from (default: the API's)."""
     out = set()
     for eid, user, ts, _ in labels:
         for etype, ds in TYPES.items():
+            if ds not in lengths:
+                continue
             evs = sorted((e for e in events if e[1] == user and e[2] == etype and ts - LOOKBACK <= e[4] < ts),
                          key=lambda e: (e[4], e[0]), reverse=True)
             if tenant is not None:
                 f = tenant.filters
-                evs = evs[:registry.datasets[ds].retention]
+                fetch = min(registry.datasets[ds].retention, lengths[ds] * (2 if tenant.filtering else 1))
+                evs = evs[:window(ds) if window else fetch]
                 evs = [e for e in evs if (not f.exclude_items or (e[3] is not None and e[3] not in f.exclude_items))
                        and (not f.max_age_s or e[4] >= ts - dt.timedelta(seconds=f.max_age_s))
                        and (not f.surfaces or e[5] in f.surfaces)
@@ -114,17 +119,29 @@ def test_newest_n_strictly_before_each_label(spark, registry, seed):
     Filters(dedup_items=True, min_dwell_ms={"closeups": 1000}, max_age_s=1200),
     Filters(dedup_items=False, surfaces=("search", "home"), exclude_items=("i1",)),
 ])
-def test_a_tenant_picks_with_its_filters_from_the_retention(spark, registry, filters):
+def test_a_tenant_picks_with_its_filters_from_the_fetch_window(spark, registry, filters):
     events, labels = timeline(3)
     tenant = dataclasses.replace(registry.tenants["homefeed_ranking"], filters=filters,
                                  sequences={"clicks": 3, "repins": 4, "closeups": 2})
     lengths = dict(tenant.sequences)
     want = expected(events, labels, registry, lengths, tenant)
     assert selected(spark, events, labels, registry, lengths, tenant) == want
-    # The retention bites: without the cut the filters would have found more for some label.
-    unlimited = dataclasses.replace(registry, datasets={d: dataclasses.replace(ds, retention=1000)
-                                                        for d, ds in registry.datasets.items()})
-    assert expected(events, labels, unlimited, lengths, tenant) != want
+
+
+def test_the_filters_see_only_what_the_api_fetches(spark, registry):
+    """Six clicks on one item, an older one on another: a tenant of 3 clicks that keeps the newest
+    event per item is fetched 6 (twice 3), so the API serves one click, not the older item's too
+    (which the 9 events the KV layer holds would have given)."""
+    tenant = dataclasses.replace(registry.tenants["homefeed_ranking"], filters=Filters(dedup_items=True),
+                                 sequences={"clicks": 3})
+    events = [(f"e{k}", "u1", "click", "i0", T0 - dt.timedelta(minutes=k), None, None) for k in range(1, 7)]
+    events.append(("e7", "u1", "click", "i1", T0 - dt.timedelta(minutes=7), None, None))
+    labels = [("l0", "u1", T0, "click")]
+    lengths = dict(tenant.sequences)
+    got = selected(spark, events, labels, registry, lengths, tenant)
+    assert got == {("l0", "clicks", 1, "e1", 60.0)}
+    assert got == expected(events, labels, registry, lengths, tenant)
+    assert len(expected(events, labels, registry, lengths, tenant, lambda ds: 9)) == 2
 
 
 def test_item_features_are_the_version_valid_at_ts(spark, registry):

@@ -150,3 +150,21 @@ def test_item_features_are_typed_in_the_registry_and_the_lake_tables_follow():
 ])
 def test_an_untyped_or_mistyped_feature_is_refused_naming_it(edit, message):
     assert message in error_of(edited(edit))
+
+
+def test_the_api_fetch_window_is_the_length_or_twice_it_when_filters_can_drop_capped_by_retention():
+    import dataclasses
+
+    from usersignals.registry import Filters
+
+    reg = load_registry()
+    retention = {d: reg.datasets[d].retention for d in ("clicks", "repins")}
+    plain = dataclasses.replace(reg.tenants["homefeed_ranking"], filters=Filters(dedup_items=False),
+                                sequences={"clicks": 10, "repins": retention["repins"]})
+    assert not plain.filtering
+    assert reg.fetch_limits(plain) == {"clicks": 10, "repins": retention["repins"]}
+    for filters in (Filters(dedup_items=True), Filters(dedup_items=False, surfaces=("home",)),
+                    Filters(dedup_items=False, min_dwell_ms={"clicks": 1})):
+        t = dataclasses.replace(plain, filters=filters)
+        assert t.filtering
+        assert reg.fetch_limits(t) == {"clicks": min(20, retention["clicks"]), "repins": retention["repins"]}
