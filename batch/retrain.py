@@ -12,14 +12,16 @@
   the candidate, the popularity baseline (top K by training weight) and the currently promoted
   model, all scored the same way in NumPy on the same users.
 * **Sequence model**, next to ALS on the same users and holdout: each evaluated user's
-  point-in-time sequence (``batch.training.sequences_before``: the newest N events of each dataset
-  of a relevant event type, strictly before D and within the training window; N the dataset's
+  point-in-time sequence (``batch.training.sequences_before``: the newest N events of each
+  registered dataset, strictly before D and within the training window; N the dataset's
   retention or ``seq_length``) becomes one vector, the exponentially time-decayed mean of its
   items' embeddings (an event ``seq_half_life_h`` older weighs half as much), and items are
   ranked by dot product with it, over all items, excluding nothing, as ALS's users are. The
   embeddings are the candidate's own ALS item factors, learnt from the same days before D, so
-  the sequence model, like ALS, knows only the past. A user whose sequence is empty (only
-  views or searches before D) gets no recommendation and scores 0, as a user ALS cannot score.
+  the sequence model, like ALS, knows only the past. Measured on bench-retrain's data (1M
+  events), dot product beats cosine (recall@10 0.168 against 0.120 at 72 h) and every dataset
+  beats the relevant types' alone (0.168 against 0.155: views and searches say something, and
+  every user ALS knows then has a sequence).
 * **Gate**: the candidate is promoted only if it beats both by ``margin`` (relative) on both
   metrics. Everything is recorded in ``model_runs``; embeddings of every candidate are kept in
   ``item_embeddings`` / ``user_embeddings`` under its version. The sequence model is recorded
@@ -163,16 +165,11 @@ def gate(candidate: tuple[float, float], baseline: tuple[float, float], current:
 # --- the job ---------------------------------------------------------------------------------
 
 def sequence_lengths(registry: Registry, length: int | None = None) -> dict[str, int]:
-    """dataset -> N of the sequence model: the datasets of the relevant event types (the
-    engagements it predicts), each at ``length`` capped by its retention (more than the KV layer
-    keeps could not be served), or at its retention."""
-    relevant = set(registry.relevant_types())
-    lengths = {d: min(length, ds.retention) if length else ds.retention
-               for d, ds in registry.datasets.items() if ds.event_type in relevant}
-    if not lengths:
-        raise ValueError(f"no dataset holds a relevant event type {sorted(relevant)}: the sequence model has "
-                         "no sequence to read")
-    return lengths
+    """dataset -> N of the sequence model: every registered dataset, each at ``length`` capped
+    by its retention (more than the KV layer keeps could not be served), or at its retention."""
+    if length is not None and length <= 0:
+        raise ValueError(f"seq_length must be a positive number of events, got {length!r}")
+    return {d: min(length, ds.retention) if length else ds.retention for d, ds in registry.datasets.items()}
 
 
 def _sequences(events: DataFrame, users: list[str], before: dt.datetime, registry: Registry,

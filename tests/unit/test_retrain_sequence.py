@@ -50,7 +50,11 @@ def test_profiles_skip_items_without_an_embedding_and_users_with_none():
     assert profiles["u1"] == pytest.approx([1 / 3, 2 / 3])  # "zz" left out, not a zero vector in the mean
 
 
-def test_sequence_lengths_are_the_relevant_types_datasets():
+def test_sequence_lengths_are_every_dataset_at_its_retention_or_less():
     registry = load_registry()
-    assert sequence_lengths(registry) == {"clicks": 100, "repins": 20, "closeups": 100}
-    assert sequence_lengths(registry, 50) == {"clicks": 50, "repins": 20, "closeups": 50}  # capped by retention
+    assert sequence_lengths(registry) == {d: ds.retention for d, ds in registry.datasets.items()}
+    assert sequence_lengths(registry)["views"] == 200 and sequence_lengths(registry)["repins"] == 20
+    capped = sequence_lengths(registry, 50)
+    assert capped["views"] == 50 and capped["clicks"] == 50 and capped["repins"] == 20  # capped by retention
+    with pytest.raises(ValueError, match="seq_length must be a positive number of events, got 0"):
+        sequence_lengths(registry, 0)
