@@ -480,6 +480,13 @@ BENCHES = {
         [("requests", "requests"), ("errors", "errors"), ("p99 ms first 5 min", "p99_ms_first_5min"),
          ("p99 ms last 5 min", "p99_ms_last_5min"), ("API RSS MB start", "rss_mb_start"),
          ("API RSS MB end", "rss_mb_end"), ("index lag mean s", "index_lag_mean_s")]),
+    "training": (
+        "`make bench-training`: `batch training-examples` (lake path) on 150k generated raw events of one day "
+        "(10k Zipf users, 2% replays), every relevant engagement a label, every real-time dataset at its "
+        "retention; beside it, in the same run, a scan and dedup of the same events.",
+        "none set; the job's CPU per 1,000 labels is the figure to watch.",
+        [("events", "events"), ("labels", "labels"), ("example rows", "examples_rows"), ("wall s", "wall_s"),
+         ("CPU s / 1k labels", "cpu_s_per_1k_labels"), ("scan+dedup s", "scan_dedup_s")]),
 }
 # Benches with a make target but no committed results yet.
 UNRECORDED = {
