@@ -236,18 +236,7 @@ def served_view(requests: DataFrame, events: DataFrame, item_features: DataFrame
     newest = [F.col("event_time").desc(), F.col("event_id").desc()]
     w = Window.partitionBy("_key", "dataset").orderBy(*newest)
     out = requests.join(ev, cond).withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= F.col("_fetch"))
-    f = tenant.filters
-    if f.exclude_items:
-        out = out.where(~F.col("item_id").isin(list(f.exclude_items)))
-    if f.max_age_s:
-        out = out.where(F.col("event_time") >= F.col("ts") - F.expr(f"INTERVAL {int(f.max_age_s)} SECONDS"))
-    if f.surfaces:
-        out = out.where(F.col("surface").isin(list(f.surfaces)))
-    for d, min_dwell in f.min_dwell_ms.items():
-        out = out.where((F.col("dataset") != d) | (F.coalesce(F.col("dwell_ms"), F.lit(0)) >= min_dwell))
-    if f.dedup_items:
-        per_item = Window.partitionBy("_key", "dataset", "item_id").orderBy(*newest)
-        out = out.withColumn("_n", F.row_number().over(per_item)).where("_n = 1").drop("_n")
+    out = T.tenant_filtered(out, tenant, "_key", newest)
     out = out.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= F.col("_limit"))
     # Item features valid at ts, on the datasets whose events carry them.
     fields = tuple(registry.features)

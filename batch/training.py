@@ -173,21 +173,10 @@ def sequences_before(labels: DataFrame, events: DataFrame, registry: Registry, l
                      .where(F.col("event_time") >= F.col("ts") - F.expr(f"INTERVAL {secs} SECONDS"))
                      .withColumn("rank", F.col("_r")))
     if tenant is not None:
-        f = tenant.filters
-        newest = F.col("_r").asc()
-        if f.exclude_items:
-            out = out.where(~F.col("item_id").isin(list(f.exclude_items)))
-        if f.max_age_s:
-            out = out.where(F.col("event_time") >= F.col("ts") - F.expr(f"INTERVAL {int(f.max_age_s)} SECONDS"))
-        if f.surfaces:
-            out = out.where(F.col("surface").isin(list(f.surfaces)))
-        for d, min_dwell in f.min_dwell_ms.items():
-            out = out.where((F.col("dataset") != d) | (F.coalesce(F.col("dwell_ms"), F.lit(0)) >= min_dwell))
-        if f.dedup_items:
-            per_item = Window.partitionBy("example_id", "dataset", "item_id").orderBy(newest)
-            out = out.withColumn("_n", F.row_number().over(per_item)).where("_n = 1").drop("_n")
+        newest = [F.col("_r").asc()]
+        out = T.tenant_filtered(out, tenant, "example_id", newest)
         out = out.withColumn("rank", F.row_number().over(Window.partitionBy("example_id", "dataset")
-                                                                .orderBy(newest)))
+                                                                .orderBy(*newest)))
     age = ((F.unix_millis("ts") - F.unix_millis("event_time")) / 1000.0).cast("float")
     return (out.where(F.col("rank") <= F.col("_limit")).withColumn("age_s", age)
                .drop("_seq", "_r", "_before", "_limit", "surface"))

@@ -11,7 +11,7 @@ from typing import Mapping
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from usersignals.registry import Registry
+from usersignals.registry import Registry, Tenant
 
 EVENT_COLUMNS = ("event_id", "user_id", "event_type", "item_id", "event_time", "surface", "dwell_ms", "query")
 
@@ -154,3 +154,23 @@ def selection_metrics(selected: DataFrame, relevant: DataFrame, users: DataFrame
                         (F.coalesce("dcg", F.lit(0.0)) / ideal).alias("ndcg")))
     return per_user.groupBy("rule").agg(F.count("*").alias("users"), F.avg("recall").alias("recall_at_k"),
                                         F.avg("ndcg").alias("ndcg_at_k"))
+
+
+def tenant_filtered(rows: DataFrame, tenant: Tenant, key: str, newest: list[Column]) -> DataFrame:
+    """Sequence rows (``dataset``, ``item_id``, ``event_time``, ``ts``, ``surface``, ``dwell_ms``) kept
+    by ``tenant``'s filters as ``serving.filtering`` applies them: excluded items, max age before
+    ``ts``, surfaces, minimum dwell per dataset, and the newest (by ``newest``) event per item
+    within each ``key`` and dataset. The skew job and the training examples rebuild with this."""
+    f = tenant.filters
+    if f.exclude_items:
+        rows = rows.where(~F.col("item_id").isin(list(f.exclude_items)))
+    if f.max_age_s:
+        rows = rows.where(F.col("event_time") >= F.col("ts") - F.expr(f"INTERVAL {int(f.max_age_s)} SECONDS"))
+    if f.surfaces:
+        rows = rows.where(F.col("surface").isin(list(f.surfaces)))
+    for d, min_dwell in f.min_dwell_ms.items():
+        rows = rows.where((F.col("dataset") != d) | (F.coalesce(F.col("dwell_ms"), F.lit(0)) >= min_dwell))
+    if f.dedup_items:
+        per_item = Window.partitionBy(key, "dataset", "item_id").orderBy(*newest)
+        rows = rows.withColumn("_n", F.row_number().over(per_item)).where("_n = 1").drop("_n")
+    return rows
