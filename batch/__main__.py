@@ -149,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--alpha", type=float, default=1.0)
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--margin", type=float, default=0.02, help="relative improvement needed to promote")
+    r.add_argument("--seq-half-life-h", type=float, default=72.0,
+                   help="the sequence model: an event this many hours older weighs half as much")
+    r.add_argument("--seq-length", type=int, default=None,
+                   help="the sequence model: events per dataset in a sequence (default: each dataset's retention)")
     pm = sub.add_parser("publish-model", help="make a promoted model's item embeddings current in the KV layer")
     pm.add_argument("--version", default=None, help="default: the newest promoted version")
     sub.add_parser("model-rollback", help="switch the KV layer back to the previous embedding version")
@@ -235,7 +239,7 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
 
             return retrain(io, registry, args.holdout_day, TrainParams(
                 train_days=args.train_days, rank=args.rank, iterations=args.iterations, reg=args.reg, alpha=args.alpha,
-                k=args.k, margin=args.margin))
+                k=args.k, margin=args.margin, seq_half_life_h=args.seq_half_life_h, seq_length=args.seq_length))
         if args.job == "publish-model":
             from batch.retrain import publish
             from usersignals.kv import connect

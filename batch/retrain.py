@@ -165,11 +165,13 @@ def gate(candidate: tuple[float, float], baseline: tuple[float, float], current:
 # --- the job ---------------------------------------------------------------------------------
 
 def sequence_lengths(registry: Registry, length: int | None = None) -> dict[str, int]:
-    """dataset -> N of the sequence model: every registered dataset, each at ``length`` capped
-    by its retention (more than the KV layer keeps could not be served), or at its retention."""
+    """dataset -> N of the sequence model: every real-time dataset (not an experiment's, which
+    holds a rule's selection of one of them), each at ``length`` capped by its retention (more
+    than the KV layer keeps could not be served), or at its retention."""
     if length is not None and length <= 0:
         raise ValueError(f"seq_length must be a positive number of events, got {length!r}")
-    return {d: min(length, ds.retention) if length else ds.retention for d, ds in registry.datasets.items()}
+    return {d: min(length, ds.retention) if length else ds.retention
+            for d, ds in registry.realtime_datasets().items()}
 
 
 def _sequences(events: DataFrame, users: list[str], before: dt.datetime, registry: Registry,

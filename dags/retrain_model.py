@@ -36,6 +36,9 @@ with usersignals_dag(
         "k": Param(10, type="integer", minimum=1, maximum=500, description="K of recall@K and NDCG@K"),
         "margin": Param(0.02, type="number", minimum=-1, maximum=1,
                         description="Relative improvement over baseline and current model needed to promote"),
+        "seq_half_life_h": Param(72.0, type="number", exclusiveMinimum=0, maximum=8760,
+                                 description="Sequence model (evaluated beside ALS, promotes nothing): an event "
+                                             "this many hours older weighs half as much"),
     },
 ) as dag:
     # The holdout day is the day before the run's as-of day. The rank is the registry's
@@ -44,7 +47,8 @@ with usersignals_dag(
         "retrain", "--holdout-day", DAY_BEFORE_AS_OF,
         "--train-days", "{{ params.train_days }}",
         "--iterations", "{{ params.iterations }}", "--reg", "{{ params.reg }}",
-        "--alpha", "{{ params.alpha }}", "--k", "{{ params.k }}", "--margin", "{{ params.margin }}"],
+        "--alpha", "{{ params.alpha }}", "--k", "{{ params.k }}", "--margin", "{{ params.margin }}",
+        "--seq-half-life-h", "{{ params.seq_half_life_h }}"],
         outlets=[ITEM_EMBEDDINGS, MODEL_RUNS])
     publish = spark_job("publish", ["publish-model"], outlets=[KV_EMBEDDINGS])
     train >> publish

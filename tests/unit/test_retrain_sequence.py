@@ -1,10 +1,13 @@
 """The sequence model's scoring (batch.retrain): an exponentially time-decayed mean of the
 sequence's item embeddings, ranked by dot product, computed by hand on small cases."""
+import datetime as dt
+import tomllib
+
 import numpy as np
 import pytest
 
 from batch.retrain import decayed_mean, sequence_lengths, sequence_profiles, top_k
-from usersignals.registry import load_registry
+from usersignals.registry import DEFAULT_REGISTRY_PATH, load_registry, parse_registry
 
 H = 3600.0
 OLD, NEW = np.array([1.0, 0.0]), np.array([0.0, 1.0])
@@ -50,7 +53,7 @@ def test_profiles_skip_items_without_an_embedding_and_users_with_none():
     assert profiles["u1"] == pytest.approx([1 / 3, 2 / 3])  # "zz" left out, not a zero vector in the mean
 
 
-def test_sequence_lengths_are_every_dataset_at_its_retention_or_less():
+def test_sequence_lengths_are_every_realtime_dataset_at_its_retention_or_less():
     registry = load_registry()
     assert sequence_lengths(registry) == {d: ds.retention for d, ds in registry.datasets.items()}
     assert sequence_lengths(registry)["views"] == 200 and sequence_lengths(registry)["repins"] == 20
@@ -58,3 +61,12 @@ def test_sequence_lengths_are_every_dataset_at_its_retention_or_less():
     assert capped["views"] == 50 and capped["clicks"] == 50 and capped["repins"] == 20  # capped by retention
     with pytest.raises(ValueError, match="seq_length must be a positive number of events, got 0"):
         sequence_lengths(registry, 0)
+
+
+def test_an_experiments_datasets_are_not_sequences_of_the_model():
+    """exp_<name>_<rule> holds a rule's selection of closeups: counting it would add closeups twice."""
+    raw = tomllib.loads(DEFAULT_REGISTRY_PATH.read_text())
+    raw["experiments"] = {"t": {"dataset": "closeups", "rules": ["last", "dwell"], "n": 5, "ends": dt.date(2099, 1, 1)}}
+    registry = parse_registry(raw)
+    assert "exp_t_dwell" in registry.datasets
+    assert set(sequence_lengths(registry)) == set(registry.realtime_datasets()) == set(load_registry().datasets)
