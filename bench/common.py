@@ -17,7 +17,7 @@ from infra.stack import metric_total, private_settings
 from usersignals.settings import REPO_ROOT, Settings
 
 __all__ = ["bench_settings", "cpu_s", "emit", "group_cpu_s", "group_pids", "group_rss_mb", "log", "metric_total", "open_loop",
-           "percentile", "rss_mb"]
+           "percentile", "rss_mb", "run_on_a_lake"]
 
 _LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
 
@@ -25,6 +25,23 @@ _LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
 def bench_settings(name: str, **over) -> Settings:
     """Settings for a benchmark's private stack, in a fresh temporary data dir."""
     return private_settings(Path(tempfile.mkdtemp(prefix=f"usersignals-{name}-")), **over)
+
+
+def run_on_a_lake(name: str, run) -> int:
+    """``run(settings)`` with INFO logs, on a fresh private lake whose catalog (PostgreSQL) is
+    started for it and stopped after: the Spark benchmarks' set-up."""
+    import logging
+
+    from infra.stack import Stack
+
+    logging.basicConfig(level=logging.INFO, format="[bench] %(name)s: %(message)s")
+    settings = bench_settings(name)
+    database = Stack(settings, components=("postgres",))  # the lake's catalog
+    database.start()
+    try:
+        return run(settings)
+    finally:
+        database.stop()
 
 
 def percentile(values: list[float], q: float) -> float:

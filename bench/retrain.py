@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from bench.common import bench_settings, emit, log
+from bench.common import emit, log, run_on_a_lake
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,18 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-half-life-h", type=float, default=None,
                    help="the sequence model's half-life (default: TrainParams')")
     args = p.parse_args(argv)
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="[bench] %(name)s: %(message)s")
-    from infra.stack import Stack
-
-    settings = bench_settings("retrain")
-    database = Stack(settings, components=("postgres",))  # the lake's catalog
-    database.start()
-    try:
-        return _run(args, settings)
-    finally:
-        database.stop()
+    return run_on_a_lake("retrain", lambda settings: _run(args, settings))
 
 
 def _run(args, settings) -> int:

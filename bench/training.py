@@ -27,7 +27,7 @@ import time
 
 import pyarrow as pa
 
-from bench.common import bench_settings, emit, group_cpu_s, log
+from bench.common import emit, group_cpu_s, log, run_on_a_lake
 
 DUPLICATE_SHARE = 0.02
 
@@ -66,18 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=150_000, help="generated events (before replays)")
     p.add_argument("--span-s", type=float, default=150.0, help="seconds of the day the events are spread over")
     args = p.parse_args(argv)
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="[bench] %(name)s: %(message)s")
-    from infra.stack import Stack
-
-    settings = bench_settings("training")
-    database = Stack(settings, components=("postgres",))  # the lake's catalog
-    database.start()
-    try:
-        return _run(args, settings)
-    finally:
-        database.stop()
+    return run_on_a_lake("training", lambda settings: _run(args, settings))
 
 
 def _run(args, settings) -> int:
