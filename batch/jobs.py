@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from batch.progress import Progress
 from iceberg_schemas.tables import DELETIONS, TableDef, partition_name
 from usersignals import lake
 from usersignals.events import decode_stored
-from usersignals.registry import BASELINE_RULE, Registry
+from usersignals.registry import BASELINE_RULE, EXPERIMENT_NAME, Registry
 
 log = logging.getLogger("usersignals.batch")
 
@@ -227,13 +226,14 @@ def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: 
     if dataset not in registry.realtime_datasets():
         raise ValueError(f"unknown dataset {dataset!r}; rules select from a real-time dataset: "
                          f"{sorted(registry.realtime_datasets())}")
-    if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", experiment):
+    if not EXPERIMENT_NAME.fullmatch(experiment):
         raise ValueError(f"experiment name {experiment!r}: use lowercase letters, digits and _ (at most 40)")
     if n <= 0:
         raise ValueError(f"n must be a positive number of events, got {n!r}")
-    rules = list(dict.fromkeys([BASELINE_RULE, *rules]))
-    functions = {r: selection.resolve(registry, r) for r in rules}  # unknown or unimportable: fails here
     served = registry.experiments.get(experiment)
+    # A registered experiment's run replaces all of its datasets: its own rules always run with it.
+    rules = list(dict.fromkeys([BASELINE_RULE, *rules, *(served.rules if served is not None else ())]))
+    functions = {r: selection.resolve(registry, r) for r in rules}  # unknown or unimportable: fails here
     if served is not None:
         if (served.dataset, served.n) != (dataset, n):
             raise ValueError(f"experiment {experiment!r} is registered with dataset {served.dataset!r} and n "
@@ -246,7 +246,9 @@ def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: 
                  as_of=as_of.isoformat())
     events = T.dedup_events(io.read(lake.ENRICHED_EVENTS).where(
         T.in_range(window.start, window.end) & (F.col("dataset") == dataset)), "indexed_at")
-    emb = T.latest_features(io.read(lake.ITEM_FEATURES)).select("item_id", F.col("embedding").alias("_emb"))
+    # The item embeddings known when the window ended: a re-run later scores the same information.
+    emb = T.latest_features(io.read(lake.ITEM_FEATURES).where(F.col("updated_at") < F.lit(window.end))) \
+        .select("item_id", F.col("embedding").alias("_emb"))
     events = (events.drop(*[c for c in ("embedding",) if c in events.columns])
               .join(emb, "item_id", "left").withColumnRenamed("_emb", "embedding")).localCheckpoint(eager=True)
     p.stage("window_events", events.count())
@@ -352,8 +354,13 @@ def _load_experiment_kv(io: LakeIO, registry: Registry, experiment, kept: DataFr
         store.delete_dataset(experiment.dataset_of(rule))
     fields = io.feature_fields()
     n = io.to_kv(T.stored_payload(kept.select(*T.EVENT_COLUMNS, "dataset", *fields), fields))
-    # Trimmed here, not only by the trimmer: the keys get their TTL even if the trimmer's registry lags.
     store.trim_all()
+    # The TTL set here too: a trimmer whose registry does not know these datasets yet drops their
+    # dirty marks, and then neither trims nor expires them.
+    now = time.time()
+    for rule in experiment.rules:
+        ds = registry.datasets[experiment.dataset_of(rule)]
+        store.expire_dataset(ds.name, ds.ttl_seconds(now))
     return n
 
 

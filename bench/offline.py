@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"generated {raw_total} raw events (incl. duplicates) in {time.monotonic() - started:.0f}s")
 
         started = time.monotonic()
-        boot = jobs.bootstrap(io, registry, sorted(registry.datasets), days=30, as_of=now + dt.timedelta(seconds=1))
+        boot = jobs.bootstrap(io, registry, sorted(registry.realtime_datasets()), days=30, as_of=now + dt.timedelta(seconds=1))
         bootstrap_s = time.monotonic() - started
         log(f"bootstrap: {boot} in {bootstrap_s:.1f}s")
 

@@ -28,7 +28,7 @@ import json
 import time
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 from usersignals.registry import Registry
 from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error, run_script_batch
@@ -329,15 +329,29 @@ class SequenceStore:
     def delete_dataset(self, dataset: str, count: int = 1000) -> int:
         """Delete every user's keys of ``dataset`` (an ended experiment's); returns keys deleted.
         SCANs the keyspace (every node of a cluster): a clean-up task's cost, not a serving one's."""
+        return sum(self._unlink(keys) for keys in self._dataset_keys(dataset, count))
+
+    def expire_dataset(self, dataset: str, seconds: int, count: int = 1000) -> int:
+        """Give every user's keys of ``dataset`` a TTL of ``seconds`` (an experiment's, set where
+        it is loaded, whatever the trimmer's registry knows yet); returns keys found."""
+        found = 0
+        for keys in self._dataset_keys(dataset, count):
+            pipe = self.client.pipeline(transaction=False)
+            for k in keys:
+                pipe.expire(k, max(1, int(seconds)))
+            found += int(sum(bool(x) for x in pipe.execute()))
+        return found
+
+    def _dataset_keys(self, dataset: str, count: int) -> Iterator[list]:
         pattern = f"{self.prefix}:{{*}}:{dataset.translate(_GLOB_SPECIAL)}:[zh]"
-        deleted = 0
         batch: list = []
         for key in self.client.scan_iter(match=pattern, count=count):
             batch.append(key)
             if len(batch) >= count:
-                deleted += self._unlink(batch)
+                yield batch
                 batch = []
-        return deleted + (self._unlink(batch) if batch else 0)
+        if batch:
+            yield batch
 
     def _unlink(self, keys: list) -> int:
         # One command per key on a cluster (keys of different users live in different slots).

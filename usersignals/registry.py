@@ -438,9 +438,15 @@ def _selection_rule(name: str, body: Mapping[str, Any]) -> SelectionRule:
     return SelectionRule(name, fn, str(body.get("description", "")))
 
 
+EXPERIMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
 def _experiment(name: str, body: Mapping[str, Any], datasets: Mapping[str, Dataset],
                 rules: Mapping[str, SelectionRule]) -> Experiment:
     where = f"experiments.{name}"
+    if not EXPERIMENT_NAME.fullmatch(name):  # what `python -m batch select` and its DAG accept
+        raise RegistryError(f"{where}: experiment names are lowercase letters, digits and _, starting with a "
+                            f"letter, at most 40 characters")
     _check_keys(where, body, {"dataset", "rules", "n", "ends", "description"}, {"dataset", "rules", "n", "ends"})
     ds = body["dataset"]
     if ds not in datasets:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from infra.stack import Stack, metric_total, private_settings
-from usersignals.kv import SequenceStore, connect, decode_all
+from usersignals.kv import SequenceStore, StoredEvent, connect, decode_all
 
 from .conftest import Producer, event, new_user, now_ms, wait_until
 from .test_kv_store import redis_cluster  # noqa: F401  (the 3-master cluster fixture)
@@ -159,3 +159,18 @@ def test_a_tenant_change_is_one_transaction_on_the_cluster(cluster_stack, store)
     assert [e["event_id"] for e in features(s, user)["sequences"]["clicks"]] == [f"{user}-2"]
     history = httpx.get(f"{base}/v1/tenants/{TENANT}/versions", headers=admin, timeout=5).json()["versions"]
     assert [h["version"] for h in history] == [version]
+
+
+def test_a_datasets_keys_are_expired_and_deleted_on_every_master(cluster_stack, store):
+    """What an experiment's load (its TTL) and its clean-up do, on keys spread over the masters."""
+    other = SequenceStore(store.client, store.registry, "exptest")  # a prefix of its own
+    users = [f"exp-{i}" for i in range(30)]
+    other.write([StoredEvent("repins", u, f"{u}-e", 1_800_000_000_000,
+                             b'{"event_id":"%s-e","item_id":"a","ts":1800000000000}' % u.encode()) for u in users])
+    assert len(masters_of(other, users, "repins")) == 3
+    assert other.expire_dataset("repins", 3600) == 2 * len(users)  # a sorted set and a hash per user
+    assert all(3000 < store.client.ttl(k) <= 3600 for u in users
+               for k in (other.seq_key("repins", u), other.events_key("repins", u)))
+    assert other.delete_dataset("repins") == 2 * len(users)
+    assert not any(store.client.exists(other.seq_key("repins", u)) for u in users)
+    assert store.length("repins", users[0]) == 0

@@ -75,6 +75,14 @@ def test_bad_experiments_are_refused_with_the_bad_value(over, fragment):
     assert fragment in error_of(with_experiment(**over))
 
 
+@pytest.mark.parametrize("name,fragment", [("x" * 41, "at most 40 characters"), ("Dwell", "lowercase snake_case"),
+                                           ("dwell-test", "lowercase snake_case")])
+def test_experiment_names_are_those_the_select_job_accepts(name, fragment):
+    raw = with_experiment()
+    raw["experiments"] = {name: raw["experiments"]["dwell_test"]}
+    assert fragment in error_of(raw)
+
+
 def test_a_rule_function_must_be_module_colon_function():
     raw = copy.deepcopy(RAW)
     raw["selection_rules"]["oops"] = {"function": "batch.selection.dwell"}
