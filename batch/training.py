@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import math
 from dataclasses import replace
 from typing import Mapping
@@ -37,6 +38,8 @@ from batch.progress import Progress
 from iceberg_schemas.tables import TRAINING_EXAMPLES
 from usersignals import lake
 from usersignals.registry import Registry, Tenant
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("lake", "served")
 # The example's own columns, then its sequence rows' (the table's column order, features last).
@@ -362,6 +365,16 @@ def training_examples(io, registry: Registry, day: dt.date, *, source: str = "la
     if unknown:
         raise ValueError(f"unknown label event types {unknown}; registered: {sorted(registry.event_types)}")
     lengths = dataset_lengths(registry, tenant)
+    if source == "lake":
+        # An experiment's dataset holds a rule's selection over a window, not the newest events
+        # before a moment: the lake path cannot rebuild it (the served path has what was served).
+        skipped = sorted(set(lengths) - set(registry.realtime_datasets()))
+        if skipped:
+            log.warning("training examples from the lake leave out experiment datasets %s of tenant %s",
+                        skipped, tenant)
+            lengths = {d: n for d, n in lengths.items() if d not in skipped}
+        if not lengths:
+            raise ValueError(f"tenant {tenant!r} reads only experiment datasets: use --source served")
     p = Progress("training_examples", io.metrics_dir, day=str(day), source=source, tenant=tenant or "*")
     start, end = T.day_bounds(day)
     lookback = dt.timedelta(days=lookback_days)
