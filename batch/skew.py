@@ -15,7 +15,9 @@ rebuilt from the lake **as the API builds it** at the request's ``served_at``:
 - item features as of ``served_at``: the newest ``item_features`` version with ``updated_at <=
   served_at`` (what ``batch.training`` gives a model for the same moment), a field set on the
   datasets whose indexing-time enrichments store it, and on all of the tenant's datasets for its
-  serving-time enrichments (``embedding``: item_features' column, not a published model version's).
+  serving-time enrichments. ``embedding`` is what the API joins: the item's embedding of the model
+  version that was published when it served (the record's ``embedding_version``, from
+  ``item_embeddings``) where that version has one, else ``item_features``' column.
 
 It is compared **per feature** (Chronon's consistency job measures skew that way, not per event
 id): per (tenant, dataset, feature), position by position along each sequence (rank 1 = newest
@@ -221,10 +223,12 @@ def fetch_limits(tenant: Tenant, registry: Registry, datasets: Iterable[str]) ->
 
 
 def served_view(requests: DataFrame, events: DataFrame, item_features: DataFrame, registry: Registry,
-                tenant: Tenant, datasets: list[str], lookback: dt.timedelta) -> DataFrame:
-    """Per request (``_key``, ``user_id``, ``ts``): the events of each of ``datasets`` the API
-    would have served ``tenant`` at ``ts`` from the lake (see the module doc), one row each with
-    ``dataset``, ``rank`` (1 = newest) and the item features as of ``ts``."""
+                tenant: Tenant, datasets: list[str], lookback: dt.timedelta,
+                item_embeddings: DataFrame | None = None) -> DataFrame:
+    """Per request (``_key``, ``user_id``, ``ts``, ``_emb_version``): the events of each of
+    ``datasets`` the API would have served ``tenant`` at ``ts`` from the lake (see the module
+    doc), one row each with ``dataset``, ``rank`` (1 = newest) and the item features as of
+    ``ts``; ``embedding`` overlaid by ``item_embeddings`` of the request's ``_emb_version``."""
     fetch = fetch_limits(tenant, registry, datasets)
     rows = [(d, registry.datasets[d].event_type, fetch[d], tenant.sequences[d]) for d in datasets]
     spec = events.sparkSession.createDataFrame(rows, "dataset string, event_type string, _fetch int, _limit int")
@@ -245,6 +249,12 @@ def served_view(requests: DataFrame, events: DataFrame, item_features: DataFrame
     fw = Window.partitionBy("_key", "dataset", "rank").orderBy(F.col("_at").desc_nulls_last())
     out = out.join(feats, (F.col("item_id") == F.col("_i")) & (F.col("_at") <= F.col("ts")), "left") \
         .withColumn("_v", F.row_number().over(fw)).where("_v = 1")
+    if item_embeddings is not None and "embedding" in fields:
+        # As serving.enrich overlays them: the published version's embedding wins where it has one.
+        published = item_embeddings.select(F.col("item_id").alias("_pi"), F.col("model_version").alias("_pv"),
+                                           F.col("embedding").alias("_pe"))
+        out = out.join(published, (F.col("item_id") == F.col("_pi")) & (F.col("_emb_version") == F.col("_pv")),
+                       "left").withColumn("_f_embedding", F.coalesce(F.col("_pe"), F.col("_f_embedding")))
     carried = carried_fields(registry, tenant, datasets)
     for x in fields:
         out = out.withColumn(x, F.when(F.col("dataset").isin([d for d in datasets if x in carried[d]]),
@@ -343,11 +353,16 @@ def feature_skew(io, registry: Registry, day: dt.date, *, tenant: str | None = N
                                                  & F.col("tenant").isin(list(tenants)))
     sampled = sample_requests(served, sample).select(
         F.concat_ws(":", "request_id", "user_id").alias("_key"), "request_id", "tenant", "config_version",
-        "user_id", F.col("served_at").alias("ts"), "format", "features").localCheckpoint(eager=True)
+        "user_id", F.col("served_at").alias("ts"), "format", "features",
+        F.get_json_object("features", "$.embedding_version").alias("_emb_version")).localCheckpoint(eager=True)
     users = sampled.select("user_id").distinct()
     events = T.dedup_events(io.read(lake.RAW_EVENTS).where(T.in_range(start - lookback, end))) \
         .join(F.broadcast(users), "user_id", "left_semi")
     item_features = io.read(lake.ITEM_FEATURES)
+    # Only the model versions the sampled requests were served with (a partition each).
+    versions = sorted(r[0] for r in sampled.select("_emb_version").distinct().collect() if r[0] is not None)
+    item_embeddings = io.read(lake.ITEM_EMBEDDINGS).where(F.col("model_version").isin(versions)) \
+        if versions else None
     computed_at = dt.datetime.now(dt.timezone.utc)
     rows = []
     for name, (t, datasets) in tenants.items():
@@ -357,8 +372,8 @@ def feature_skew(io, registry: Registry, day: dt.date, *, tenant: str | None = N
         if not stats["n"]:
             p.stage(f"{name}.requests", 0)
             continue
-        offline = served_view(requests.select("_key", "user_id", "ts"), events, item_features, registry, t,
-                              datasets, lookback)
+        offline = served_view(requests.select("_key", "user_id", "ts", "_emb_version"), events, item_features,
+                              registry, t, datasets, lookback, item_embeddings)
         versions = ",".join(str(v) for v in stats["v"])
         for ds, feature, (compared, mismatched, missing_on, missing_off) in tally(requests, offline, registry, t,
                                                                                  datasets):

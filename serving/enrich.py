@@ -39,6 +39,13 @@ class Enricher:
             self._version = (now, v.decode() if isinstance(v, bytes) else v)
         return self._version[1]
 
+    def served_version(self, tenant: Tenant) -> str | None | bool:
+        """The embeddings' version this tenant's responses join (None: none published), or False
+        when the tenant is not served embeddings; as of the last ``apply``."""
+        if "embedding" not in self.fields(tenant):
+            return False
+        return self._version[1] if self._version is not None else None
+
     def fields(self, tenant: Tenant) -> tuple[str, ...]:
         return self.registry.fields_of(tenant.enrichments)
 

@@ -1,7 +1,9 @@
 """Served-feature logging: what serving returned, so training can use exactly that.
 
 Sampled per tenant (``log_sample_rate``); each record carries the request id, tenant,
-config version, user and the features served (arrow arrays as lists). It goes to a Kafka
+config version, user and the features served (arrow arrays as lists); when the tenant was
+served item embeddings, the features also name the published model version they came from
+(``embedding_version``: null while none is published), so a rebuild can join the same ones. It goes to a Kafka
 topic (``served_features``) without ever blocking or failing a request: when the
 producer's queue is full the record is dropped and counted.
 """
@@ -30,12 +32,17 @@ class FeatureLogger:
     def sampled(self, rate: float) -> bool:
         return rate > 0 and (rate >= 1 or self._rng.random() < rate)
 
-    def log(self, request_id: str, tenant: str, version: int, fmt: str, per_user: list[tuple[str, object]]) -> None:
+    def log(self, request_id: str, tenant: str, version: int, fmt: str, per_user: list[tuple[str, object]],
+            embedding_version: str | None | bool = False) -> None:
+        """``embedding_version``: the published embeddings' version (None: none published), or
+        False when the tenant is not served embeddings (then not logged)."""
         if self.producer is None:
             self.on_drop(len(per_user))
             return
         ts = int(time.time() * 1000)
         for user_id, features in per_user:
+            if embedding_version is not False:
+                features = {**features, "embedding_version": embedding_version}
             record = orjson.dumps({"request_id": request_id, "tenant": tenant, "config_version": version,
                                    "ts": ts, "user_id": user_id, "format": fmt, "features": features},
                                   option=orjson.OPT_SERIALIZE_NUMPY)

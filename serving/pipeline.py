@@ -73,7 +73,7 @@ class Pipeline:
         if parse:
             tm.events_served.inc(sum(len(e) for u in users for e in u.sequences.values()))
         if logged:
-            self.feature_logger.log(request_id, t.name, cfg.version, fmt, logged)
+            self.feature_logger.log(request_id, t.name, cfg.version, fmt, logged, self.enricher.served_version(t))
         return served
 
     def needs_parsing(self, t: Tenant, fmt: str, exclude_items: list[str]) -> bool:

@@ -84,6 +84,13 @@ def test_skew_is_zero_where_serving_agrees_with_the_lake_and_counts_each_wrong_v
         [(i, *feats(i).values(), SERVED_AT - dt.timedelta(days=2)) for i in sorted(items)]
         + [(i, "renamed", 0.99, [9.0] * dim, SERVED_AT + MIN) for i in sorted(items)],
         "item_id string, category string, popularity double, embedding array<float>, updated_at timestamp"))
+    # A published model version (v7) has embeddings for i-0 … i-5: the API served those (its
+    # overlay), item_features' for the others; v6's, never served, must not be what it is compared with.
+    published = {f"i-{k}": [k + 0.5] * dim for k in range(6)}
+    io.append(lake.ITEM_EMBEDDINGS, spark.createDataFrame(
+        [("v7", i, v, SERVED_AT - dt.timedelta(days=1)) for i, v in published.items()]
+        + [("v6", f"i-{k}", [99.0] * dim, SERVED_AT - dt.timedelta(days=3)) for k in range(12)],
+        "model_version string, item_id string, embedding array<float>, created_at timestamp"))
 
     # Events (event_id, user, type, item, time, surface, dwell, query). homefeed's users: h1 with
     # a repeated item (dedup keeps the newest), closeups under its 1000 ms dwell threshold, an event
@@ -117,11 +124,11 @@ def test_skew_is_zero_where_serving_agrees_with_the_lake_and_counts_each_wrong_v
     home_users = [kv_view(registry, home, rows, u, feats) for u in ("h1", "h2")]
     filtering.apply(home_users, home, now_ms)
     size.apply(home_users, home)
-    cache = {i: {EMBEDDING_F32: np.asarray(feats(i)["embedding"], "<f4").tobytes()} for i in items
-             if i.startswith("i")}
+    cache = {i: {EMBEDDING_F32: np.asarray(published.get(i, feats(i)["embedding"]), "<f4").tobytes()}
+             for i in items if i.startswith("i")}
     arrays = featurize.to_arrays(home_users, home, registry, now_ms, items=cache)
     served = [(f"req-h{n}", home.name, 3, SERVED_AT, u.user_id, "arrow",
-               orjson.dumps({c: a[n] for c, a in arrays.items()} | {"views": {}},
+               orjson.dumps({c: a[n] for c, a in arrays.items()} | {"views": {}, "embedding_version": "v7"},
                             option=orjson.OPT_SERIALIZE_NUMPY).decode()) for n, u in enumerate(home_users)]
     search_users = [kv_view(registry, search, rows, u, feats) for u in ("s1", "s2")]
     filtering.apply(search_users, search, now_ms)
