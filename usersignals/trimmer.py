@@ -35,7 +35,7 @@ def reload(current: Registry, path) -> Registry:
     (an invalid file is logged; the trimmer keeps trimming what it knew)."""
     try:
         fresh = load_registry(path)
-    except RegistryError as exc:
+    except (RegistryError, OSError) as exc:  # a ConfigMap swapped mid-read, a permission
         log.warning("registry %s not reloaded: %s", path, exc)
         return current
     if fresh.digest != current.digest:
