@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
+# Each test target's temporary files in a directory of its own (emptied when it starts): pytest's
+# default numbered directories are shared by every run of the user, and a second pytest run (unit
+# tests in another terminal) deletes the older ones, with the servers' data under a running suite.
+TEST_TMP := $(or $(TMPDIR),/tmp)/usersignals-tests-$(shell printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)
 
 .PHONY: install run up down status test test-unit test-integration bench-indexing bench-freshness bench-serving \
 	bench-offline bench-analytics bench-retrain bench-training test-faults soak audit airflow trino trino-cli lake-migrate lock \
@@ -23,13 +27,13 @@ status:
 	@$(PY) -m infra.stack status
 
 test: install
-	@$(PY) -m pytest -q tests
+	@mkdir -p $(TEST_TMP) && $(PY) -m pytest -q tests --basetemp=$(TEST_TMP)/all
 
 test-unit: install
-	@$(PY) -m pytest -q tests/unit
+	@mkdir -p $(TEST_TMP) && $(PY) -m pytest -q tests/unit --basetemp=$(TEST_TMP)/unit
 
 test-integration: install
-	@$(PY) -m pytest -q tests/integration
+	@mkdir -p $(TEST_TMP) && $(PY) -m pytest -q tests/integration --basetemp=$(TEST_TMP)/integration
 
 # kill -9 each part of the running stack under load; last line {"bench": "faults", ...}
 test-faults: install
