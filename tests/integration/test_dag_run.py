@@ -91,3 +91,34 @@ def test_an_asset_scheduled_dag_run_passes_its_moment_to_the_job(lake_with_event
     # As of the run's moment (rendered when the run was created, about now) minus 10 minutes.
     assert dt.timedelta(minutes=9) < before - watermark < dt.timedelta(minutes=15), watermark
     assert (settings.data_dir / "metrics" / "batch_parity.prom").exists()
+
+
+def test_the_selection_experiment_dag_compares_its_rules_into_the_report_and_a_chart(lake_with_events):
+    """cleanup >> select through real Airflow: the rules chosen in the trigger form are scored
+    on the last complete day (the clicks of the two days before it are what they select from)."""
+    settings = lake_with_events
+    days = {(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).date().isoformat()}
+    proc = run_dag(settings, "selection_experiment",
+                   {"experiment": "dag_run", "dataset": "clicks", "rules": ["dwell"], "n": 5, "days": 2})
+    assert "DAG_RUN_STATE success" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
+    table = lake.load_catalog(settings).load_table(lake.table_id(settings, lake.SELECTION_REPORTS))
+    rows = {r["rule"]: r for r in table.scan().to_arrow().to_pylist() if r["experiment"] == "dag_run"}
+    assert set(rows) == {"last", "dwell"}  # the baseline, always
+    days.add((dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).date().isoformat())  # run over midnight
+    eval_day = rows["last"]["eval_day"]
+    assert eval_day in days
+    for r in rows.values():
+        assert (r["dataset"], r["k"], r["users_evaluated"], r["eval_day"]) == ("clicks", 5, 3, eval_day)
+        assert 0.0 < r["recall_at_k"] <= 1.0
+    assert (settings.data_dir / "reports" / "selection" / "dag_run" / f"{eval_day}.svg").exists()
+
+
+def test_the_daily_reenrichment_dag_measures_its_types_feature_skew_after_it(lake_with_events):
+    """reenrich >> skew through real Airflow: a day nobody was served still runs the skew task,
+    which writes its (empty) gauges file for the type."""
+    settings = lake_with_events
+    proc = run_dag(settings, "daily_enrichment_click", {})
+    assert "DAG_RUN_STATE success" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
+    out = proc.stdout + proc.stderr
+    assert "reenrich" in out and "skew" in out
+    assert (settings.data_dir / "metrics" / "batch_feature_skew_click.prom").exists()
