@@ -97,6 +97,11 @@ def test_the_selection_experiment_dag_compares_its_rules_into_the_report_and_a_c
     """cleanup >> select through real Airflow: the rules chosen in the trigger form are scored
     on the last complete day (the clicks of the two days before it are what they select from)."""
     settings = lake_with_events
+    # The rules select from what the stream indexed: its enriched rows of the fixture's clicks.
+    raw = lake.load_catalog(settings).load_table(lake.table_id(settings, lake.RAW_EVENTS)).scan().to_arrow()
+    indexed = {r["event_id"]: {**r, "dataset": "clicks", "indexed_at": r["ingested_at"], "enriched_by": "stream"}
+               for r in raw.to_pylist()}
+    append(settings, lake.ENRICHED_EVENTS, list(indexed.values()))
     days = {(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).date().isoformat()}
     proc = run_dag(settings, "selection_experiment",
                    {"experiment": "dag_run", "dataset": "clicks", "rules": ["dwell"], "n": 5, "days": 2})
