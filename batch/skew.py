@@ -360,9 +360,9 @@ def feature_skew(io, registry: Registry, day: dt.date, *, tenant: str | None = N
         .join(F.broadcast(users), "user_id", "left_semi")
     item_features = io.read(lake.ITEM_FEATURES)
     # Only the model versions the sampled requests were served with (a partition each).
-    versions = sorted(r[0] for r in sampled.select("_emb_version").distinct().collect() if r[0] is not None)
-    item_embeddings = io.read(lake.ITEM_EMBEDDINGS).where(F.col("model_version").isin(versions)) \
-        if versions else None
+    model_versions = sorted(r[0] for r in sampled.select("_emb_version").distinct().collect() if r[0] is not None)
+    item_embeddings = io.read(lake.ITEM_EMBEDDINGS).where(F.col("model_version").isin(model_versions)) \
+        if model_versions else None
     computed_at = dt.datetime.now(dt.timezone.utc)
     rows = []
     for name, (t, datasets) in tenants.items():

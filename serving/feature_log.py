@@ -3,9 +3,9 @@
 Sampled per tenant (``log_sample_rate``); each record carries the request id, tenant,
 config version, user and the features served (arrow arrays as lists); when the tenant was
 served item embeddings, the features also name the published model version they came from
-(``embedding_version``: null while none is published), so a rebuild can join the same ones. It goes to a Kafka
-topic (``served_features``) without ever blocking or failing a request: when the
-producer's queue is full the record is dropped and counted.
+(``embedding_version``: null while none is published), so a rebuild can join the same ones.
+It goes to a Kafka topic (``served_features``) without ever blocking or failing a request:
+when the producer's queue is full the record is dropped and counted.
 """
 from __future__ import annotations
 
