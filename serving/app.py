@@ -62,8 +62,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def lifespan(_app):
         try:
             await directory.sync()
+            await retriever.warm()  # a cold first request (connect, NOSCRIPT) can miss a tenant's timeout
+            await enricher.embedding_version()
         except Exception:
-            pass  # KV not reachable yet: /readyz says so, and the sync loop catches up
+            pass  # KV not reachable yet: /readyz says so, the sync loop catches up, requests connect
         task = asyncio.create_task(directory.run_sync(1.0))
         follower = asyncio.create_task(follow_registry(app, 1.0))
         yield

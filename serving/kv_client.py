@@ -147,6 +147,12 @@ class AsyncKV:
     async def hget(self, key, field):
         return await self.execute(b"HGET", key, field)
 
+    async def warm(self, scripts: list[bytes]) -> None:
+        """Open every connection and load ``scripts``, so the first requests pay neither."""
+        for _ in range(self.size):
+            for script in scripts:
+                await self.execute(b"SCRIPT", b"LOAD", script)
+
     def close(self) -> None:
         for conn in self._conns:
             if conn is not None and conn.transport is not None:
@@ -175,6 +181,12 @@ class RedisPyKV:
 
     async def hget(self, key, field):
         return await self.client.hget(key, field)
+
+    async def warm(self, scripts: list[bytes]) -> None:
+        """Learn the cluster's slots and load ``scripts`` on every primary (SCRIPT LOAD goes to
+        all of them), so the first requests pay neither."""
+        for script in scripts:
+            await self.client.script_load(script)
 
     def close(self) -> None:
         pass

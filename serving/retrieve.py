@@ -25,6 +25,10 @@ class Retriever:
         self.prefix = prefix
         self.layout = SequenceStore(None, registry, prefix)  # key layout and read arguments only
 
+    async def warm(self) -> None:
+        """Connections open and the read script loaded before the first request."""
+        await self.kv.warm([_READ])
+
     @staticmethod
     def fetch_limits(tenant: Tenant, registry: Registry) -> dict[str, int]:
         return registry.fetch_limits(tenant)

@@ -2,6 +2,8 @@
 order under concurrency, errors that keep the connection in step, scripts reloaded after a
 flush, reconnection after the server drops it, and redis-py's answers for the same calls."""
 import asyncio
+import hashlib
+import uuid
 
 import pytest
 import redis.asyncio as aioredis
@@ -121,3 +123,27 @@ def test_a_wrong_password_is_refused(kv_server, kv_client):
 
         redis.Redis(host=kv_server.settings.host, port=kv_server.settings.kv_port,
                     password="right-password").config_set("requirepass", "")
+
+
+def test_warming_opens_every_connection_and_loads_the_scripts(kv_server, kv_client):
+    """What the API does at start-up, so its first request does not pay a connect and a NOSCRIPT."""
+    script = b"return 'warm-" + uuid.uuid4().hex.encode() + b"'"
+    sha = hashlib.sha1(script).hexdigest()
+
+    async def go():
+        kv = AsyncKV.for_url(kv_server.settings.kv_url, connections=3)
+        ref = aioredis.Redis.from_url(kv_server.settings.kv_url)
+        try:
+            await ref.script_flush()
+            await kv.warm([script])
+            opened = [c is not None and not c.closed for c in kv._conns]
+            loaded = (await ref.script_exists(sha))[0]
+            await ref.script_flush()
+            await RedisPyKV(ref).warm([script])
+            return opened, loaded, (await ref.script_exists(sha))[0]
+        finally:
+            kv.close()
+            await ref.aclose()
+
+    opened, loaded_async_kv, loaded_redis_py = run(go())
+    assert opened == [True, True, True] and loaded_async_kv and loaded_redis_py
