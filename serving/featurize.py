@@ -22,14 +22,17 @@ response is that batch as an Arrow IPC stream, which any Arrow reader decodes
 (``pyarrow.ipc.open_stream``, arrow-rs, Arrow Java, ``apache-arrow`` in JS ...); otherwise
 the same arrays as JSON lists (``{"arrays": {name: [[...], ...]}}``).
 
-Columns are built per dataset from one pass over all users' events (a numpy record array of
-item hash, time and dwell; embeddings joined as float32 bytes from the enricher's cache), then
-placed into the padded [B, L] blocks by numpy, not event by event.
+Columns are built per dataset from all users' events (a list per field: item hash, time,
+dwell; embeddings joined as float32 bytes from the enricher's cache), then placed into the
+padded [B, L] blocks by numpy, not event by event. The Arrow stream is written from a template
+of the batch's shape (``arrow_stream``): the same bytes as pyarrow's stream writer.
 """
 from __future__ import annotations
 
 import hashlib
+import struct
 from functools import lru_cache
+from itertools import accumulate
 
 import numpy as np
 import orjson
@@ -78,10 +81,6 @@ def layout(tenant: Tenant, registry: Registry, embedding_dim: int | None) -> lis
     return out
 
 
-# One pass over a dataset's events fills this record array; each column is then a slice of it.
-_ROW = np.dtype([("item_hash", "<i8"), ("ts", "<i8"), ("dwell_ms", "<f4")])
-
-
 def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, now_ms: int,
               embedding_dim: int | None = None, items: dict | None = None) -> dict[str, np.ndarray]:
     """The model-ready arrays, [B, L] (embedding [B, L, D]), keyed by column name. ``items``
@@ -93,7 +92,9 @@ def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, no
     for ds, length in tenant.sequences.items():
         per_user = [u.sequences.get(ds, ())[:length] for u in users]
         flat = [e for evs in per_user for e in evs]
-        rec = np.array([(item_hash(e["item_id"]), e["ts"], e.get("dwell_ms") or 0) for e in flat], dtype=_ROW)
+        hashes = np.array([item_hash(e["item_id"]) for e in flat], dtype=np.int64)  # a list per field:
+        ts = np.array([e["ts"] for e in flat], dtype=np.int64)  # ~2x faster than one record array
+        dwell = np.array([e.get("dwell_ms") or 0 for e in flat], dtype=np.float32)
         # Where the events go in [B, L]: left-aligned rows; in row-major order, so a boolean
         # mask takes the flat values in order. One user (the common request) is a plain slice.
         if b == 1:
@@ -107,10 +108,10 @@ def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, no
             return out
 
         type_id = registry.event_types[registry.datasets[ds].event_type].id
-        arrays[f"{ds}.item_hash"] = place(rec["item_hash"], np.int64)
+        arrays[f"{ds}.item_hash"] = place(hashes, np.int64)
         arrays[f"{ds}.type_id"] = place(type_id, np.int16)
-        arrays[f"{ds}.age_s"] = place((now_ms - rec["ts"]) / 1000.0, np.float32)
-        arrays[f"{ds}.dwell_ms"] = place(rec["dwell_ms"], np.float32)
+        arrays[f"{ds}.age_s"] = place((now_ms - ts) / 1000.0, np.float32)
+        arrays[f"{ds}.dwell_ms"] = place(dwell, np.float32)
         arrays[f"{ds}.mask"] = place(1, np.uint8)
         if dim is not None:
             arrays[f"{ds}.embedding"] = place(_embeddings(flat, dim, items, registry.model.embedding_dim),
@@ -150,10 +151,64 @@ def to_arrow(user_ids: list[str], arrays: dict[str, np.ndarray], meta: dict):
 
 
 def encode_arrow(batch) -> bytes:
+    """The reference encoder (pyarrow's stream writer); ``arrow_stream`` writes the same bytes
+    faster for the API."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
+
+
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an IPC stream's end
+
+
+class _Template:
+    """One encoded record batch of a given shape (columns, their types and sizes, rows, bytes of
+    user ids), with where each buffer lies in it. Record batches of that shape differ only in
+    their buffers' bytes: a request copies its arrays into a copy of the template, in place of
+    ~20 pyarrow calls per request (~0.2 ms of API CPU for the home feed)."""
+
+    __slots__ = ("schema", "message", "body_at", "spans")
+
+    def __init__(self, user_ids: list[str], arrays: dict[str, np.ndarray]):
+        batch = to_arrow(user_ids, {n: np.zeros_like(a) for n, a in arrays.items()}, {})
+        self.schema = batch.schema
+        self.message = batch.serialize().to_pybytes()  # encapsulated: metadata, then the body
+        body = pa.ipc.read_message(self.message).body
+        self.body_at = len(self.message) - body.size
+        read = pa.ipc.read_record_batch(pa.ipc.read_message(self.message), self.schema)
+        # (offset in the message, size) of each column's non-empty buffers, in column order;
+        # the buffers of ``read`` are slices of ``body``
+        self.spans = [[(self.body_at + b.address - body.address, b.size) for b in column.buffers()
+                       if b is not None and b.size] for column in read.columns]
+
+
+_TEMPLATES: dict[tuple, _Template] = {}
+
+
+def arrow_stream(user_ids: list[str], arrays: dict[str, np.ndarray], meta: dict) -> bytes:
+    """``encode_arrow(to_arrow(user_ids, arrays, meta))``, the same Arrow IPC stream, from a
+    template of the batch's shape (built once per shape, kept for the 512 last shapes)."""
+    ids = [u.encode() for u in user_ids]
+    id_bytes = b"".join(ids)
+    key = (len(ids), len(id_bytes), *((n, a.dtype.char, a.shape) for n, a in arrays.items()))
+    t = _TEMPLATES.get(key)
+    if t is None:
+        if len(_TEMPLATES) >= 512:
+            _TEMPLATES.pop(next(iter(_TEMPLATES)))
+        t = _TEMPLATES[key] = _Template(user_ids, arrays)
+    out = bytearray(t.message)
+    (offsets_at, _), *data = t.spans[0]
+    offsets = struct.pack(f"<{len(ids) + 1}i", *accumulate(map(len, ids), initial=0))
+    out[offsets_at:offsets_at + len(offsets)] = offsets
+    if data:  # no data buffer when every id is ""
+        out[data[0][0]:data[0][0] + len(id_bytes)] = id_bytes
+    for spans, a in zip(t.spans[1:], arrays.values()):
+        if spans:  # none for a column of zero bytes (a tenant length of 0)
+            v = memoryview(np.ascontiguousarray(a)).cast("B")
+            out[spans[0][0]:spans[0][0] + len(v)] = v
+    schema = t.schema.with_metadata({k: orjson.dumps(v) for k, v in meta.items()}).serialize()
+    return b"".join((schema.to_pybytes(), out, _EOS))
 
 
 def decode_arrow(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:

@@ -20,7 +20,9 @@ def has_filters(tenant: Tenant) -> bool:
 
 
 def filter_events(events: list[dict], dataset: str, tenant: Tenant, now_ms: int,
-                  exclude_items: frozenset[str]) -> list[dict]:
+                  exclude_items: frozenset[str], limit: int | None = None) -> list[dict]:
+    """The events the tenant keeps, in order; at most ``limit`` (the first ones kept: what the
+    size stage would cut to, so the rest of an over-fetched sequence is not looked at)."""
     f = tenant.filters
     min_ts = now_ms - f.max_age_s * 1000 if f.max_age_s else None
     min_dwell = f.min_dwell_ms.get(dataset)
@@ -47,12 +49,17 @@ def filter_events(events: list[dict], dataset: str, tenant: Tenant, now_ms: int,
                 continue
             seen_items.add(item)
         out.append(e)
+        if len(out) == limit:
+            break
     return out
 
 
 def apply(users: list[UserSequences], tenant: Tenant, now_ms: int, exclude_items: Iterable[str] = ()) -> None:
+    """Filters each sequence, up to the tenant's length of it (what the size stage keeps)."""
     excluded = frozenset(tenant.filters.exclude_items) | frozenset(exclude_items)
     if not (excluded or has_filters(tenant)):
         return  # nothing to drop: the KV layer already stores each event id once per dataset
+    lengths = tenant.sequences
     for u in users:
-        u.sequences = {ds: filter_events(evs, ds, tenant, now_ms, excluded) for ds, evs in u.sequences.items()}
+        u.sequences = {ds: filter_events(evs, ds, tenant, now_ms, excluded, lengths.get(ds))
+                       for ds, evs in u.sequences.items()}

@@ -130,8 +130,8 @@ class Pipeline:
             arrays = featurize.to_arrays(users, t, self.registry, now_ms, items=items)
             meta["views"] = [u.views for u in users]
             if featurize.ARROW_CONTENT_TYPE in accept:
-                batch = featurize.to_arrow(user_ids, arrays, meta)
-                served = Served(featurize.encode_arrow(batch), featurize.ARROW_CONTENT_TYPE, "arrow_binary")
+                served = Served(featurize.arrow_stream(user_ids, arrays, meta), featurize.ARROW_CONTENT_TYPE,
+                                "arrow_binary")
             else:
                 meta["users"] = user_ids
                 served = Served({**meta, "arrays": featurize.arrays_to_json(arrays)}, "application/json", fmt)

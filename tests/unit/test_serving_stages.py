@@ -1,5 +1,6 @@
 """The serving stages as pure functions."""
 import numpy as np
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +34,16 @@ def test_filter_keeps_only_listed_surfaces_and_never_repeats_an_event():
     t = tenant(filters={"dedup_items": False, "surfaces": ["search"]})
     events = [ev(1, surface="search"), ev(1, surface="search"), ev(2, surface="homefeed"), ev(3)]
     assert [e["event_id"] for e in filtering.filter_events(events, "clicks", t, NOW, frozenset())] == ["e1"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(items=st.lists(st.sampled_from("abcdef"), max_size=30), dwell=st.lists(st.integers(0, 300), max_size=30),
+       limit=st.integers(1, 10))
+def test_filter_with_a_limit_keeps_what_filtering_all_then_sizing_would(items, dwell, limit):
+    t = tenant(filters={"dedup_items": True, "min_dwell_ms": {"clicks": 100}})
+    events = [ev(n, item, dwell_ms=d) for n, (item, d) in enumerate(zip(items, dwell))]
+    full = filtering.filter_events(events, "clicks", t, NOW, frozenset())
+    assert filtering.filter_events(events, "clicks", t, NOW, frozenset(), limit) == full[:limit]
 
 
 def test_size_cuts_to_the_tenant_length():
@@ -95,6 +106,32 @@ def test_arrays_always_match_the_declared_layout(seq, embed, counts):
         assert arrays[name].dtype == np.dtype(dtype)
     for ds in seq:
         assert arrays[f"{ds}.mask"].sum(axis=1).tolist() == [min(c, seq[ds]) for c in counts]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seq=st.dictionaries(datasets, st.integers(1, 20), min_size=1, max_size=4),
+    embed=st.booleans(),
+    ids=st.lists(st.text(max_size=12), min_size=1, max_size=5),
+    request_id=st.text(max_size=40),
+)
+def test_the_api_s_arrow_stream_is_the_bytes_of_pyarrow_s_stream_writer(seq, embed, ids, request_id):
+    """arrow_stream copies arrays into a template of the batch's shape: for any shape, user ids
+    (empty, non-ASCII) and metadata, byte for byte what pyarrow writes, decoded by a plain reader."""
+    import pyarrow as pa
+
+    seq = {ds: min(n, REG.datasets[ds].retention) for ds, n in seq.items()}
+    t = parse_tenant("t", {"sequences": seq, "enrichments": ["item_embedding"] if embed else []}, REG)
+    users = [UserSequences(u, {ds: [ev(j, item=f"{u}-{j}", features={"embedding": [0.25 * i] * 16})
+                                    for j in range(i * 3)][:seq[ds]] for ds in seq}) for i, u in enumerate(ids)]
+    arrays = featurize.to_arrays(users, t, REG, NOW)
+    meta = {"tenant": "t", "request_id": request_id, "views": [{"activity": float(i)} for i in range(len(ids))]}
+    for _ in range(2):  # the second time from the cached template
+        fast = featurize.arrow_stream(ids, arrays, meta)
+        assert fast == featurize.encode_arrow(featurize.to_arrow(ids, arrays, meta))
+    table = pa.ipc.open_stream(fast).read_all()
+    assert table.column("user_id").to_pylist() == ids
+    assert orjson.loads(table.schema.metadata[b"request_id"]) == request_id
 
 
 def test_views_share_one_decayed_state():
