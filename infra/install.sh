@@ -2,8 +2,8 @@
 # Install everything the project needs on a fresh machine of this kind (Debian, Python 3.11,
 # root): Debian packages (PostgreSQL, Redis, kcat, ...), the JVM jars from Maven Central
 # (infra/pom.xml, checked against infra/jars.sha256), the three Python environments from their
-# lock files (main, streaming for PyFlink, airflow), the Flink helper jar, and kustomize (from
-# its Go module, into build/bin). Idempotent and quick when nothing changed (a stamp records the inputs).
+# lock files (main, streaming for PyFlink, airflow), the serving API's native module (Rust,
+# serving/native), the Flink helper jar, and kustomize (from its Go module, into build/bin). Idempotent and quick when nothing changed (a stamp records the inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -11,11 +11,13 @@ PY=${PYTHON:-python3}
 STAMP=.install-stamp
 inputs_hash() {
   cat requirements/*.lock pyproject.toml infra/install.sh infra/jars.sh infra/pom.xml infra/jars.sha256 \
-    streaming/java/src/usersignals/flink/*.java \
+    streaming/java/src/usersignals/flink/*.java serving/native/Cargo.* serving/native/pyproject.toml \
+    serving/native/src/*.rs \
     | sha256sum | cut -d' ' -f1
 }
 want=$(inputs_hash)
 if [[ -f $STAMP && $(cat $STAMP) == "$want" && -x .venv/bin/python && -x .venv-streaming/bin/python \
+      && -n "$(ls -d .venv/lib/python3*/site-packages/serving_native 2>/dev/null)" \
       && -x .venv-airflow/bin/airflow \
       && -f build/usersignals-flink.jar && -x build/bin/kustomize && -d build/jars/kafka && -d build/jars/flink && -d build/jars/spark && -d build/jars/trino ]] \
    && command -v redis-server >/dev/null && command -v kcat >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
@@ -60,6 +62,11 @@ make_env() {  # make_env DIR LOCKFILE
 }
 echo "==> main environment (.venv)"
 make_env .venv requirements/main.lock
+echo "==> the serving API's native hot path (serving/native, Rust: cargo from rustup)"
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null || { echo "cargo not found: serving/native needs Rust (https://rustup.rs)" >&2; exit 1; }
+# maturin (pinned in its pyproject) builds it with the crates of its Cargo.lock, as they are.
+MATURIN_PEP517_ARGS=--locked .venv/bin/python -m pip install -q ./serving/native
 echo "==> streaming environment (.venv-streaming)"
 make_env .venv-streaming requirements/streaming.lock
 echo "==> Airflow environment (.venv-airflow)"

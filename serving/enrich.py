@@ -14,6 +14,7 @@ from usersignals.features import CachedFeatures, item_key
 from usersignals.models import embedding_key, overlay, pointer_key
 from usersignals.registry import Registry, Tenant
 
+from serving.columns import item_ids
 from serving.kv_client import as_kv
 from serving.model import UserSequences
 
@@ -51,12 +52,13 @@ class Enricher:
 
     async def apply(self, users: list[UserSequences], tenant: Tenant, attach: bool = True) -> tuple[int, dict]:
         """Adds the tenant's enrichment fields to each event's features (unless ``attach`` is
-        False: model-ready arrays join them from the items instead); returns how many events'
-        items had none, and the items' features (item_id -> features or None)."""
+        False: model-ready arrays join them from the items instead, and sequences may be
+        ``Columns``); returns how many events' items had none, and the items' features
+        (item_id -> features or None)."""
         fields = self.fields(tenant)
         if not fields:
             return 0, {}
-        ids = {e["item_id"] for u in users for evs in u.sequences.values() for e in evs}
+        ids = {i for u in users for seq in u.sequences.values() for i in item_ids(seq)}
         version = await self.embedding_version() if "embedding" in fields else None
         self.cache.sync_version(version)
         found, missing = self.cache.lookup(ids)
@@ -74,8 +76,8 @@ class Enricher:
                     item[EMBEDDING_F32] = np.asarray(vec, dtype="<f4").tobytes()
             self.cache.fill(missing, fetched, found)
         if not attach:
-            return sum(1 for u in users for evs in u.sequences.values() for e in evs
-                       if found.get(e["item_id"]) is None), found
+            return sum(1 for u in users for seq in u.sequences.values() for i in item_ids(seq)
+                       if found.get(i) is None), found
         absent = 0
         for u in users:
             for evs in u.sequences.values():

@@ -29,9 +29,7 @@ of the batch's shape (``arrow_stream``): the same bytes as pyarrow's stream writ
 """
 from __future__ import annotations
 
-import hashlib
 import struct
-from functools import lru_cache
 from itertools import accumulate
 
 import numpy as np
@@ -40,15 +38,11 @@ import pyarrow as pa  # at import, not in the first Arrow request (an import of 
 
 from usersignals.registry import Registry, Tenant
 
+from serving.columns import Columns, item_hash  # noqa: F401 (item_hash: the API's, imported from here)
 from serving.enrich import EMBEDDING_F32
 from serving.model import UserSequences
 
 ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
-
-
-@lru_cache(maxsize=200_000)
-def item_hash(item_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def to_json(users: list[UserSequences], registry: Registry) -> list[dict]:
@@ -91,16 +85,19 @@ def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, no
     arrays: dict[str, np.ndarray] = {}
     for ds, length in tenant.sequences.items():
         per_user = [u.sequences.get(ds, ())[:length] for u in users]
-        flat = [e for evs in per_user for e in evs]
-        hashes = np.array([item_hash(e["item_id"]) for e in flat], dtype=np.int64)  # a list per field:
-        ts = np.array([e["ts"] for e in flat], dtype=np.int64)  # ~2x faster than one record array
-        dwell = np.array([e.get("dwell_ms") or 0 for e in flat], dtype=np.float32)
+        cols = [s if isinstance(s, Columns) else Columns.of_events(s) for s in per_user]
+        if b == 1:
+            hashes, ts, dwell = cols[0].item_hash, cols[0].ts, cols[0].dwell_ms
+        else:
+            hashes, ts, dwell = (np.concatenate([getattr(c, f) for c in cols or [Columns.of_events(())]])
+                                 for f in ("item_hash", "ts", "dwell_ms"))
+        flat_ids = [i for c in cols for i in c.item_ids]
         # Where the events go in [B, L]: left-aligned rows; in row-major order, so a boolean
         # mask takes the flat values in order. One user (the common request) is a plain slice.
         if b == 1:
-            where: object = (0, slice(0, len(flat)))
+            where: object = (0, slice(0, len(flat_ids)))
         else:
-            where = np.arange(length) < np.array([len(evs) for evs in per_user])[:, None]
+            where = np.arange(length) < np.array([len(c) for c in cols])[:, None]
 
         def place(values, dtype, inner: int | None = None) -> np.ndarray:
             out = np.zeros((b, length) if inner is None else (b, length, inner), dtype=dtype)
@@ -114,21 +111,24 @@ def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, no
         arrays[f"{ds}.dwell_ms"] = place(dwell, np.float32)
         arrays[f"{ds}.mask"] = place(1, np.uint8)
         if dim is not None:
-            arrays[f"{ds}.embedding"] = place(_embeddings(flat, dim, items, registry.model.embedding_dim),
+            arrays[f"{ds}.embedding"] = place(_embeddings(flat_ids, per_user, dim, items, registry.model.embedding_dim),
                                               np.float32, dim)
     return arrays
 
 
-def _embeddings(flat: list[dict], dim: int, items: dict | None, cached_dim: int) -> np.ndarray:
+def _embeddings(ids: list[str], per_user: list, dim: int, items: dict | None, cached_dim: int) -> np.ndarray:
     """[n, dim] float32: each event's item embedding, zeros where it has none of that size.
-    ``cached_dim``: the size the enricher cached float32 bytes for (the registry's)."""
+    ``cached_dim``: the size the enricher cached float32 bytes for (the registry's). Without
+    the enricher's items, each event's own features (decoded events only)."""
     zero = bytes(4 * dim)
     if items is not None and dim == cached_dim:
-        blobs = [(items.get(e["item_id"]) or _NONE).get(EMBEDDING_F32, zero) for e in flat]
-        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(flat), dim)
-    vecs = [e.get("features", _NONE).get("embedding") for e in flat]  # no enricher cache: lists
+        blobs = [(items.get(i) or _NONE).get(EMBEDDING_F32, zero) for i in ids]
+        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), dim)
+    vecs = [v for evs in per_user  # no enricher cache: the events' lists
+            for v in ([None] * len(evs) if isinstance(evs, Columns) else
+                      (e.get("features", _NONE).get("embedding") for e in evs))]
     return np.array([v if v is not None and len(v) == dim else (0.0,) * dim for v in vecs],
-                    dtype=np.float32).reshape(len(flat), dim)
+                    dtype=np.float32).reshape(len(ids), dim)
 
 
 _NONE: dict = {}

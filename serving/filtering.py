@@ -11,6 +11,7 @@ from typing import Iterable
 
 from usersignals.registry import Tenant
 
+from serving import columns
 from serving.model import UserSequences
 
 
@@ -63,3 +64,13 @@ def apply(users: list[UserSequences], tenant: Tenant, now_ms: int, exclude_items
     for u in users:
         u.sequences = {ds: filter_events(evs, ds, tenant, now_ms, excluded, lengths.get(ds))
                        for ds, evs in u.sequences.items()}
+
+
+def apply_columns(users: list[UserSequences], tenant: Tenant, now_ms: int, exclude_items: Iterable[str] = ()) -> None:
+    """The filter stage of model-ready requests: each sequence, still the KV layer's JSON, read
+    into the columns of the events the tenant keeps, up to its length (``columns.scan``)."""
+    excluded = frozenset(tenant.filters.exclude_items) | frozenset(exclude_items)
+    lengths = tenant.sequences
+    for u in users:
+        u.sequences = {ds: columns.scan(raw, ds, tenant, now_ms, excluded, lengths[ds])
+                       for ds, raw in u.sequences.items()}

@@ -4,7 +4,9 @@ One ``Pipeline`` per app. ``run`` takes a tenant's config (the version the reque
 with) and a batch of users, times each stage (``usersignals_api_stage_seconds``) and returns
 what to send: a JSON body (encoded by the route) or already-encoded bytes, with its media type.
 Events are parsed only when a stage has to look inside them; otherwise the KV layer's JSON
-is passed through as it is.
+is passed through as it is. Model-ready formats never decode events into dicts: the filter
+stage reads the stored JSON into the columns the arrays need (``serving.columns``, with the
+native hot path).
 """
 from __future__ import annotations
 
@@ -50,14 +52,15 @@ class Pipeline:
         tm = self.metrics.of_tenant(t.name)
         stage = tm.stages
         now_ms = int(time.time() * 1000)
-        parse = self.needs_parsing(t, fmt, exclude_items)
+        columnar = fmt != "json"  # model-ready arrays: sequences read into columns, never into dicts
+        parse = columnar or self.needs_parsing(t, fmt, exclude_items)
         t0 = time.perf_counter()
-        users = await self.retrieve(t, user_ids, now_ms, parse)
+        users = await self.retrieve(t, user_ids, now_ms, parse and not columnar)
         t1 = time.perf_counter()
         stage["retrieve"].observe(t1 - t0)
         items = None
         if parse:  # stages that look inside events; a pass-through request skips (and does not time) them
-            await self.filter(users, t, now_ms, exclude_items)
+            await self.filter(users, t, now_ms, exclude_items, columnar)
             t2 = time.perf_counter()
             stage["filter"].observe(t2 - t1)
             items = await self.enrich(users, t, attach=fmt == "json")
@@ -77,7 +80,8 @@ class Pipeline:
         return served
 
     def needs_parsing(self, t: Tenant, fmt: str, exclude_items: list[str]) -> bool:
-        """Whether any stage looks inside the events (else they pass through as stored JSON)."""
+        """Whether any stage looks inside the events (else they pass through as stored JSON);
+        model-ready formats always do (``run`` reads them into columns instead of dicts)."""
         return fmt != "json" or filtering.has_filters(t) or bool(exclude_items) or bool(self.enricher.fields(t))
 
     async def retrieve(self, t: Tenant, user_ids: list[str], now_ms: int, parse: bool) -> list[UserSequences]:
@@ -91,11 +95,14 @@ class Pipeline:
         self.metrics.kv_latency.observe((time.perf_counter() - started) / max(1, len(user_ids)))
         return users
 
-    async def filter(self, users: list[UserSequences], t: Tenant, now_ms: int, exclude_items: list[str]) -> None:
+    async def filter(self, users: list[UserSequences], t: Tenant, now_ms: int, exclude_items: list[str],
+                     columnar: bool = False) -> None:
         """Stage 2: the tenant's filters and the request's exclusions, in slices so one large
-        batch does not hold the event loop for long."""
+        batch does not hold the event loop for long. ``columnar``: the sequences are still the
+        KV layer's JSON and are read into ``Columns`` as they are filtered."""
+        apply = filtering.apply_columns if columnar else filtering.apply
         for chunk in range(0, len(users), SLICE):
-            filtering.apply(users[chunk:chunk + SLICE], t, now_ms, exclude_items)
+            apply(users[chunk:chunk + SLICE], t, now_ms, exclude_items)
             if len(users) > SLICE:
                 await asyncio.sleep(0)
 
