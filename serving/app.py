@@ -68,9 +68,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             pass  # KV not reachable yet: /readyz says so, the sync loop catches up, requests connect
         task = asyncio.create_task(directory.run_sync(1.0))
         follower = asyncio.create_task(follow_registry(app, 1.0))
+        flusher = asyncio.create_task(metrics.run_flush(1.0))  # batched histograms (serving/metrics.py)
         yield
         task.cancel()
         follower.cancel()
+        flusher.cancel()
         hot.close()
         feature_logger.close(2)
         metrics.worker_exit()
@@ -175,8 +177,8 @@ class ObservedApp:
         self.app = app
         self.metrics = metrics
         self.state = app.state
-        # (method, path) -> (ASGI handler(state, scope, receive, send), the route it serves):
-        # hot routes answered without FastAPI's per-request machinery.
+        # (method, path) -> (ASGI handler(state, scope, receive, send) -> status, the route it
+        # serves): hot routes answered without FastAPI's per-request machinery.
         self.fast = fast or {}
 
     def __getattr__(self, name):  # routes, openapi, dependency overrides...
@@ -197,19 +199,22 @@ class ObservedApp:
                 self._observe(scope, 413, started)
                 return
 
+        handler = self.fast.get((scope["method"], scope["path"]))
+        if handler is not None:  # it returns its status: no wrapper around send
+            scope["route"] = handler[1]
+            try:
+                status[0] = await handler[0](self.state, scope, receive, send)
+            finally:
+                self._observe(scope, status[0], started)
+            return
+
         async def send_observed(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
 
-        handler = self.fast.get((scope["method"], scope["path"]))
-        if handler is not None:
-            scope["route"] = handler[1]
-            call = handler[0](self.state, scope, receive, send_observed)
-        else:
-            call = self.app(scope, receive, send_observed)
         try:
-            await call
+            await self.app(scope, receive, send_observed)
         finally:
             self._observe(scope, status[0], started)
 

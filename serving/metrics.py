@@ -6,11 +6,19 @@ the workers import prometheus_client) and ``/metrics``, whichever worker answers
 over all workers: counters and histograms over every worker that ever ran in this run, the
 in-flight gauge over the live ones, the config version as the newest a live worker applied.
 In a single process (and an app built in-process, e.g. by tests) it is the app's own registry.
+
+Histograms on the request path take their observations in bulk: ``observe`` appends to a list
+(``BatchedHistogram``), and ``flush`` adds them to the histogram's buckets with numpy, before
+every exposition and every second (``run_flush``). prometheus_client's own ``observe`` costs
+~3 µs (a lock and a bucket search per call), ~6 of them a request: ~10% of the API's CPU for a
+JSON request. Counters and gauges are updated as they happen.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
@@ -64,6 +72,24 @@ class ServingMetrics:
 
         self._tenants: dict[str, TenantMetrics] = {}
         self._routes: dict[tuple[str, int], tuple] = {}
+        self._batched: list[BatchedHistogram] = []
+        self.kv_read = self.batched(self.kv_latency)  # per-user KV read latency, on the request path
+
+    def batched(self, child) -> "BatchedHistogram":
+        """``child`` (a histogram, or its labelled series) observed in bulk; see the module doc."""
+        b = BatchedHistogram(child)
+        self._batched.append(b)
+        return b
+
+    def flush(self) -> None:
+        """Every batched observation, into its histogram."""
+        for b in self._batched:
+            b.flush()
+
+    async def run_flush(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.flush()
 
     def of_tenant(self, name: str) -> "TenantMetrics":
         """The tenant's labelled series, looked up once (``labels()`` costs microseconds a call)."""
@@ -75,17 +101,19 @@ class ServingMetrics:
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         series = self._routes.get((route, status))
         if series is None:
-            series = self._routes[(route, status)] = (self.latency.labels(route),
+            series = self._routes[(route, status)] = (self.batched(self.latency.labels(route)),
                                                       self.requests.labels(route, str(status)))
         series[0].observe(seconds)
         series[1].inc()
 
     def exposition(self) -> bytes:
         """The text /metrics answers: this process's samples, or every worker's summed."""
+        self.flush()
         return generate_latest(self.exposed)
 
     def worker_exit(self) -> None:
         """A worker that stops drops out of the live gauges (its counters stay in the sums)."""
+        self.flush()
         if self.shared_dir:
             multiprocess.mark_process_dead(os.getpid(), self.shared_dir)
 
@@ -94,16 +122,51 @@ class TenantMetrics:
     """One tenant's series of the feature route and its stages."""
 
     __slots__ = ("in_flight", "ok", "error", "timeout", "throttled", "latency", "stages", "events_served",
-                 "missing_features")
+                 "missing_features", "response_bytes", "_m", "_name")
 
     def __init__(self, m: ServingMetrics, name: str):
         self.in_flight = m.in_flight.labels(name)
         self.ok, self.error, self.timeout, self.throttled = (
             m.tenant_requests.labels(name, o) for o in ("ok", "error", "timeout", "throttled"))
-        self.latency = m.tenant_latency.labels(name)
-        self.stages = {s: m.stage_latency.labels(name, s) for s in ("retrieve", "filter", "enrich", "size", "featurize")}
+        self.latency = m.batched(m.tenant_latency.labels(name))
+        self.stages = {s: m.batched(m.stage_latency.labels(name, s))
+                       for s in ("retrieve", "filter", "enrich", "size", "featurize")}
         self.events_served = m.events_served.labels(name)
         self.missing_features = m.missing_features.labels(name)
+        self.response_bytes: dict[str, BatchedHistogram] = {}  # format label -> series
+        self._m, self._name = m, name
+
+    def bytes_of(self, label: str) -> "BatchedHistogram":
+        """The response-size series of one format label."""
+        series = self.response_bytes.get(label)
+        if series is None:
+            series = self.response_bytes[label] = self._m.batched(self._m.response_bytes.labels(self._name, label))
+        return series
+
+
+class BatchedHistogram:
+    """A histogram series whose ``observe`` is a list append; ``flush`` adds what was observed
+    to its buckets and sum, as that many ``observe`` calls of prometheus_client would."""
+
+    __slots__ = ("child", "values", "observe")
+
+    def __init__(self, child):
+        self.child = child
+        self.values: list[float] = []
+        self.observe = self.values.append
+
+    def flush(self) -> None:
+        if not self.values:
+            return
+        a = np.asarray(self.values, dtype=np.float64)
+        self.values.clear()  # the same list: ``observe`` is bound to it
+        c = self.child
+        # prometheus_client puts a value in the first bucket whose upper bound is >= it
+        counts = np.bincount(np.searchsorted(c._upper_bounds, a, side="left"), minlength=len(c._upper_bounds))
+        for bucket, n in zip(c._buckets, counts.tolist()):
+            if n:
+                bucket.inc(n)
+        c._sum.inc(float(a.sum()))
 
 
 def forget_dead_workers(path: str) -> list[int]:

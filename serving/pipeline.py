@@ -92,7 +92,7 @@ class Pipeline:
         except Exception as exc:
             self.metrics.kv_errors.inc()
             raise HTTPException(503, f"KV layer unavailable: {type(exc).__name__}") from None
-        self.metrics.kv_latency.observe((time.perf_counter() - started) / max(1, len(user_ids)))
+        self.metrics.kv_read.observe((time.perf_counter() - started) / max(1, len(user_ids)))
         return users
 
     async def filter(self, users: list[UserSequences], t: Tenant, now_ms: int, exclude_items: list[str],

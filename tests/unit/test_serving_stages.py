@@ -1,6 +1,7 @@
 """The serving stages as pure functions."""
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -142,3 +143,27 @@ def test_views_share_one_decayed_state():
     assert top_category(state) == "c1"
     assert compute_views(["activity", "top_category"], state) == {"activity": 3.0, "top_category": "c1"}
     assert compute_views(["category_affinity", "top_category"], {}) == {"category_affinity": {}, "top_category": None}
+
+
+def test_batched_histograms_flush_what_prometheus_observe_would_record():
+    """serving.metrics.BatchedHistogram relies on prometheus_client's bucket internals: same
+    samples as observing each value, bounds included."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from serving.metrics import BatchedHistogram
+
+    r = CollectorRegistry()
+    direct = Histogram("direct_seconds", "d", ["t"], buckets=(0.001, 0.01, 0.1, 1), registry=r).labels("a")
+    batched_parent = Histogram("batched_seconds", "b", ["t"], buckets=(0.001, 0.01, 0.1, 1), registry=r)
+    batched = BatchedHistogram(batched_parent.labels("a"))
+    values = [0.0, 0.001, 0.0011, 0.01, 0.05, 0.1, 0.5, 1.0, 1.5, 30.0, 0.001]
+    for v in values:
+        direct.observe(v)
+        batched.observe(v)
+    assert r.get_sample_value("batched_seconds_count", {"t": "a"}) == 0  # not flushed yet
+    batched.flush()
+    batched.flush()  # nothing twice
+    for le in ("0.001", "0.01", "0.1", "1.0", "+Inf"):
+        assert (r.get_sample_value("batched_seconds_bucket", {"t": "a", "le": le})
+                == r.get_sample_value("direct_seconds_bucket", {"t": "a", "le": le})), le
+    assert r.get_sample_value("batched_seconds_sum", {"t": "a"}) == pytest.approx(sum(values))
