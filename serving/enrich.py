@@ -76,8 +76,9 @@ class Enricher:
                     item[EMBEDDING_F32] = np.asarray(vec, dtype="<f4").tobytes()
             self.cache.fill(missing, fetched, found)
         if not attach:
-            return sum(1 for u in users for seq in u.sequences.values() for i in item_ids(seq)
-                       if found.get(i) is None), found
+            without = {i for i, f in found.items() if f is None}  # usually none: no pass over the events
+            return (sum(1 for u in users for seq in u.sequences.values() for i in item_ids(seq) if i in without)
+                    if without else 0), found
         absent = 0
         for u in users:
             for evs in u.sequences.values():

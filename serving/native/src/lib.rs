@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
@@ -22,6 +22,7 @@ use memchr::memchr2;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 type R<T> = Result<T, String>;
 
@@ -214,8 +215,10 @@ struct Columns<'a> {
 fn scan_bytes<'a>(raw: &'a [u8], f: &Filter) -> R<Columns<'a>> {
     let mut r = Reader { b: raw, i: 0 };
     let mut out = Columns::default();
-    let mut seen_events: HashSet<Cow<'a, str>> = HashSet::new();
-    let mut seen_items: HashSet<Cow<'a, str>> = HashSet::new();
+    // FxHash: short keys hashed ~5x faster than the default SipHash (no untrusted-key DoS concern
+    // here: a request's sets hold one user's few hundred stored events)
+    let mut seen_events: FxHashSet<Cow<'a, str>> = FxHashSet::default();
+    let mut seen_items: FxHashSet<Cow<'a, str>> = FxHashSet::default();
     r.expect(b'[')?;
     let mut more = r.peek()? != b']';
     while more && out.ts.len() < f.limit {
@@ -285,7 +288,7 @@ fn item_hash(item_id: &str) -> i64 {
 const HASH_CACHE: usize = 200_000;
 
 thread_local! {
-    static HASHES: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+    static HASHES: RefCell<FxHashMap<String, i64>> = RefCell::new(FxHashMap::default());
 }
 
 /// `item_hash`, remembered for the last 200,000 items (dropped all at once when full).
