@@ -80,11 +80,23 @@ def test_native_item_hash_is_the_apis():
 
 
 @pytest.mark.parametrize("raw", [b"", b"{}", b"[", b"[{}]", b'[{"event_id":"e","item_id":"i","ts":1.5}]',
-                                 b'[{"event_id":"e","item_id":"i","ts":1}] x', b'[{"event_id":"e","item_id":3,"ts":1}]'])
+                                 b'[{"event_id":"e","item_id":"i","ts":1}] x', b'[{"event_id":"e","item_id":3,"ts":1}]',
+                                 b'[{"event_id":"\\', b'[{"event_id":"e","x":{"a":"\\'])
 def test_what_the_native_reader_refuses_is_a_value_error(raw):
     """...on which ``columns.scan`` takes the Python path (which reads or rejects it as before)."""
     with pytest.raises(ValueError, match="not a stored event array"):
         columns.serving_native.scan(raw, 10, True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=80) | st.builds(lambda evs, cut: orjson.dumps(evs)[:cut], st.lists(events(), max_size=3),
+                                             st.integers(0, 400)))
+def test_the_native_reader_never_panics(raw):
+    """Any bytes (truncated arrays too): columns or ValueError, never a Rust panic (a 500)."""
+    try:
+        columns.serving_native.scan(raw, 5, True, None, None, None, True, None)
+    except ValueError:
+        pass
 
 
 def test_a_float_time_falls_back_to_the_python_path():

@@ -67,7 +67,8 @@ impl<'a> Reader<'a> {
     fn string_end(&mut self) -> R<bool> {
         let mut escaped = false;
         loop {
-            match memchr2(b'"', b'\\', &self.b[self.i..]) {
+            // `get`: a backslash as the last byte leaves `i` past the end (no panic: an error)
+            match self.b.get(self.i..).and_then(|rest| memchr2(b'"', b'\\', rest)) {
                 None => return Err("unterminated string".into()),
                 Some(k) if self.b[self.i + k] == b'"' => {
                     self.i += k + 1;
