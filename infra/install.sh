@@ -3,7 +3,8 @@
 # root): Debian packages (PostgreSQL, Redis, kcat, ...), the JVM jars from Maven Central
 # (infra/pom.xml, checked against infra/jars.sha256), the three Python environments from their
 # lock files (main, streaming for PyFlink, airflow), the serving API's native module (Rust,
-# serving/native), the Flink helper jar, and kustomize (from its Go module, into build/bin). Idempotent and quick when nothing changed (a stamp records the inputs).
+# serving/native), the Flink helper jar, and kustomize (from its Go module, into build/bin).
+# Idempotent and quick when nothing changed (a stamp records the inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)

@@ -22,6 +22,8 @@ import orjson
 
 from usersignals.registry import Tenant
 
+from serving import filtering  # which imports this module: its names are read at call time
+
 try:
     import serving_native
 except ImportError:  # pragma: no cover - make install builds it; CI checks it is there
@@ -71,10 +73,8 @@ def scan(raw: bytes, dataset: str, tenant: Tenant, now_ms: int, excluded: frozen
     """The events of one stored sequence (the KV layer's JSON array) that the tenant keeps, at
     most ``limit``, as columns: ``Columns.of_events(filter_events(orjson.loads(raw), ...)[:limit])``.
     ``native=False`` takes the Python path (the reference)."""
-    from serving.filtering import filter_events, has_filters
-
     f = tenant.filters
-    filtered = bool(excluded) or has_filters(tenant)
+    filtered = bool(excluded) or filtering.has_filters(tenant)
     if native and serving_native is not None:
         min_dwell = f.min_dwell_ms.get(dataset)
         try:
@@ -87,5 +87,5 @@ def scan(raw: bytes, dataset: str, tenant: Tenant, now_ms: int, excluded: frozen
             pass  # the Python path reads any JSON (and fails as the rest of the API would)
     events = orjson.loads(raw)
     if filtered:
-        events = filter_events(events, dataset, tenant, now_ms, excluded, limit)
+        events = filtering.filter_events(events, dataset, tenant, now_ms, excluded, limit)
     return Columns.of_events(events[:limit])

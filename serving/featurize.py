@@ -91,11 +91,10 @@ def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, no
         else:
             hashes, ts, dwell = (np.concatenate([getattr(c, f) for c in cols or [Columns.of_events(())]])
                                  for f in ("item_hash", "ts", "dwell_ms"))
-        flat_ids = [i for c in cols for i in c.item_ids]
         # Where the events go in [B, L]: left-aligned rows; in row-major order, so a boolean
         # mask takes the flat values in order. One user (the common request) is a plain slice.
         if b == 1:
-            where: object = (0, slice(0, len(flat_ids)))
+            where: object = (0, slice(0, len(hashes)))
         else:
             where = np.arange(length) < np.array([len(c) for c in cols])[:, None]
 
@@ -111,6 +110,7 @@ def to_arrays(users: list[UserSequences], tenant: Tenant, registry: Registry, no
         arrays[f"{ds}.dwell_ms"] = place(dwell, np.float32)
         arrays[f"{ds}.mask"] = place(1, np.uint8)
         if dim is not None:
+            flat_ids = [i for c in cols for i in c.item_ids]
             arrays[f"{ds}.embedding"] = place(_embeddings(flat_ids, per_user, dim, items, registry.model.embedding_dim),
                                               np.float32, dim)
     return arrays
@@ -174,9 +174,10 @@ class _Template:
         batch = to_arrow(user_ids, {n: np.zeros_like(a) for n, a in arrays.items()}, {})
         self.schema = batch.schema
         self.message = batch.serialize().to_pybytes()  # encapsulated: metadata, then the body
-        body = pa.ipc.read_message(self.message).body
+        message = pa.ipc.read_message(self.message)
+        body = message.body
         self.body_at = len(self.message) - body.size
-        read = pa.ipc.read_record_batch(pa.ipc.read_message(self.message), self.schema)
+        read = pa.ipc.read_record_batch(message, self.schema)
         # (offset in the message, size) of each column's non-empty buffers, in column order;
         # the buffers of ``read`` are slices of ``body``
         self.spans = [[(self.body_at + b.address - body.address, b.size) for b in column.buffers()

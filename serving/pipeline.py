@@ -53,7 +53,7 @@ class Pipeline:
         stage = tm.stages
         now_ms = int(time.time() * 1000)
         columnar = fmt != "json"  # model-ready arrays: sequences read into columns, never into dicts
-        parse = columnar or self.needs_parsing(t, fmt, exclude_items)
+        parse = self.needs_parsing(t, fmt, exclude_items)
         t0 = time.perf_counter()
         users = await self.retrieve(t, user_ids, now_ms, parse and not columnar)
         t1 = time.perf_counter()
