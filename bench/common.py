@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import orjson
@@ -16,8 +17,8 @@ import orjson
 from infra.stack import metric_total, private_settings
 from usersignals.settings import REPO_ROOT, Settings
 
-__all__ = ["bench_settings", "cpu_s", "emit", "group_cpu_s", "group_pids", "group_rss_mb", "log", "metric_total", "open_loop",
-           "percentile", "rss_mb", "run_on_a_lake"]
+__all__ = ["bench_settings", "closed_loop", "cpu_reference", "cpu_s", "emit", "group_cpu_s", "group_pids",
+           "group_max_rss_mb", "group_rss_mb", "log", "metric_total", "open_loop", "percentile", "rss_mb", "run_on_a_lake"]
 
 _LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
 
@@ -150,6 +151,17 @@ def group_rss_mb(pgid: int) -> float:
     return round(_group_sum(pgid, rss_mb), 1)
 
 
+def group_max_rss_mb(pgid: int) -> float:
+    """Resident memory of the largest process of a process group, MB (e.g. one API worker)."""
+    sizes = []
+    for pid in group_pids(pgid):
+        try:
+            sizes.append(rss_mb(pid))
+        except OSError:
+            continue
+    return round(max(sizes, default=float("nan")), 1)
+
+
 def group_cpu_s(pgid: int) -> float:
     """CPU seconds used so far by the live processes of a process group."""
     return _group_sum(pgid, cpu_s)
@@ -182,12 +194,9 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, se
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
-                writer.write(requests[i % len(requests)])
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = _LENGTH.search(head)
-                await reader.readexactly(int(m.group(1)) if m else 0)
-                results.append((due - start, loop.time() - due, head[9:12] == b"200"))
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                ok = await _exchange(reader, writer, requests[i % len(requests)])
+                results.append((due - start, loop.time() - due, ok))
+            except _BROKEN:
                 results.append((due - start, loop.time() - due, False))
                 if writer is not None:
                     writer.close()
@@ -197,6 +206,79 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, se
 
     await asyncio.gather(*(worker(k) for k in range(conns)))
     return unsent
+
+
+async def closed_loop(host: str, port: int, request: bytes, seconds: float, conns: int = 8) -> tuple[int, int]:
+    """Saturating HTTP/1.1 load: each of ``conns`` keep-alive connections sends ``request``
+    (raw bytes) again as soon as the answer to the last one is in, for ``seconds``. The server
+    always has work waiting (as under peak load), so its CPU per request carries no wake from
+    idle (see ``cpu_reference``). Returns (answers with status 200, other answers and broken
+    connections)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    counts = [0, 0]
+
+    async def worker() -> None:
+        reader = writer = None
+        while loop.time() < end:
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                counts[0 if await _exchange(reader, writer, request) else 1] += 1
+            except _BROKEN:
+                counts[1] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(conns)))
+    return counts[0], counts[1]
+
+
+_BROKEN = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+
+
+async def _exchange(reader, writer, request: bytes) -> bool:
+    """Sends one request and reads its whole answer; whether its status was 200."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    m = _LENGTH.search(head)
+    await reader.readexactly(int(m.group(1)) if m else 0)
+    return head[9:12] == b"200"
+
+
+def _unit() -> int:
+    """A fixed piece of pure-Python work (~0.1-0.2 ms here): dict stores, str and int calls."""
+    d: dict[int, int] = {}
+    s = 0
+    for i in range(1500):
+        d[i & 255] = i
+        s += len(str(i))
+    return s
+
+
+def cpu_reference(gap_s: float = 0.004, n: int = 400) -> dict:
+    """The machine, measured in the run: CPU µs of one fixed pure-Python unit (``_unit``) done
+    back to back, and done right after ``gap_s`` of idle (a sleep), median of ``n`` each. On a
+    virtual machine the second is often 1.3-1.6× the first (caches and predictors cold after the
+    vCPU idled): a server at a moderate request rate pays that on each request, one kept busy
+    does not. Compare CPU-per-request figures across runs and machines with these beside them."""
+    def timed(gap: float) -> float:
+        out = []
+        for _ in range(n):
+            if gap:
+                time.sleep(gap)
+            t = time.process_time()
+            _unit()
+            out.append(time.process_time() - t)
+        out.sort()
+        return out[len(out) // 2] * 1e6
+
+    _unit()
+    busy, idle = round(timed(0.0), 1), round(timed(gap_s), 1)
+    return {"unit_us": busy, "after_idle_us": idle, "idle_penalty": round(idle / busy, 2)}
 
 
 class WorkerConn:

@@ -15,11 +15,18 @@ workers) and for the KV server around each phase, so ``api_cpu_ms_per_req`` (API
 / requests answered) holds on a noisy or slower machine where latency swings; the KV server's
 CPU per raw fetch (``raw_cpu_ms_per_req``) is the same-run reference.
 
+Two saturated phases follow (``closed_loop``: 8 requests always in flight, ``--sat-seconds``
+each), json and home feed: the CPU per request of an API that never idles between requests.
+Last, with the stack idle, the machine's own reference (``cpu_reference``): the CPU time of a
+fixed unit of Python work, back to back and right after 4 ms of idle.
+
 Last line: {"bench": "serving", "rps": …, "p50_ms": …, "p99_ms": …, "raw_p99_ms": …,
-"ratio_to_raw": …, "rss_mb": …, "api_cpu_ms_per_req": …, "raw_cpu_ms_per_req": …,
-"api_to_raw_cpu": …, "binary_format": "arrow", "arrow_p50_ms": …, "arrow_p99_ms": …,
-"arrow_api_cpu_ms_per_req": …, "home_api_cpu_ms_per_req": …, "home_p99_ms": …}
-(the headline figures are for json)
+"ratio_to_raw": …, "rss_mb": …, "rss_mb_max_process": …, "api_cpu_ms_per_req": …,
+"raw_cpu_ms_per_req": …, "api_to_raw_cpu": …, "binary_format": "arrow", "arrow_p50_ms": …,
+"arrow_p99_ms": …, "arrow_api_cpu_ms_per_req": …, "home_api_cpu_ms_per_req": …, "home_p99_ms": …,
+"sat_rps": …, "sat_api_cpu_ms_per_req": …, "home_sat_rps": …, "home_sat_api_cpu_ms_per_req": …,
+"ref_unit_us": …, "ref_unit_after_idle_us": …, "ref_idle_penalty": …} (the headline figures
+are for json at 500/s)
 """
 from __future__ import annotations
 
@@ -31,7 +38,8 @@ import time
 
 import orjson
 
-from bench.common import bench_settings, emit, group_cpu_s, group_rss_mb, log, open_loop, percentile
+from bench.common import (bench_settings, closed_loop, cpu_reference, emit, group_cpu_s, group_max_rss_mb,
+                          group_rss_mb, log, open_loop, percentile)
 from infra.stack import Stack
 from serving.featurize import ARROW_CONTENT_TYPE
 
@@ -134,6 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--home-rate", type=float, default=250.0, help="home-feed requests per second")
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--sat-seconds", type=float, default=5.0, help="each saturated (closed-loop) phase")
     ap.add_argument("--workers", type=int, default=None,
                     help="API worker processes (default: USERSIGNALS_API_WORKERS, i.e. the cores)")
     args = ap.parse_args(argv)
@@ -196,7 +205,12 @@ def main(argv=None) -> int:
         (lat_bin, err_bin, _), cpu_bin = measured(http_load(host, port, bin_req, args.rate, args.seconds))
         (lat_home, err_home, _), cpu_home = measured(
             http_load(host, port, home_req, args.home_rate, args.seconds))
+        # Saturated: 8 requests always in flight, so the API never idles between requests.
+        (sat_ok, sat_err), cpu_sat = measured(closed_loop(host, port, json_req, args.sat_seconds))
+        (home_sat_ok, home_sat_err), cpu_home_sat = measured(closed_loop(host, port, home_req, args.sat_seconds))
         rss = group_rss_mb(stack.component("api").proc.pid)  # every worker process
+        rss_one = group_max_rss_mb(stack.component("api").proc.pid)  # the largest (a worker)
+        ref = cpu_reference()  # the machine's own figures, with the stack idle
 
         ms = lambda xs, q: round(percentile(xs, q) * 1000, 3)  # noqa: E731
         p99, raw99 = ms(lat_json, 99), ms(lat_raw, 99)
@@ -208,17 +222,27 @@ def main(argv=None) -> int:
             f"API CPU {cpu_bin.ms_per('api', len(lat_bin))} ms/request")
         log(f"home feed ({home_served} events + embeddings, {args.home_rate:g}/s): p50 {ms(lat_home, 50)} ms, "
             f"p99 {ms(lat_home, 99)} ms, errors {err_home}; API CPU {cpu_home.ms_per('api', len(lat_home))} ms/request")
-        log(f"raw KV read: p50 {ms(lat_raw, 50)} ms, p99 {raw99} ms, KV CPU {raw_cpu} ms/read; API RSS {rss:.0f} MB")
+        log(f"raw KV read: p50 {ms(lat_raw, 50)} ms, p99 {raw99} ms, KV CPU {raw_cpu} ms/read; API RSS {rss:.0f} MB "
+            f"(largest process {rss_one:.0f} MB)")
+        sat_cpu, home_sat_cpu = cpu_sat.ms_per("api", sat_ok), cpu_home_sat.ms_per("api", home_sat_ok)
+        log(f"saturated (8 in flight, {args.sat_seconds:g}s): json {sat_ok / args.sat_seconds:.0f}/s, API CPU "
+            f"{sat_cpu} ms/request; home feed {home_sat_ok / args.sat_seconds:.0f}/s, API CPU {home_sat_cpu} ms/request")
+        log(f"machine: a fixed pure-Python unit takes {ref['unit_us']} us of CPU back to back, "
+            f"{ref['after_idle_us']} us after 4 ms idle ({ref['idle_penalty']}x)")
         emit({"bench": "serving", "rps": round(len(lat_json) / took), "p50_ms": ms(lat_json, 50), "p99_ms": p99,
               "raw_p50_ms": ms(lat_raw, 50), "raw_p99_ms": raw99, "ratio_to_raw": round(p99 / raw99, 2),
-              "rss_mb": round(rss, 1), "api_workers": settings.api_workers,
+              "rss_mb": round(rss, 1), "rss_mb_max_process": rss_one, "api_workers": settings.api_workers,
               "api_cpu_ms_per_req": api_cpu, "kv_cpu_ms_per_req": cpu_json.ms_per("kv", len(lat_json)),
               "raw_cpu_ms_per_req": raw_cpu, "api_to_raw_cpu": round(api_cpu / raw_cpu, 2) if raw_cpu else None,
               "binary_format": "arrow", "arrow_p50_ms": ms(lat_bin, 50), "arrow_p99_ms": ms(lat_bin, 99),
               "arrow_api_cpu_ms_per_req": cpu_bin.ms_per("api", len(lat_bin)),
               "home_api_cpu_ms_per_req": cpu_home.ms_per("api", len(lat_home)), "home_rps": args.home_rate,
               "home_p50_ms": ms(lat_home, 50), "home_p99_ms": ms(lat_home, 99), "home_events_per_response": home_served,
-              "errors": err_json + err_bin + err_home, "events_per_response": served})
+              "sat_rps": round(sat_ok / args.sat_seconds), "sat_api_cpu_ms_per_req": sat_cpu,
+              "home_sat_rps": round(home_sat_ok / args.sat_seconds), "home_sat_api_cpu_ms_per_req": home_sat_cpu,
+              "ref_unit_us": ref["unit_us"], "ref_unit_after_idle_us": ref["after_idle_us"],
+              "ref_idle_penalty": ref["idle_penalty"],
+              "errors": err_json + err_bin + err_home + sat_err + home_sat_err, "events_per_response": served})
         return 0
     finally:
         stack.stop()

@@ -94,3 +94,54 @@ def test_group_cpu_counts_the_cpu_time_of_every_live_process_of_a_group():
     finally:
         subprocess.run(["pkill", "-KILL", "-g", str(proc.pid)])
         proc.wait()
+
+
+def _closed(status: bytes, delay_s: float, seconds: float, conns: int):
+    """closed_loop against a server answering ``status`` after ``delay_s``; also the most
+    requests the server ever had in hand at once."""
+    import asyncio
+
+    from bench.common import closed_loop
+
+    busy = [0, 0]  # now, most
+
+    async def handle(reader, writer):
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                busy[0] += 1
+                busy[1] = max(busy)
+                await asyncio.sleep(delay_s)
+                busy[0] -= 1
+                writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def go():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        counts = await closed_loop("127.0.0.1", server.sockets[0].getsockname()[1],
+                                   b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", seconds, conns)
+        server.close()
+        return counts, busy[1]
+
+    return asyncio.run(go())
+
+
+def test_closed_loop_keeps_one_request_in_flight_on_each_connection():
+    (ok, failed), most = _closed(b"200 OK", 0.02, seconds=0.3, conns=3)
+    assert most == 3 and failed == 0
+    # each connection waits for its answer (20 ms) before the next: at most 0.3 / 0.02 + 1 each
+    assert 3 <= ok <= 3 * 16
+
+
+def test_closed_loop_counts_answers_other_than_200_as_failed():
+    (ok, failed), _ = _closed(b"503 Service Unavailable", 0.0, seconds=0.1, conns=2)
+    assert ok == 0 and failed >= 2
+
+
+def test_cpu_reference_reports_both_figures_and_their_ratio():
+    from bench.common import cpu_reference
+
+    ref = cpu_reference(gap_s=0.001, n=5)
+    assert ref["unit_us"] > 0 and ref["after_idle_us"] > 0
+    assert ref["idle_penalty"] == round(ref["after_idle_us"] / ref["unit_us"], 2)
