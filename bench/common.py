@@ -21,6 +21,7 @@ __all__ = ["bench_settings", "closed_loop", "cpu_reference", "cpu_s", "emit", "g
            "group_max_rss_mb", "group_rss_mb", "log", "metric_total", "open_loop", "percentile", "rss_mb", "run_on_a_lake"]
 
 _LENGTH = re.compile(rb"content-length: *(\d+)", re.I)
+_BROKEN = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)  # a connection to reopen
 
 
 def bench_settings(name: str, **over) -> Settings:
@@ -237,9 +238,6 @@ async def closed_loop(host: str, port: int, request: bytes, seconds: float, conn
     return counts[0], counts[1]
 
 
-_BROKEN = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
-
-
 async def _exchange(reader, writer, request: bytes) -> bool:
     """Sends one request and reads its whole answer; whether its status was 200."""
     writer.write(request)
@@ -261,10 +259,11 @@ def _unit() -> int:
 
 def cpu_reference(gap_s: float = 0.004, n: int = 400) -> dict:
     """The machine, measured in the run: CPU µs of one fixed pure-Python unit (``_unit``) done
-    back to back, and done right after ``gap_s`` of idle (a sleep), median of ``n`` each. On a
-    virtual machine the second is often 1.3-1.6× the first (caches and predictors cold after the
-    vCPU idled): a server at a moderate request rate pays that on each request, one kept busy
-    does not. Compare CPU-per-request figures across runs and machines with these beside them."""
+    back to back, and done right after ``gap_s`` of idle (a sleep), median of ``n`` each. After
+    idle, caches and predictors are cold: a server at a moderate request rate pays that on each
+    request, one kept busy does not. On the 2-vCPU machines this was written on, the second was
+    0.9-2.0× the first from run to run, and the first itself 160-300 µs: the host's load moves
+    both. Compare CPU-per-request figures across runs and machines with these beside them."""
     def timed(gap: float) -> float:
         out = []
         for _ in range(n):
