@@ -449,10 +449,10 @@ BENCHES = {
         "tenant (one user, 3 datasets × 100 events) as `json` and as `arrow`, and the registry's home-feed "
         "tenant at 250/s; API CPU per request over all its processes, beside the same Lua read straight "
         "from the KV server. Then json and the home feed saturated (8 requests always in flight: the API "
-        "never idles), and the machine's reference: the CPU time of a fixed unit of Python work right after "
-        "4 ms of idle over the same back to back (*idle ×*). On a virtual machine a process woken for each "
-        "request pays that penalty on every request, so CPU per request at a moderate rate is higher than "
-        "saturated, and swings with the host.",
+        "never idles), and the machine's reference: how many times the CPU of a fixed unit of Python work "
+        "done right after 4 ms of idle is that of the same unit done back to back (*idle ×*). A worker "
+        "woken for each request pays that on every request, so CPU per request at a moderate rate is "
+        "higher than saturated, and it swings with the host.",
         "p99 at most 5 ms at 500 requests/s for both formats; API CPU per request at most 0.35 ms (`json`) "
         "and 0.7 ms (home feed); RSS at most 200 MB a serving process.",
         [("API workers", "api_workers"), ("json p99 ms", "p99_ms"), ("json API CPU ms", "api_cpu_ms_per_req"),
