@@ -130,15 +130,20 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def _group_sum(pgid: int, of_pid) -> float:
-    """``of_pid(pid)`` summed over a process group; processes that exit meanwhile count 0."""
-    total = 0.0
+def _group_each(pgid: int, of_pid) -> list[float]:
+    """``of_pid(pid)`` of each process of a group; processes that exit meanwhile are left out."""
+    values = []
     for pid in group_pids(pgid):
         try:
-            total += of_pid(pid)
+            values.append(of_pid(pid))
         except OSError:
             continue
-    return total
+    return values
+
+
+def _group_sum(pgid: int, of_pid) -> float:
+    """``of_pid(pid)`` summed over a process group; processes that exit meanwhile count 0."""
+    return sum(_group_each(pgid, of_pid), 0.0)
 
 
 def cpu_s(pid: int) -> float:
@@ -154,13 +159,7 @@ def group_rss_mb(pgid: int) -> float:
 
 def group_max_rss_mb(pgid: int) -> float:
     """Resident memory of the largest process of a process group, MB (e.g. one API worker)."""
-    sizes = []
-    for pid in group_pids(pgid):
-        try:
-            sizes.append(rss_mb(pid))
-        except OSError:
-            continue
-    return round(max(sizes, default=float("nan")), 1)
+    return round(max(_group_each(pgid, rss_mb), default=float("nan")), 1)
 
 
 def group_cpu_s(pgid: int) -> float:

@@ -208,8 +208,8 @@ def main(argv=None) -> int:
         # Saturated: 8 requests always in flight, so the API never idles between requests.
         (sat_ok, sat_err), cpu_sat = measured(closed_loop(host, port, json_req, args.sat_seconds))
         (home_sat_ok, home_sat_err), cpu_home_sat = measured(closed_loop(host, port, home_req, args.sat_seconds))
-        rss = group_rss_mb(stack.component("api").proc.pid)  # every worker process
-        rss_one = group_max_rss_mb(stack.component("api").proc.pid)  # the largest (a worker)
+        api_pid = stack.component("api").proc.pid
+        rss, rss_one = group_rss_mb(api_pid), group_max_rss_mb(api_pid)  # every process; the largest (a worker)
         ref = cpu_reference()  # the machine's own figures, with the stack idle
 
         ms = lambda xs, q: round(percentile(xs, q) * 1000, 3)  # noqa: E731
