@@ -17,22 +17,29 @@ CPU per raw fetch (``raw_cpu_ms_per_req``) is the same-run reference.
 
 Two saturated phases follow (``closed_loop``: 8 requests always in flight, ``--sat-seconds``
 each), json and home feed: the CPU per request of an API that never idles between requests.
-Last, with the stack idle, the machine's own reference (``cpu_reference``): the CPU time of a
-fixed unit of Python work, back to back and right after 4 ms of idle.
+Then the floor (``bench.floor_api``): the same HTTP server, with the API's workers, answering
+the json load at the same rate (then saturated) with a body of the same size and no other
+work; its CPU per request is what HTTP alone costs on this machine, so the API's own share is
+the difference. Last, with the stack idle, the machine's own reference (``cpu_reference``):
+the CPU time of a fixed unit of Python work, back to back and right after 4 ms of idle.
 
 Last line: {"bench": "serving", "rps": …, "p50_ms": …, "p99_ms": …, "raw_p99_ms": …,
 "ratio_to_raw": …, "rss_mb": …, "rss_mb_max_process": …, "api_cpu_ms_per_req": …,
 "raw_cpu_ms_per_req": …, "api_to_raw_cpu": …, "binary_format": "arrow", "arrow_p50_ms": …,
 "arrow_p99_ms": …, "arrow_api_cpu_ms_per_req": …, "home_api_cpu_ms_per_req": …, "home_p99_ms": …,
 "sat_rps": …, "sat_api_cpu_ms_per_req": …, "home_sat_rps": …, "home_sat_api_cpu_ms_per_req": …,
-"ref_unit_us": …, "ref_unit_after_idle_us": …, "ref_idle_penalty": …} (the headline figures
-are for json at 500/s)
+"ref_unit_us": …, "ref_unit_after_idle_us": …, "ref_idle_penalty": …,
+"floor_api_cpu_ms_per_req": …, "floor_p99_ms": …, "floor_sat_api_cpu_ms_per_req": …,
+"floor_sat_rps": …} (the headline figures are for json at 500/s)
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 
@@ -41,7 +48,9 @@ import orjson
 from bench.common import (bench_settings, closed_loop, cpu_reference, emit, group_cpu_s, group_max_rss_mb,
                           group_rss_mb, log, open_loop, percentile)
 from infra.stack import Stack
+from infra.stack.probes import free_port, port_open
 from serving.featurize import ARROW_CONTENT_TYPE
+from usersignals.settings import REPO_ROOT
 
 USER, HOME_USER = "bench-user", "home-user"
 DATASETS = {"clicks": "click", "closeups": "closeup", "views": "view"}
@@ -120,6 +129,38 @@ async def raw_load(settings, registry, rate: float, seconds: float, conns: int =
     return latencies
 
 
+def floor_run(workers: int, body_bytes: int, request: bytes, args) -> dict:
+    """The floor (``bench.floor_api``): the same HTTP server with the API's workers and a
+    response of the json answer's size, doing no work; the same json load at the same rate,
+    then saturated. Its CPU per request is what HTTP alone costs on this machine."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.floor_api", "--port", str(port), "--workers",
+                             str(workers), "--bytes", str(body_bytes)], cwd=REPO_ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the floor server did not start (exit code {proc.poll()})")
+            time.sleep(0.1)
+        asyncio.run(http_load("127.0.0.1", port, request, args.rate / 2, 2))  # warm-up, as the API's
+        before = group_cpu_s(proc.pid)
+        lat, errors, _ = asyncio.run(http_load("127.0.0.1", port, request, args.rate, args.seconds))
+        middle = group_cpu_s(proc.pid)
+        sat_ok, sat_err = asyncio.run(closed_loop("127.0.0.1", port, request, args.sat_seconds))
+        after = group_cpu_s(proc.pid)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return {"cpu_ms": round((middle - before) * 1000 / max(1, len(lat)), 4),
+            "p99_ms": round(percentile(lat, 99) * 1000, 3),
+            "sat_cpu_ms": round((after - middle) * 1000 / max(1, sat_ok), 4),
+            "sat_rps": round(sat_ok / args.sat_seconds), "errors": errors + sat_err}
+
+
 class CpuMeter:
     """CPU seconds used by the API's process group and the KV server over one phase."""
 
@@ -176,8 +217,9 @@ def main(argv=None) -> int:
                     f"Content-Type: application/json\r\nAccept: {accept}\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
-        check = httpx.post(f"{base}/v1/features", json={"tenant": "bench", "user_ids": [USER]},
-                           headers={"X-API-Key": "bench-key"}).json()
+        answer = httpx.post(f"{base}/v1/features", json={"tenant": "bench", "user_ids": [USER]},
+                            headers={"X-API-Key": "bench-key"})
+        check = answer.json()
         served = sum(len(v) for v in check["users"][0]["sequences"].values())
         assert served == 300, f"expected 300 events, got {served}"
         home_check = httpx.post(f"{base}/v1/features", json={"tenant": "homefeed_ranking", "user_ids": [HOME_USER],
@@ -208,6 +250,7 @@ def main(argv=None) -> int:
         # Saturated: 8 requests always in flight, so the API never idles between requests.
         (sat_ok, sat_err), cpu_sat = measured(closed_loop(host, port, json_req, args.sat_seconds))
         (home_sat_ok, home_sat_err), cpu_home_sat = measured(closed_loop(host, port, home_req, args.sat_seconds))
+        floor = floor_run(settings.api_workers, len(answer.content), json_req, args)
         api_pid = stack.component("api").proc.pid
         rss, rss_one = group_rss_mb(api_pid), group_max_rss_mb(api_pid)  # every process; the largest (a worker)
         ref = cpu_reference()  # the machine's own figures, with the stack idle
@@ -227,6 +270,9 @@ def main(argv=None) -> int:
         sat_cpu, home_sat_cpu = cpu_sat.ms_per("api", sat_ok), cpu_home_sat.ms_per("api", home_sat_ok)
         log(f"saturated (8 in flight, {args.sat_seconds:g}s): json {sat_ok / args.sat_seconds:.0f}/s, API CPU "
             f"{sat_cpu} ms/request; home feed {home_sat_ok / args.sat_seconds:.0f}/s, API CPU {home_sat_cpu} ms/request")
+        log(f"floor (the same HTTP server doing no work, {len(answer.content)} bytes an answer): "
+            f"{floor['cpu_ms']} ms of CPU a request at {args.rate:g}/s, p99 {floor['p99_ms']} ms; saturated "
+            f"{floor['sat_rps']}/s, {floor['sat_cpu_ms']} ms a request")
         log(f"machine: a fixed pure-Python unit takes {ref['unit_us']} us of CPU back to back, "
             f"{ref['after_idle_us']} us after 4 ms idle ({ref['idle_penalty']}x)")
         emit({"bench": "serving", "rps": round(len(lat_json) / took), "p50_ms": ms(lat_json, 50), "p99_ms": p99,
@@ -242,7 +288,10 @@ def main(argv=None) -> int:
               "home_sat_rps": round(home_sat_ok / args.sat_seconds), "home_sat_api_cpu_ms_per_req": home_sat_cpu,
               "ref_unit_us": ref["unit_us"], "ref_unit_after_idle_us": ref["after_idle_us"],
               "ref_idle_penalty": ref["idle_penalty"],
-              "errors": err_json + err_bin + err_home + sat_err + home_sat_err, "events_per_response": served})
+              "floor_api_cpu_ms_per_req": floor["cpu_ms"], "floor_p99_ms": floor["p99_ms"],
+              "floor_sat_api_cpu_ms_per_req": floor["sat_cpu_ms"], "floor_sat_rps": floor["sat_rps"],
+              "errors": err_json + err_bin + err_home + sat_err + home_sat_err + floor["errors"],
+              "events_per_response": served})
         return 0
     finally:
         stack.stop()

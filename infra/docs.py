@@ -449,10 +449,13 @@ BENCHES = {
         "tenant (one user, 3 datasets × 100 events) as `json` and as `arrow`, and the registry's home-feed "
         "tenant at 250/s; API CPU per request over all its processes, beside the same Lua read straight "
         "from the KV server. Then json and the home feed saturated (8 requests always in flight: the API "
-        "never idles), and the machine's reference: how many times the CPU of a fixed unit of Python work "
-        "done right after 4 ms of idle is that of the same unit done back to back (*idle ×*). A worker "
-        "woken for each request pays that on every request, so CPU per request at a moderate rate is "
-        "higher than saturated, and it swings with the host.",
+        "never idles). Then the floor: the same HTTP server with the API's workers answering the json load, "
+        "at the rate and saturated, with a body of the same size and no other work (`bench/floor_api.py`): "
+        "what HTTP alone costs a request on this machine; the API's own work is the rest. Last, the "
+        "machine's reference: how many times the CPU of a fixed unit of Python work done right after 4 ms "
+        "of idle is that of the same unit done back to back (*idle ×*). A worker woken for each request "
+        "pays a wake-up on every request, so CPU per request at a moderate rate is higher than "
+        "saturated (the floor's too), and it swings with the host.",
         "p99 at most 5 ms at 500 requests/s for both formats; API CPU per request at most 0.35 ms (`json`) "
         "and 0.7 ms (home feed); RSS at most 200 MB a serving process.",
         [("API workers", "api_workers"), ("json p99 ms", "p99_ms"), ("json API CPU ms", "api_cpu_ms_per_req"),
@@ -461,6 +464,7 @@ BENCHES = {
          ("home p99 ms", "home_p99_ms"), ("home API CPU ms", "home_api_cpu_ms_per_req"),
          ("json saturated /s", "sat_rps"), ("json saturated CPU ms", "sat_api_cpu_ms_per_req"),
          ("home saturated /s", "home_sat_rps"), ("home saturated CPU ms", "home_sat_api_cpu_ms_per_req"),
+         ("floor CPU ms", "floor_api_cpu_ms_per_req"), ("floor saturated CPU ms", "floor_sat_api_cpu_ms_per_req"),
          ("idle ×", "ref_idle_penalty"), ("RSS MB", "rss_mb"), ("RSS MB a process", "rss_mb_max_process"),
          ("errors", "errors")]),
     "analytics": (
