@@ -128,6 +128,7 @@ def test_every_setting_has_a_one_line_help_and_its_own_variable():
 NOT_SETTINGS = {
     "USERSIGNALS_BENCH_RECORD": "bench/common.py: whether a benchmark run is appended to bench/results",
     "USERSIGNALS_KEEP_DATA": "bench/faults.py: keep the fault run's data directory for a post-mortem",
+    "USERSIGNALS_FLOOR_BYTES": "bench/floor_api.py: the body size, from its command line to uvicorn's workers",
 }
 
 
