@@ -2,14 +2,36 @@
 what does its Prometheus endpoint count. The supervisor's health checks, tests and benchmarks use them."""
 from __future__ import annotations
 
+import random
 import socket
 import urllib.request
 
 
+# Where free_port looks: below the kernel's ephemeral ports (ip_local_port_range, from 32768 by
+# default), which it hands out to outgoing connections and to listeners on port 0, and below the
+# 20000-39999 that tests/integration/test_kv_store.py's Redis Cluster nodes take.
+PRIVATE_PORTS = range(10000, 20000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 now, for a server of one's own to listen on (a private
+    stack, a benchmark), never one this process handed out before. Ports the kernel picks
+    (bind to port 0) could come back twice among a stack's dozen, and a connection made
+    meanwhile could take one before its server started: the stack then found its own port
+    "already in use". From ``PRIVATE_PORTS`` neither happens."""
+    for _ in range(1000):
+        port = random.choice(PRIVATE_PORTS)
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {PRIVATE_PORTS.start}-{PRIVATE_PORTS.stop - 1} on 127.0.0.1")
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:

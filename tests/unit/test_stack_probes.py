@@ -1,4 +1,4 @@
-"""infra.stack.probes: summing a metric from Prometheus text, and from a live endpoint."""
+"""infra.stack.probes: summing a metric from Prometheus text, and from a live endpoint; free ports."""
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from infra.stack.probes import free_port, metric_sum, metric_total
@@ -67,3 +67,33 @@ def test_metric_total_reads_a_live_endpoint_and_none_when_nothing_listens():
         server.server_close()
         thread.join(5)
     assert metric_total(port, "usersignals_indexer_events_in_total") is None
+
+
+def test_free_port_never_hands_out_a_port_twice_and_stays_below_the_kernels_ports():
+    """A stack takes a dozen ports in a row: with ports the kernel picked, two of them once came
+    out equal (the broker's controller and PostgreSQL), and the stack refused to start."""
+    from infra.stack.probes import PRIVATE_PORTS
+
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)
+    assert all(p in PRIVATE_PORTS for p in ports)
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    assert PRIVATE_PORTS.stop <= low  # no outgoing connection or port-0 listener can take one
+
+
+def test_free_port_passes_over_a_port_in_use(monkeypatch):
+    import socket
+
+    import infra.stack.probes as probes
+
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        free = gone.getsockname()[1]  # free again once closed
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        held = holder.getsockname()[1]
+        picks = iter([held, held, free])
+        monkeypatch.setattr(probes, "PRIVATE_PORTS", range(held, held + 1))
+        monkeypatch.setattr(probes.random, "choice", lambda _range: next(picks))
+        monkeypatch.setattr(probes, "_handed_out", set())
+        assert probes.free_port() == free
