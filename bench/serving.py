@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 
@@ -49,8 +46,8 @@ from bench.common import (bench_settings, closed_loop, cpu_reference, emit, grou
                           group_rss_mb, log, open_loop, percentile)
 from infra.stack import Stack
 from infra.stack.probes import free_port, port_open
+from infra.stack.supervisor import Component, Supervisor
 from serving.featurize import ARROW_CONTENT_TYPE
-from usersignals.settings import REPO_ROOT
 
 USER, HOME_USER = "bench-user", "home-user"
 DATASETS = {"clicks": "click", "closeups": "closeup", "views": "view"}
@@ -129,32 +126,43 @@ async def raw_load(settings, registry, rate: float, seconds: float, conns: int =
     return latencies
 
 
-def floor_run(workers: int, body_bytes: int, request: bytes, args) -> dict:
-    """The floor (``bench.floor_api``): the same HTTP server with the API's workers and a
-    response of the json answer's size, doing no work; the same json load at the same rate,
-    then saturated. Its CPU per request is what HTTP alone costs on this machine."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.floor_api", "--port", str(port), "--workers",
-                             str(workers), "--bytes", str(body_bytes)], cwd=REPO_ROOT, start_new_session=True)
+class FloorServer(Supervisor):
+    """``bench.floor_api`` with the bench's API workers, on a free port: started, waited for and
+    stopped (its workers with it) by the same supervisor as the stack's components; its output
+    goes to the bench's log directory (floor.log)."""
+
+    def __init__(self, settings, body_bytes: int):
+        super().__init__(settings)
+        self.port = free_port()
+        self.body_bytes = body_bytes
+
+    def define(self) -> list[Component]:
+        s = self.settings
+        argv = [sys.executable, "-m", "bench.floor_api", "--host", s.host, "--port", str(self.port),
+                "--workers", str(s.api_workers), "--bytes", str(self.body_bytes)]
+        return [Component("floor", argv, ready=lambda: port_open(s.host, self.port), ports=(self.port,),
+                          restart=False)]
+
+    def banner(self) -> str:
+        return f"floor server on {self.settings.host}:{self.port}"
+
+
+def floor_run(settings, body_bytes: int, request: bytes, args) -> dict:
+    """The floor (``FloorServer``): the same HTTP server with the API's workers and a response
+    of the json answer's size, doing no work; the same json load at the same rate, then
+    saturated. Its CPU per request is what HTTP alone costs on this machine."""
+    server = FloorServer(settings, body_bytes)
+    server.start()
     try:
-        deadline = time.monotonic() + 30
-        while not port_open("127.0.0.1", port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the floor server did not start (exit code {proc.poll()})")
-            time.sleep(0.1)
-        asyncio.run(http_load("127.0.0.1", port, request, args.rate / 2, 2))  # warm-up, as the API's
-        before = group_cpu_s(proc.pid)
-        lat, errors, _ = asyncio.run(http_load("127.0.0.1", port, request, args.rate, args.seconds))
-        middle = group_cpu_s(proc.pid)
-        sat_ok, sat_err = asyncio.run(closed_loop("127.0.0.1", port, request, args.sat_seconds))
-        after = group_cpu_s(proc.pid)
+        host, port, pid = settings.host, server.port, server.component("floor").proc.pid
+        asyncio.run(http_load(host, port, request, args.rate / 2, 2))  # warm-up, as the API's
+        before = group_cpu_s(pid)
+        lat, errors, _ = asyncio.run(http_load(host, port, request, args.rate, args.seconds))
+        middle = group_cpu_s(pid)
+        sat_ok, sat_err = asyncio.run(closed_loop(host, port, request, args.sat_seconds))
+        after = group_cpu_s(pid)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
     return {"cpu_ms": round((middle - before) * 1000 / max(1, len(lat)), 4),
             "p99_ms": round(percentile(lat, 99) * 1000, 3),
             "sat_cpu_ms": round((after - middle) * 1000 / max(1, sat_ok), 4),
@@ -250,7 +258,7 @@ def main(argv=None) -> int:
         # Saturated: 8 requests always in flight, so the API never idles between requests.
         (sat_ok, sat_err), cpu_sat = measured(closed_loop(host, port, json_req, args.sat_seconds))
         (home_sat_ok, home_sat_err), cpu_home_sat = measured(closed_loop(host, port, home_req, args.sat_seconds))
-        floor = floor_run(settings.api_workers, len(answer.content), json_req, args)
+        floor = floor_run(settings, len(answer.content), json_req, args)
         api_pid = stack.component("api").proc.pid
         rss, rss_one = group_rss_mb(api_pid), group_max_rss_mb(api_pid)  # every process; the largest (a worker)
         ref = cpu_reference()  # the machine's own figures, with the stack idle
