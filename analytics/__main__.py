@@ -71,7 +71,7 @@ def _cell(v) -> str:
     return _json_default(v) if not isinstance(v, str) else v
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="analytics", description="Trino SQL over the usersignals lake")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the saved queries")
@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     sq = sub.add_parser("sql", help="run ad hoc Trino SQL")
     sq.add_argument("sql")
     sq.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     library = load_library()
     if args.cmd == "list":

@@ -8,8 +8,9 @@ Both take Trino-dialect SQL that names tables without catalog or schema.
   ``settings.host:settings.trino_port``, which ``engine_for`` detects with a quick ``/v1/info``.
 * ``EmbeddedEngine``: sqlglot transpiles the SQL to DuckDB's dialect; DuckDB 1.5.5 reads the
   lake's current snapshots through its Iceberg extension (``iceberg_scan`` of each table's
-  metadata file, which applies merge-on-read delete files), one view per table. The
-  extensions come from PyPI wheels and are loaded by file path: nothing is downloaded.
+  metadata file, which applies merge-on-read delete files), one view per table of the catalog's
+  namespace (what Trino's schema shows: the audit table ``deletions``, model outputs, reports).
+  The extensions come from PyPI wheels and are loaded by file path: nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -20,9 +21,6 @@ from typing import Any
 
 from usersignals import lake
 from usersignals.settings import Settings
-
-TABLES = (lake.RAW_EVENTS, lake.ENRICHED_EVENTS, lake.ITEM_FEATURES, lake.DEAD_LETTERS, lake.SERVED_FEATURES,
-          lake.ITEM_EMBEDDINGS, lake.SELECTED_SEQUENCES)
 
 
 @dataclass
@@ -70,14 +68,25 @@ class EmbeddedEngine:
         self.name = f"embedded DuckDB {duckdb.__version__} over Iceberg (SQL transpiled from Trino by sqlglot)"
         self.refresh()
 
+    def tables(self) -> list[str]:
+        """The tables of the lake's namespace, as the catalog lists them now (none before the
+        first migration): every one, not a fixed list, so a table added to ``iceberg_schemas``
+        is queryable here as it is on Trino."""
+        from pyiceberg.exceptions import NoSuchNamespaceError
+
+        try:
+            return sorted(ident[-1] for ident in self.catalog.list_tables(self.settings.lake_namespace))
+        except NoSuchNamespaceError:
+            return []
+
     def refresh(self) -> None:
-        """Point each table's view at its current snapshot (call again to see newer commits)."""
+        """Point a view per table at its current snapshot (call again to see newer commits and tables)."""
         from pyiceberg.exceptions import NoSuchTableError
 
-        for t in TABLES:
+        for t in self.tables():
             try:
                 table = self.catalog.load_table(lake.table_id(self.settings, t))
-            except NoSuchTableError:
+            except NoSuchTableError:  # dropped since it was listed
                 continue
             location = table.metadata_location.replace("file://", "", 1)
             if table.current_snapshot() is None:  # no data yet: an empty view with the table's columns
