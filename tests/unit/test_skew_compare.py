@@ -1,5 +1,7 @@
 """The skew job's comparison (batch.skew), without Spark: what 'equal' means per value, and how a
 logged request is counted against its lake rebuild, position by position, per feature."""
+import dataclasses
+
 import numpy as np
 import orjson
 import pytest
@@ -8,7 +10,7 @@ from batch.skew import (
     Tolerance, compare_request, compare_sequences, fetch_limits, mismatch_rate, values_equal,
 )
 from batch.training import item_hash
-from usersignals.registry import load_registry
+from usersignals.registry import Filters, load_registry
 
 SERVED_MS = 1_764_000_000_000
 
@@ -133,9 +135,20 @@ def test_an_unknown_format_is_refused_by_name():
         compare_request("parquet", {}, {}, {"clicks": 1}, {"clicks": 1}, 0, {})
 
 
-def test_fetch_limits_are_the_apis():
-    from serving.retrieve import Retriever
-
+def test_fetch_limits_read_twice_the_length_when_filters_can_drop_events_at_most_the_retention():
+    """The window the lake rebuild reads per dataset, worked out by hand from the default registry:
+    retention clicks 100, repins 20, closeups 100, searches 50."""
     registry = load_registry()
-    for tenant in registry.tenants.values():
-        assert fetch_limits(tenant, registry, tenant.sequences) == Retriever.fetch_limits(tenant, registry)
+    home, search = registry.tenants["homefeed_ranking"], registry.tenants["search_ranking"]
+    # homefeed_ranking filters (dedup, min dwell): clicks 2*50 = 100, repins 2*20 = 40 -> retention 20,
+    # closeups 2*100 = 200 -> retention 100.
+    assert fetch_limits(home, registry, ["clicks", "repins", "closeups"]) == {"clicks": 100, "repins": 20,
+                                                                              "closeups": 100}
+    # search_ranking filters by surface: searches 2*20 = 40 (under 50), clicks 2*20 = 40.
+    assert fetch_limits(search, registry, ["searches", "clicks"]) == {"searches": 40, "clicks": 40}
+    # Only the datasets asked for.
+    assert fetch_limits(search, registry, ["clicks"]) == {"clicks": 40}
+    # Filters that drop nothing (no dedup, no thresholds): the length itself.
+    unfiltered = dataclasses.replace(search, filters=Filters(dedup_items=False))
+    assert not unfiltered.filtering
+    assert fetch_limits(unfiltered, registry, ["searches", "clicks"]) == {"searches": 20, "clicks": 20}
