@@ -8,6 +8,7 @@ charts render.
 """
 import collections
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import pytest
 from analytics.engine import EmbeddedEngine, TrinoEngine
 from analytics.library import load_library
 from iceberg_schemas.migrate import migrate
+from iceberg_schemas.tables import DELETIONS, table_defs
 from infra import trino
 from infra.stack import free_port
 from usersignals import lake
@@ -77,6 +79,12 @@ def build_data():
 
 
 DATA = build_data()
+# One completed erasure in the audit table (batch.jobs.delete_user writes such rows): what an
+# auditor reads on either engine.
+AUDIT = {"request_id": "req-7", "user_id_sha256": hashlib.sha256(b"u7").hexdigest(), "requested_by": "dpo@example.com",
+         "reason": "art. 17 request 2026-118", "requested_at": NOW - dt.timedelta(hours=3),
+         "kv_deleted_at": NOW - dt.timedelta(hours=3) + dt.timedelta(seconds=1),
+         "completed_at": NOW - dt.timedelta(hours=2), "removed": '{"kv.clicks": 12, "lake.raw_events": 40}'}
 # Dead letters written with the others, then deleted by Spark as merge-on-read position deletes:
 # every engine must apply the delete files, or the DLQ query counts them.
 PURGED = [dict(d, reason="purged", source_offset=1000 + n) for n, d in enumerate(DATA["dead_letters"][:12])]
@@ -92,6 +100,7 @@ def lake_settings(tmp_path_factory, new_lake):
     for table, rows in DATA.items():
         extra = PURGED if table == lake.DEAD_LETTERS else []
         lake.append_rows(catalog, lake.table_id(settings, table), rows + extra)
+    lake.append_rows(catalog, lake.table_id(settings, DELETIONS), [AUDIT])
     from batch.session import spark_session
 
     spark = spark_session(settings, "test-analytics-deletes")
@@ -338,6 +347,28 @@ def test_both_engines_give_the_same_rows(name, embedded_engine, trino_engine):
                 assert (ra[i] is None) == (rb[i] is None), (name, col, ra, rb)
             else:
                 assert _same(ra[i], rb[i]), (name, col, ra, rb)
+
+
+def test_every_table_of_the_catalog_is_queryable_on_both_engines(lake_settings, embedded_engine, trino_engine):
+    """Every table iceberg_schemas defines, the erasure audit and the model outputs included, is
+    a table on Trino and a view on the embedded engine, with its columns and its rows."""
+    settings, _ = lake_settings
+    catalog = lake.load_catalog(settings)
+    defs = table_defs(load_registry())
+    listed = sorted(ident[-1] for ident in catalog.list_tables(settings.lake_namespace))
+    assert listed == sorted(defs) and {"deletions", "model_runs", "user_embeddings"} <= set(listed)
+    served = catalog.load_table(lake.table_id(settings, lake.SERVED_FEATURES)).scan().to_arrow().num_rows
+    rows = {t: len(DATA.get(t, [])) for t in listed} | {DELETIONS: 1, lake.SERVED_FEATURES: served}
+    embedded_engine.refresh()  # a commit another test made since the engine started
+    for eng in (embedded_engine, trino_engine):
+        assert eng.run("SELECT 1").rows == [(1,)]
+        for t in listed:
+            assert eng.run(f"SELECT * FROM {t} LIMIT 0").columns == [c.name for c in defs[t].columns], (eng.name, t)
+            assert eng.run(f"SELECT count(*) FROM {t}").rows == [(rows[t],)], (eng.name, t)
+        got = eng.run("SELECT request_id, user_id_sha256, requested_by, reason, requested_at, completed_at, removed "
+                      "FROM deletions").records()
+        assert got == [{k: AUDIT[k] for k in ("request_id", "user_id_sha256", "requested_by", "reason",
+                                              "requested_at", "completed_at", "removed")}], eng.name
 
 
 def test_trino_sees_a_commit_made_after_it_started(trino_server, trino_engine):
