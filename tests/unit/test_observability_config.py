@@ -168,3 +168,61 @@ def test_feature_skew_at_or_under_5_percent_stays_quiet(tmp_path):
         "alert_rule_test": [{"eval_time": "10m", "alertname": "UsersignalsFeatureSkewHigh", "exp_alerts": []}],
     }])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- silence that hides an outage (issue 34): a rate over no series is no sample, not 0 ------------
+def test_an_indexer_exporting_nothing_is_stalled(tmp_path):
+    """No usersignals_indexer_events_in_total at all (the job down, or its metrics unscraped): the
+    stalled alert fires, as for a job that reads nothing; one that reads stays quiet."""
+    out = promtool_test(tmp_path, [
+        {"interval": "1m", "input_series": [{"series": "up{job=\"api\"}", "values": "1x30"}],
+         "alert_rule_test": [{"eval_time": "15m", "alertname": "UsersignalsIndexerStalled",
+                              "exp_alerts": [{"exp_labels": {"severity": "page"},
+                                              "exp_annotations": {"summary": "The indexing job has read no events for 10 minutes."}}]}]},
+        {"interval": "1m", "input_series": [{"series": "usersignals_indexer_events_in_total", "values": "0+100x30"}],
+         "alert_rule_test": [{"eval_time": "15m", "alertname": "UsersignalsIndexerStalled", "exp_alerts": []}]},
+    ])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rate_equals_zero_alerts_also_watch_for_absence():
+    """Every `sum(rate(x[..])) == 0` alert has an absent(x) beside it."""
+    alerts = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    zero_rates = {name: re.findall(r"sum\(rate\((\w+)\[\w+\]\)\)\s*==\s*0", r["expr"]) for name, r in alerts.items()}
+    assert zero_rates["UsersignalsIndexerStalled"] == ["usersignals_indexer_events_in_total"]
+    for name, metrics in zero_rates.items():
+        for metric in metrics:
+            assert f"absent({metric})" in alerts[name]["expr"], (name, metric)
+
+
+def test_a_component_with_no_target_at_all_pages(tmp_path):
+    """In a cluster a component with no pod has no target, so up == 0 never fires for it."""
+    present = [{"series": f'up{{job="{job}",instance="x:1"}}', "values": "1x30"} for job in ("api", "indexer", "trimmer")]
+    out = promtool_test(tmp_path, [{
+        "interval": "1m", "input_series": present,
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "UsersignalsComponentMissing",
+                             "exp_alerts": [{"exp_labels": {"severity": "page", "job": "broker"},
+                                             "exp_annotations": {"summary": "Prometheus scrapes no broker at all "
+                                                                            "(no pod, or nothing selects it)."}}]}],
+    }])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_kv_node_near_its_maxmemory_pages(tmp_path):
+    """redis_exporter's redis_memory_used_bytes over redis_memory_max_bytes: 90 % pages, 50 % and a
+    node without maxmemory (0) stay quiet."""
+    gib = 2**30
+    series = [{"series": 'redis_memory_used_bytes{instance="redis-cluster-0"}', "values": f"{int(10.8 * gib)}x30"},
+              {"series": 'redis_memory_max_bytes{instance="redis-cluster-0"}', "values": f"{12 * gib}x30"},
+              {"series": 'redis_memory_used_bytes{instance="redis-cluster-1"}', "values": f"{6 * gib}x30"},
+              {"series": 'redis_memory_max_bytes{instance="redis-cluster-1"}', "values": f"{12 * gib}x30"},
+              {"series": 'redis_memory_used_bytes{instance="redis-cluster-2"}', "values": f"{6 * gib}x30"},
+              {"series": 'redis_memory_max_bytes{instance="redis-cluster-2"}', "values": "0x30"}]
+    out = promtool_test(tmp_path, [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "15m", "alertname": "UsersignalsKvMemoryHigh",
+                             "exp_alerts": [{"exp_labels": {"severity": "page", "instance": "redis-cluster-0"},
+                                             "exp_annotations": {"summary": "KV node redis-cluster-0 uses 90% of its "
+                                                                            "maxmemory: add nodes or memory before writes fail."}}]}],
+    }])
+    assert out.returncode == 0, out.stdout + out.stderr
