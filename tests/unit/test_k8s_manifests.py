@@ -71,12 +71,17 @@ def is_local(host: str) -> bool:
 def test_every_pod_finds_its_peers_by_their_service_names(name, doc):
     """config.yaml's settings (with the container's own variables) load, servers bind every
     interface, and no peer address is the pod itself."""
+    from tests.unit.test_k8s_render import secret_values
+
     for c in containers(doc):
-        s = load_settings({**config_map("usersignals-settings")["data"], **plain_env(c)})
+        secrets = [secret_values("usersignals")[s["secretRef"]["name"]] for s in c.get("envFrom", []) if "secretRef" in s]
+        s = load_settings({**config_map("usersignals-settings")["data"], **{k: v for d in secrets for k, v in d.items()},
+                           **plain_env(c)})
         assert s.bind_host == "0.0.0.0", (name, c["name"])
         peers = {"broker": [b.rsplit(":", 1)[0] for b in s.broker.split(",")],
-                 "kv": [urlparse(s.kv_url).hostname], "catalog": [urlparse(s.lake_catalog_uri).hostname],
-                 "trino": [s.trino_host]}
+                 "kv": [urlparse(s.kv_url).hostname], "trino": [s.trino_host]}
+        if any(s_.get("secretRef", {}).get("name") == "usersignals-lake-catalog" for s_ in c.get("envFrom", [])):
+            peers["catalog"] = [urlparse(s.lake_catalog_uri).hostname]
         for peer, hosts in peers.items():
             for host in hosts:
                 assert not is_local(host) and host.endswith(".svc"), (name, c["name"], peer, host)
@@ -101,20 +106,23 @@ def test_the_job_checkpoints_where_the_operator_restores_from():
     assert conf["execution.checkpointing.savepoint-dir"] == s.savepoint_dir
 
 
-def test_the_registry_configmap_is_the_default_registry_and_loads(tmp_path):
-    text = config_map("usersignals-registry")["data"]["registry.toml"]
-    default = (REPO_ROOT / "usersignals" / "default_registry.toml").read_text()
-    assert text == default, ("infra/k8s/config.yaml's usersignals-registry ConfigMap differs from "
-                             "usersignals/default_registry.toml: copy the file into it")
-    path = tmp_path / "registry.toml"
-    path.write_text(text)
-    registry = load_registry(path)
-    assert dataclasses.replace(registry, source="") == dataclasses.replace(load_registry(), source="")
-    assert registry.tenants and registry.datasets
+def test_the_production_registry_is_the_default_registry_without_its_keys():
+    """infra/k8s/registry.toml (the usersignals-registry ConfigMap) loads, and is the default registry
+    but for the tenants' keys, which it leaves empty (the admin sets them: docs/operations/kubernetes.md)."""
+    production, default = load_registry(K8S / "registry.toml"), load_registry()
+    assert production.tenants and set(production.tenants) == set(default.tenants)
+    assert all(t.api_key_sha256 == "" for t in production.tenants.values()), \
+        {n: t.api_key_sha256 for n, t in production.tenants.items() if t.api_key_sha256}
+    unkeyed = {n: dataclasses.replace(t, api_key_sha256="") for n, t in default.tenants.items()}
+    assert dataclasses.replace(production, source="", digest="") == \
+        dataclasses.replace(default, source="", digest="", tenants=unkeyed), \
+        "infra/k8s/registry.toml differs from usersignals/default_registry.toml beyond the tenants' keys"
 
 
 def test_every_pod_that_reads_the_registry_mounts_it():
     where = load_settings(config_map("usersignals-settings")["data"]).registry_path
+    generated = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["configMapGenerator"]
+    assert {"name": "usersignals-registry", "namespace": "usersignals", "files": ["../registry.toml"]} in generated
     for name, d in DOCS:
         for c in containers(d):
             if not reads_settings(c):

@@ -2,8 +2,10 @@
 example overlay: every pod's settings load, every peer is a Service of the rendered namespace, the
 images carry the overlay's tag. What `make k8s-render OVERLAY=example` prints is what is checked."""
 import dataclasses
+import re
+import shlex
 import subprocess
-from urllib.parse import urlparse, urlsplit, urlunsplit
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -13,8 +15,37 @@ from usersignals.settings import REPO_ROOT, Settings, _var, load_settings
 K8S = REPO_ROOT / "infra" / "k8s"
 KUSTOMIZE = REPO_ROOT / "build" / "bin" / "kustomize"
 SETTING_VARS = {_var(f.name) for f in dataclasses.fields(Settings)}
-# Created out of band (kubectl create secret, see infra/k8s/README.md): name -> the variables it holds.
-SECRETS = {"usersignals-admin": {"key"}, "usersignals-lake-catalog": {"USERSIGNALS_LAKE_CATALOG_URI"}}
+KUBERNETES_DOC = REPO_ROOT / "docs" / "operations" / "kubernetes.md"
+
+
+def provided(doc: str | None = None) -> dict[tuple[str, str], set[str]]:
+    """Step 1's table of docs/operations/kubernetes.md: (kind, name) -> the keys the admin provides."""
+    text = KUBERNETES_DOC.read_text() if doc is None else doc
+    section = text.split("## 1. What the admin provides", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in ("Secret", "ConfigMap", "ServiceAccount", "PersistentVolumeClaim"):
+            rows[(cells[0], cells[1].strip("`"))] = set(re.findall(r"`([^`]+)`", cells[2]))
+    return rows
+
+
+def secret_values(namespace: str) -> dict[str, dict[str, str]]:
+    """What step 3's `kubectl create secret` commands put in each Secret, for this namespace, with
+    example values in place of the admin's (<user>, <password>, ...)."""
+    text = KUBERNETES_DOC.read_text().split("## 3. Secrets", 1)[1].split("\n## ", 1)[0]
+    secrets: dict[str, dict[str, str]] = {}
+    for command in text.replace("\\\n", " ").splitlines():
+        if "create secret generic" not in command:
+            continue
+        words = shlex.split(command.replace("<namespace>", namespace), comments=True)
+        name = words[words.index("generic") + 1]
+        for word in words:
+            if word.startswith("--from-literal="):
+                key, _, value = word.removeprefix("--from-literal=").partition("=")
+                secrets.setdefault(name, {})[key] = re.sub(r"<user>|<read-only user>", "lake",
+                                                           value.replace("<password>", "secret"))
+    return secrets
 # Where Airflow's pods mount usersignals-spark-defaults (airflow-values.yaml: SPARK_CONF_DIR).
 SPARK_CONF_DIR = "/opt/spark-conf"
 
@@ -62,21 +93,18 @@ def spark_defaults(docs) -> dict[str, str]:
     return dict(line.split(None, 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
-def with_credentials(uri: str) -> str:
-    """What the usersignals-lake-catalog Secret holds: the ConfigMap's catalog URI with a user and password."""
-    parts = urlsplit(uri)
-    return urlunsplit(parts._replace(netloc=f"lake:secret@{parts.netloc}"))
-
-
-def container_settings(docs, where, container) -> Settings:
+def container_settings(docs, where, container, namespace: str) -> Settings:
+    """The container's settings as the cluster gives them: its ConfigMaps, and its Secrets as the
+    documented commands create them."""
+    secrets = secret_values(namespace)
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             env.update(find(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
         else:
             name = source["secretRef"]["name"]
-            assert name in SECRETS, (where, f"envFrom names the Secret {name}; known: {sorted(SECRETS)}")
-            env.update({var: with_credentials(env[var]) for var in SECRETS[name]})
+            assert name in secrets, (where, f"envFrom names the Secret {name}; the doc creates {sorted(secrets)}")
+            env.update(secrets[name])
     refs = [{"name": var, "valueFrom": {"secretKeyRef": dict(zip(("name", "key"), ref.split(":")))}}
             for key, ref in spark_defaults(docs).items() if key.startswith("spark.kubernetes.driver.secretKeyRef.")
             for var in [key.rsplit(".", 1)[1]]] if where == "spark-pod-template.yaml" else []
@@ -85,9 +113,8 @@ def container_settings(docs, where, container) -> Settings:
             env[e["name"]] = e["value"]
         elif "secretKeyRef" in e.get("valueFrom", {}):
             ref = e["valueFrom"]["secretKeyRef"]
-            assert ref["key"] in SECRETS.get(ref["name"], ()), (where, e)
-            env[e["name"]] = with_credentials(env[e["name"]]) if ref["name"] == "usersignals-lake-catalog" \
-                else "from-the-secret"
+            assert ref["key"] in secrets.get(ref["name"], {}), (where, e, "not a key the doc's commands create")
+            env[e["name"]] = secrets[ref["name"]][ref["key"]]
     assert set(k for k in env if k.startswith("USERSIGNALS_")) <= SETTING_VARS, (where, set(env) - SETTING_VARS)
     return load_settings(env)
 
@@ -126,16 +153,18 @@ def test_every_pods_settings_load_and_its_peers_are_services_of_the_namespace(re
     assert {w for w, _ in pods} >= {"serving", "trimmer", "lake-migrate", "usersignals-indexer",
                                     "spark-pod-template.yaml"}, target
     for where, c in pods:
-        s = container_settings(docs, where, c)
+        s = container_settings(docs, where, c, namespace)
         assert s.bind_host == "0.0.0.0" and s.kv_cluster, (target, where)
         hosts = {"broker": [b.rsplit(":", 1)[0] for b in s.broker.split(",")], "kv": [urlparse(s.kv_url).hostname],
-                 "catalog": [urlparse(s.lake_catalog_uri).hostname], "trino": [s.trino_host]}
+                 "trino": [s.trino_host]}
+        if reads_the_catalog(docs, where, c):
+            hosts["catalog"] = [urlparse(s.lake_catalog_uri).hostname]
         for peer, names in hosts.items():
             for host in names:
                 service, _, rest = host.partition(".")
                 assert rest == f"{namespace}.svc" and service in services, (target, where, peer, host, namespace)
         if reads_the_catalog(docs, where, c):
-            assert urlparse(s.lake_catalog_uri).password == "secret", (target, where, "the Secret's URI must win")
+            assert urlparse(s.lake_catalog_uri).password == "secret", (target, where, "the catalog URI is the Secret's")
         for directory in (s.checkpoint_dir, s.savepoint_dir, s.warehouse):
             assert urlparse(directory).scheme == "s3", (target, where, directory)
 
@@ -159,13 +188,24 @@ def images(docs):
         for c in spec["containers"]:
             if "image" in c:
                 yield where, c["image"]
-    yield "usersignals-indexer", find(docs, "FlinkDeployment", "usersignals-indexer")["spec"]["image"]
+    flink = find(docs, "FlinkDeployment", "usersignals-indexer")["spec"]
+    yield "usersignals-indexer", flink["image"]
+    for c in flink["taskManager"]["podTemplate"]["spec"]["containers"]:
+        if "image" in c:
+            yield f"usersignals-indexer taskmanager {c['name']}", c["image"]
     yield "batch", find(docs, "ConfigMap", "usersignals-spark-submit")["data"]["SPARK_KUBERNETES_CONTAINER_IMAGE"]
+
+
+THIRD_PARTY_IMAGES = {"redis", "oliver006/redis_exporter"}
 
 
 def test_the_projects_images_carry_the_targets_tag(rendered):
     target, docs, _, tag = rendered
-    ours = {where: image for where, image in images(docs) if not image.startswith("redis:")}
+    # Third-party images: each at a fixed release (redis, redis_exporter), never a moving tag.
+    theirs = {where: image for where, image in images(docs) if image.split(":")[0] in THIRD_PARTY_IMAGES}
+    for where, image in theirs.items():
+        assert re.fullmatch(r"v?\d+(\.\d+)+", image.rsplit(":", 1)[1]), (target, where, image)
+    ours = {where: image for where, image in images(docs) if where not in theirs}
     names = {image.rsplit(":", 1)[0].rsplit("/", 1)[1] for image in ours.values()}
     assert names == {"main", "streaming", "batch"}, (target, ours)
     for where, image in ours.items():

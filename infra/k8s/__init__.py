@@ -1,0 +1,1 @@
+"""Kubernetes manifests (kustomize reads the YAML); the PrometheusRule generator, prometheus_rule."""
