@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from batch import transforms as T
@@ -53,6 +53,22 @@ class LakeIO:
 
     def append(self, table: str, df: DataFrame) -> None:
         df.select(*self.read(table).columns).writeTo(self.name(table)).append()
+
+    def replace(self, table: str, df: DataFrame, where: Column, within: Column | None = None) -> None:
+        """Replace the rows of ``table`` matching ``where`` with ``df`` in one commit: a reader sees
+        the old rows or the new ones, never neither, and a run that fails before the commit leaves
+        the old rows (an empty ``df`` deletes them). Conditions are Column expressions
+        (``F.col(c) == F.lit(v)``), never SQL text built from names.
+
+        Iceberg replaces whole data files: ``where`` must hold for all or none of a file's rows,
+        which a condition on the partition columns does. When it cuts across files (a column
+        that is not a partition, in a table that compaction merges), give ``within``: a condition
+        on partitions that contains it; that partition's rows outside ``where`` are written back
+        unchanged in the same commit."""
+        if within is not None:
+            kept = self.read(table).where(within & ~F.coalesce(where, F.lit(False)))
+            df, where = df.select(*kept.columns).unionByName(kept), within
+        df.select(*self.read(table).columns).writeTo(self.name(table)).overwrite(where)
 
     def feature_fields(self) -> tuple[str, ...]:
         return lake.feature_columns(self.read(lake.ENRICHED_EVENTS).columns)
@@ -271,10 +287,10 @@ def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: 
         selected.select("rule", "user_id", "rank", "item_id"), relevant, users, n).collect()}
     n_users = users.count()
     report = selection_report(experiment, dataset, n, window, rules, measured, n_users, seconds, now)
-    table = io.name(lake.SELECTION_REPORTS)
-    io.spark.sql(f"DELETE FROM {table} WHERE experiment = '{experiment}' "
-                 f"AND window_end = TIMESTAMP '{window.end.isoformat()}'")
-    io.append(lake.SELECTION_REPORTS, io.spark.createDataFrame(report, SELECTION_REPORTS_SCHEMA))
+    # This window's rows of the experiment replaced; its other windows' rows (same partition) stay.
+    this_experiment = F.col("experiment") == F.lit(experiment)
+    io.replace(lake.SELECTION_REPORTS, io.spark.createDataFrame(report, SELECTION_REPORTS_SCHEMA),
+               this_experiment & (F.col("window_end") == F.lit(window.end)), within=this_experiment)
     p.stage("users_evaluated", n_users)
     chart = write_selection_chart(report, chart_path or _default_chart_path(io, experiment, window))
     p.stage("chart", None, path=chart)
@@ -285,8 +301,7 @@ def select_experiment(io: LakeIO, registry: Registry, experiment: str, dataset: 
         rows = kept.select(F.lit(experiment).alias("experiment"), "dataset", "user_id", "rank", "event_id",
                            "item_id", "event_time", "score", F.lit(now).alias("created_at"), "rule")
         # Replace the whole partition: a re-run with fewer rules leaves no stale rule behind.
-        io.spark.sql(f"DELETE FROM {io.name(lake.SELECTED_SEQUENCES)} WHERE experiment = '{experiment}'")
-        io.append(lake.SELECTED_SEQUENCES, rows)
+        io.replace(lake.SELECTED_SEQUENCES, rows, F.col("experiment") == F.lit(experiment))
         p.stage("selected_sequences", rows.count())
         if to_kv:
             p.stage("kv_rows", _load_experiment_kv(io, registry, served, kept))
@@ -383,8 +398,9 @@ def select_cleanup(io: LakeIO, registry: Registry, *, as_of: dt.datetime, store=
     for name, datasets in sorted(ended.items()):
         keys = sum(store.delete_dataset(d) for d in sorted(datasets)) if store is not None else 0
         rows = io.read(lake.SELECTED_SEQUENCES).where(F.col("experiment") == name).count()
-        if rows:
-            io.spark.sql(f"DELETE FROM {io.name(lake.SELECTED_SEQUENCES)} WHERE experiment = '{name}'")
+        if rows:  # nothing in its place: the partition is deleted (a name from the lake, never SQL text)
+            io.replace(lake.SELECTED_SEQUENCES, io.read(lake.SELECTED_SEQUENCES).limit(0),
+                       F.col("experiment") == F.lit(name))
         p.stage(f"{name}.kv_keys", keys, datasets=sorted(datasets))
         p.stage(f"{name}.lake_rows", rows)
         removed_keys += keys

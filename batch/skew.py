@@ -385,12 +385,12 @@ def feature_skew(io, registry: Registry, day: dt.date, *, tenant: str | None = N
                 ratio.labels(name, ds, feature).set(mismatch_rate(compared, mismatched))
         p.stage(f"{name}.requests", int(stats["n"]))
     target = io.read(lake.FEATURE_SKEW)
-    # A re-run replaces the day's rows of what it measured (and a day without requests empties them).
-    scope = [f"day = DATE '{day.isoformat()}'", "tenant IN (%s)" % ",".join(f"'{n}'" for n in tenants),
-             "dataset IN (%s)" % ",".join(sorted({f"'{d}'" for _, ds in tenants.values() for d in ds}))]
-    io.spark.sql(f"DELETE FROM {io.name(lake.FEATURE_SKEW)} WHERE {' AND '.join(scope)}")
-    if rows:
-        io.append(lake.FEATURE_SKEW, io.spark.createDataFrame(rows, target.schema))
+    # A re-run replaces the day's rows of what it measured (and a day without requests empties
+    # them); the day's rows of other tenants and datasets (the same partition) stay.
+    the_day = F.col("day") == F.lit(day)
+    measured = the_day & F.col("tenant").isin(sorted(tenants)) \
+        & F.col("dataset").isin(sorted({d for _, ds in tenants.values() for d in ds}))
+    io.replace(lake.FEATURE_SKEW, io.spark.createDataFrame(rows, target.schema), measured, within=the_day)
     p.stage("written", len(rows))
     worst = max((r for r in rows if r[9] is not None), key=lambda r: r[9], default=None)
     p.figures["features"] = len(rows)

@@ -412,11 +412,8 @@ def _write(io, rows: DataFrame, p: Progress, source: str, day: dt.date, lengths:
     start, end = T.day_bounds(day)
     examples = rows.select("example_id").distinct().count()
     p.stage("built", rows.count(), examples=examples)
-    if examples:
-        io.overwrite_partitions(TRAINING_EXAMPLES, rows)
-    else:  # overwritePartitions of nothing replaces nothing: a re-run that finds no example empties the day
-        io.spark.sql(f"DELETE FROM {io.name(TRAINING_EXAMPLES)} WHERE source = '{source}' "
-                     f"AND ts >= TIMESTAMP '{start.isoformat()}' AND ts < TIMESTAMP '{end.isoformat()}'")
+    # The day's partition of the source, replaced in one commit (a re-run that finds no example empties it).
+    io.replace(TRAINING_EXAMPLES, rows, (F.col("source") == F.lit(source)) & T.in_range(start, end, "ts"))
     p.figures["examples"] = int(examples)
     p.stage("written", int(examples))
     if export_dir:
