@@ -48,8 +48,20 @@ def test_prometheus_scrapes_every_component_and_loads_the_rules(stack):
 
     health = wait_until(all_up, 60, 1.0, "every scrape target up")
     assert set(health) == {"api", "indexer", "trimmer", "broker", "prometheus", "batch"}
-    groups = json.loads(get(f"{prom}/api/v1/rules"))["data"]["groups"]
-    assert sum(len(g["rules"]) for g in groups) >= 10
+    # Exactly the rules of alerts.yml, group by group, each evaluated without error.
+    written = {g["name"]: [r["alert"] for r in g["rules"]] for g in
+               yaml.safe_load((REPO_ROOT / "infra" / "prometheus" / "alerts.yml").read_text())["groups"]}
+    assert {"UsersignalsIndexerConsumerLag", "UsersignalsComponentDown", *LAG_ALERTS} <= \
+        {name for names in written.values() for name in names}
+
+    def evaluated():
+        groups = json.loads(get(f"{prom}/api/v1/rules"))["data"]["groups"]
+        return groups if all(r.get("lastEvaluation", "").startswith("20") for g in groups for r in g["rules"]) \
+            else None
+
+    groups = wait_until(evaluated, 60, 1.0, "every rule evaluated once")
+    assert {g["name"]: [r["name"] for r in g["rules"]] for g in groups} == written
+    assert [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"] == []
 
 
 def test_every_metrics_endpoint_passes_promtool(stack):
@@ -64,19 +76,44 @@ def test_every_metrics_endpoint_passes_promtool(stack):
 
 def test_the_dashboards_consumer_lag_comes_from_broker_and_job(stack):
     """The lag panel's query (broker log end offsets minus the job's indexed offsets) answers,
-    per partition, once the canary event has gone through."""
+    per partition: the events this test produces show on the broker's side, and once the job
+    has indexed them every partition it reads is at lag 0 exactly (not 1: offsets are 0-based)."""
+    from confluent_kafka import Producer
+
     s = stack.settings
     prom = f"http://{s.host}:{s.prometheus_port}"
     dashboard = json.loads((REPO_ROOT / "infra" / "grafana" / "usersignals.json").read_text())
     expr = next(t["expr"] for p in dashboard["panels"] if "consumer lag" in p["title"] for t in p["targets"])
 
-    def lag():
-        res = json.loads(get(f"{prom}/api/v1/query?query={urllib.request.quote(expr)}"))["data"]["result"]
-        return res or None
+    def query(q):
+        return json.loads(get(f"{prom}/api/v1/query?query={urllib.request.quote(q)}"))["data"]["result"]
 
-    res = wait_until(lag, 60, 1.0, "the consumer lag series")
-    assert {r["metric"]["partition"] for r in res} <= {str(p) for p in range(s.topic_partitions)}
-    assert all(float(r["value"][1]) >= 0 for r in res), res
+    def end_offsets():
+        res = query(f'sum by (partition) (kafka_log_logendoffset{{topic="{s.events_topic}"}})')
+        return {r["metric"]["partition"]: int(float(r["value"][1])) for r in res} or None
+
+    def settled():
+        """The end offsets once the job is at lag 0 on them (the stack's canaries in both scrapes)."""
+        ends, lag = end_offsets(), {r["metric"]["partition"]: float(r["value"][1]) for r in query(expr)}
+        return ends if ends and lag and set(lag.values()) == {0.0} else None
+
+    before = wait_until(settled, 60, 1.0, "the broker's log end offsets, the canaries indexed")
+    produced, user = 20, new_user()
+    producer = Producer({"bootstrap.servers": s.broker, "enable.idempotence": True})
+    for n in range(produced):
+        e = event(user, n, now_ms() - 1000 + n)
+        producer.produce(s.events_topic, value=orjson.dumps(e), key=user.encode())
+    assert producer.flush(15) == 0
+
+    def caught_up():
+        ends, lag = end_offsets() or {}, {r["metric"]["partition"]: float(r["value"][1]) for r in query(expr)}
+        grown = {p: ends[p] - before.get(p, 0) for p in ends if ends[p] != before.get(p, 0)}
+        return (grown, lag) if sum(grown.values()) == produced and lag and set(lag.values()) == {0.0} else None
+
+    grown, lag = wait_until(caught_up, 60, 1.0, "the test's events on the broker and indexed (lag 0)")
+    assert len(grown) == 1, grown                     # one key, one partition
+    assert set(grown) <= set(lag), (grown, lag)       # the partition written is one the panel shows
+    assert set(lag) <= {str(p) for p in range(s.topic_partitions)}
 
 
 def test_batch_textfile_metrics_reach_prometheus_with_their_job_label(stack):
