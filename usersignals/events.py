@@ -23,6 +23,8 @@ from typing import Any, Container
 
 import orjson
 
+from usersignals import ids
+
 # Reason codes are a public contract: DLQ consumers and alerts match on them.
 REASONS = (
     "too_large",          # payload over the size limit
@@ -34,6 +36,7 @@ REASONS = (
     "unknown_event_type", # event_type not in the registry (only when the caller asks: the producer)
     "ts_out_of_range",    # event time absurdly far in the past or future
     "key_mismatch",       # Kafka key missing or not equal to user_id
+    "invalid_id",         # an id or event type breaks the identifier rule (usersignals.ids)
 )
 
 REQUIRED = ("event_id", "user_id", "event_type", "item_id", "ts")
@@ -42,7 +45,7 @@ REQUIRED = ("event_id", "user_id", "event_type", "item_id", "ts")
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int = 16 * 1024
-    max_id_chars: int = 256
+    max_id_chars: int = ids.MAX_ID_CHARS
     max_query_chars: int = 1024
     max_surface_chars: int = 64
     max_past_ms: int = 30 * 24 * 3600 * 1000
@@ -87,7 +90,9 @@ def _has_control(s: str) -> bool:
     return _CONTROL.search(s) is not None
 
 
-def _string(obj: dict, name: str, max_chars: int, required: bool) -> str | None:
+def _string(obj: dict, name: str, max_chars: int, required: bool, rule=None) -> str | None:
+    """The string field ``name``; ``rule`` (``ids.id_problem``, ``ids.name_problem``) is
+    checked after the checks every string gets, so their reasons stay ``bad_value``."""
     if name not in obj or (not required and obj[name] is None):
         if required:
             raise InvalidEvent("missing_field", f"field {name!r} is required")
@@ -101,7 +106,13 @@ def _string(obj: dict, name: str, max_chars: int, required: bool) -> str | None:
         raise InvalidEvent("bad_value", f"field {name!r} has {len(v)} characters; at most {max_chars}")
     if _has_control(v):
         raise InvalidEvent("bad_value", f"field {name!r} contains control characters")
+    if rule is not None and (problem := rule(v, f"field {name!r}")) is not None:
+        raise InvalidEvent("invalid_id", problem)
     return v
+
+
+def _event_type_problem(value: str, what: str) -> str | None:
+    return ids.name_problem(value, what, 64)
 
 
 def parse_event(
@@ -126,10 +137,11 @@ def parse_event(
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", f"payload must be a JSON object, got {type(obj).__name__}")
 
-    event_id = _string(obj, "event_id", limits.max_id_chars, True)
-    user_id = _string(obj, "user_id", limits.max_id_chars, True)
-    event_type = _string(obj, "event_type", 64, True)
-    item_id = _string(obj, "item_id", limits.max_id_chars, True)
+    event_id = _string(obj, "event_id", limits.max_id_chars, True, ids.id_problem)
+    user_id = _string(obj, "user_id", limits.max_id_chars, True, ids.id_problem)
+    # Only a name can ever be registered (and it labels the unindexed-events metric).
+    event_type = _string(obj, "event_type", 64, True, _event_type_problem)
+    item_id = _string(obj, "item_id", limits.max_id_chars, True, ids.id_problem)
     if "ts" not in obj:
         raise InvalidEvent("missing_field", "field 'ts' is required")
     ts = obj["ts"]

@@ -8,7 +8,9 @@
 
 Each event is checked against the registry with the same rules the indexing job applies
 (``usersignals.events.parse_event``), so a bad event fails in the caller with its reason
-(``InvalidEvent``: ``reason``, ``detail``) instead of landing in the dead-letter topic. It is
+(``InvalidEvent``, a ValueError: ``reason``, ``detail``) instead of landing in the dead-letter
+topic; an id breaking the identifier rule (``usersignals.ids``: no ``{ } : * ? [ ] \\``, quotes,
+``/``, whitespace...) is ``invalid_id`` and never sent. It is
 keyed by its user id (one user's events stay in order on one partition) and sent by an
 idempotent producer with ``acks=all``: a retry after a lost acknowledgement is not written
 twice. Built on kafka-python, a pure-Python client with no native library to install.

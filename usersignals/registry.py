@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from usersignals.ids import is_name
+
 DEFAULT_REGISTRY_PATH = Path(__file__).with_name("default_registry.toml")
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 STAGES = ("indexing", "serving")
 FORMATS = ("json", "arrow")
 MAX_RETENTION = 10_000
@@ -307,7 +308,7 @@ def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Mapping[str, Any
     if not isinstance(section, Mapping):
         raise RegistryError(f"{name}: expected a table of entries, got {type(section).__name__}")
     for key, body in section.items():
-        if not _NAME.match(key):
+        if not is_name(key):
             raise RegistryError(
                 f"{name}.{key}: names must be lowercase snake_case (a-z, 0-9, _), at most 63 characters"
             )
@@ -438,6 +439,7 @@ def _selection_rule(name: str, body: Mapping[str, Any]) -> SelectionRule:
     return SelectionRule(name, fn, str(body.get("description", "")))
 
 
+# A name (usersignals.ids) of at most 40 characters: its datasets exp_<experiment>_<rule> must be names too.
 EXPERIMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
@@ -458,7 +460,7 @@ def _experiment(name: str, body: Mapping[str, Any], datasets: Mapping[str, Datas
         if r not in rules:
             raise RegistryError(f"{where}.rules: {r!r} is not a registered selection rule; registered: "
                                 f"{sorted(rules)}")
-        if not _NAME.match(experiment_dataset(name, r)):
+        if not is_name(experiment_dataset(name, r)):
             raise RegistryError(f"{where}: dataset name {experiment_dataset(name, r)!r} is over 63 characters; "
                                 f"shorten the experiment or rule name")
     ends = body["ends"]
@@ -486,7 +488,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 def parse_tenant(name: str, body: Mapping[str, Any], registry: "Registry") -> Tenant:
     """Validate one tenant definition against a registry (what the admin API applies)."""
-    if not _NAME.match(name):
+    if not is_name(name):
         raise RegistryError(f"tenants.{name}: names must be lowercase snake_case (a-z, 0-9, _)")
     if not isinstance(body, Mapping):
         raise RegistryError(f"tenants.{name}: expected an object, got {type(body).__name__}")

@@ -21,7 +21,7 @@ from usersignals.kv import ErasureRequests, SequenceStore
 
 from serving import auth
 from serving.errors import ORJSONResponse, error_responses
-from serving.routes import MAX_ID_CHARS, check_user_id
+from serving.routes import ID_RULE, USER_ID_SCHEMA, check_user_id
 
 router = APIRouter(tags=["admin"], default_response_class=ORJSONResponse)
 
@@ -42,11 +42,11 @@ class Erasure(BaseModel):
 @router.delete("/v1/admin/users/{user_id}", summary="Erase a user (admin): KV state now, the lake by the next "
                "user_erasure run", status_code=202, response_model=None, dependencies=[Depends(auth.require_admin)],
                responses={202: {"model": Erasure}, **error_responses(
-                   400, 401, 403, 503, notes={400: "user_id or requested_by is empty or too long."})})
+                   400, 401, 403, 503, notes={400: "user_id is not a valid id (the message says why), or requested_by is empty or "
+                                    "too long."})})
 async def erase_user(
     request: Request,
-    user_id: str = Path(..., description=f"1 to {MAX_ID_CHARS} characters.", examples=["u1"],
-                        json_schema_extra={"minLength": 1, "maxLength": MAX_ID_CHARS}),
+    user_id: str = Path(..., description=ID_RULE, examples=["u1"], json_schema_extra=USER_ID_SCHEMA),
     requested_by: str = Query("admin", description="Who asked (an operator, a ticket), for the audit row.",
                               min_length=1, max_length=MAX_REQUESTER_CHARS, examples=["ticket-4711"]),
 ):

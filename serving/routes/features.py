@@ -1,8 +1,8 @@
 """POST /v1/features: sequences and views of a batch of users, for one tenant.
 
-Order of checks: the tenant exists (404), the key may read it (401/403), the user ids are
-well formed (400), the tenant is under its limits (429, ``admit``); then the pipeline runs
-within the tenant's timeout (504).
+Order of checks: the tenant is a name (400) and exists (404), the key may read it (401/403),
+the user ids and excluded items are valid ids (400, ``usersignals.ids``), the tenant is under
+its limits (429, ``admit``); then the pipeline runs within the tenant's timeout (504).
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from usersignals import ids
+
 from serving import auth, featurize
 from serving.errors import MAX_BODY_BYTES, ORJSONResponse, error_body, error_responses, validation_message
 from serving.limits import Slot, TenantLimits
 from serving.metrics import ServingMetrics
-from serving.routes import USER_ID_SCHEMA, Event, check_user_id
+from serving.routes import ITEM_ID_SCHEMA, TENANT_SCHEMA, USER_ID_SCHEMA, Event, check_ids
 from serving.tenants import TenantConfig
 
 MAX_USERS_PER_REQUEST = 100
@@ -33,7 +35,8 @@ class FeaturesRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"tenant": "homefeed_ranking", "user_ids": ["u1", "u2"], "format": "json", "exclude_items": ["i42"]}]})
 
-    tenant: str = Field(..., min_length=1, max_length=64, description="Registered tenant (use case).")
+    tenant: str = Field(..., min_length=1, max_length=64, description="Registered tenant (use case).",
+                        json_schema_extra={"pattern": TENANT_SCHEMA["pattern"]})
     user_ids: list[str] = Field(..., min_length=1, max_length=MAX_USERS_PER_REQUEST,
                                 description=f"1 to {MAX_USERS_PER_REQUEST} user ids.",
                                 json_schema_extra={"items": USER_ID_SCHEMA})
@@ -41,7 +44,8 @@ class FeaturesRequest(BaseModel):
         None, description="json: events; arrow: model-ready arrays (an Arrow IPC stream with Accept: "
                           f"{featurize.ARROW_CONTENT_TYPE}, else JSON lists). Defaults to the tenant's format.")
     exclude_items: list[str] = Field(default_factory=list, max_length=1000,
-                                     description="Items not to serve in this response (e.g. already shown).")
+                                     description="Items not to serve in this response (e.g. already shown).",
+                                     json_schema_extra={"items": ITEM_ID_SCHEMA})
 
 
 # What the 200 carries (documentation only: the route encodes its response itself).
@@ -127,13 +131,16 @@ async def serve(state, req: FeaturesRequest, keys: auth.Keys, header) -> tuple[b
     """The route's work, for FastAPI's route and for ``asgi`` alike: (body, media type,
     request id), or an HTTPException. ``header(name)`` reads a request header."""
     metrics: ServingMetrics = state.metrics
+    if not ids.is_name(req.tenant):
+        raise HTTPException(400, ids.name_problem(req.tenant, "tenant"))
     cfg = state.directory.get(req.tenant)
     pipeline = state.pipeline  # with cfg, before any await: a registry reload does not change it mid-request
     if cfg is None:
         raise HTTPException(404, f"unknown tenant {req.tenant!r}")
     auth.authorize(cfg, keys)
-    for u in req.user_ids:
-        check_user_id(u, "user ids")
+    check_ids(req.user_ids, "user id")
+    if req.exclude_items:
+        check_ids(req.exclude_items, "excluded item id")
     t = cfg.tenant
     fmt = req.format or t.format
     tm = metrics.of_tenant(t.name)

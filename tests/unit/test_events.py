@@ -103,6 +103,49 @@ def test_the_key_must_be_the_user_id():
     assert reason_of(good(), key=None) == "key_mismatch"
 
 
+@pytest.mark.parametrize("field", ["user_id", "item_id", "event_id"])
+@pytest.mark.parametrize("value", ["a}:views", "u{1}", "u:1", "u*", "u?", "[u]", "u\\1", "u'1", 'u"1', "u`1",
+                                   "u/1", "u 1", "u\u00a01", "u\u20031", "u\u200b1", "u\u202e1", "u\x851"])
+def test_an_id_breaking_the_identifier_rule_is_a_dead_letter_naming_it(field, value):
+    ev = good(**{field: value})
+    key = value.encode() if field == "user_id" else b"u1"
+    with pytest.raises(InvalidEvent) as info:
+        parse(ev, key=key)
+    assert info.value.reason == "invalid_id"
+    assert info.value.detail.startswith(f"field {field!r} {value!r} has ")
+    # The job's own call (no registry types) refuses it the same way.
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(orjson.dumps(ev), key, None, now_ms=NOW)
+    assert info.value.reason == "invalid_id"
+
+
+@pytest.mark.parametrize("value", ["Click", "click*", "cl:ick", "1click", "cl ick", "click\u200b", "_click"])
+def test_an_event_type_that_could_never_be_registered_is_a_dead_letter(value):
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(orjson.dumps(good(event_type=value)), b"u1", None, now_ms=NOW)
+    assert info.value.reason == "invalid_id" and repr(value) in info.value.detail
+
+
+def test_ids_keep_their_older_reasons_for_empty_long_and_control_characters():
+    assert reason_of(good(user_id=""), key=b"") == "bad_value"
+    assert reason_of(good(event_id="e" * 257)) == "bad_value"
+    assert reason_of(good(item_id="i\n1")) == "bad_value"
+    assert reason_of(good(event_type="x" * 65)) == "bad_value"
+
+
+@pytest.mark.parametrize("value", ["a.b+c@x.com", "ユーザー🙂", "u-42_x.y", "#%&=,;!$~", "x" * 256])
+def test_ids_the_rule_allows_parse(value):
+    e = parse(good(user_id=value, item_id=value, event_id=value), key=value.encode())
+    assert (e.user_id, e.item_id, e.event_id) == (value, value, value)
+
+
+def test_the_new_reason_is_appended_so_the_older_ones_keep_their_order():
+    from usersignals.events import REASONS
+
+    assert REASONS == ("too_large", "not_json", "not_object", "missing_field", "bad_type", "bad_value",
+                       "unknown_event_type", "ts_out_of_range", "key_mismatch", "invalid_id")
+
+
 def test_unicode_ids_are_fine_and_key_compares_as_utf8():
     e = parse(good(user_id="ユーザー🙂"), key="ユーザー🙂".encode())
     assert e.user_id == "ユーザー🙂"
