@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
+from usersignals.ids import is_name
 from usersignals.registry import Registry
 from usersignals.resp import execute_packed, is_single_node, pack, raise_first_error, run_script_batch
 
@@ -211,30 +212,55 @@ class SequenceStore:
         """A key in the user's slot (the hash tag decides it): where a cluster holds all its keys."""
         return self.seq_key("_", user_id)
 
+    def key_owner(self, key: bytes | str) -> tuple[str, str] | None:
+        """``(user_id, dataset)`` of a sequence or payload key, None for any other key.
+
+        The parse is exact and unique whatever the user id holds: a dataset is a name (no ``:``,
+        no ``}``), so it is the last part before ``:z``/``:h``, and the user id is what the
+        braces before it hold. Erasure keeps a found key only when this gives back its user:
+        never a prefix match (``us:{a}:views}:clicks:z`` is user ``a}:views``'s, not ``a``'s)."""
+        try:
+            k = key.decode() if isinstance(key, bytes) else key
+        except UnicodeDecodeError:  # not UTF-8: no user id of ours makes it
+            return None
+        head = f"{self.prefix}:{{"
+        if not (k.startswith(head) and k.endswith((":z", ":h"))):
+            return None
+        tagged, _, dataset = k[len(head):-2].rpartition(":")
+        if not tagged.endswith("}") or not is_name(dataset):
+            return None
+        return tagged[:-1], dataset
+
     def dataset_keys_of(self, user_id: str, found: Iterable[bytes | str] = ()) -> list[str]:
         """Every sequence and payload key of the user: the registry's datasets' and any other
-        found (experiments' ``exp_<name>`` datasets, datasets since unregistered)."""
+        found (experiments' ``exp_<name>`` datasets, datasets since unregistered) that is
+        exactly one of the user's keys (``key_owner``)."""
         keys = [k for name in self.registry.datasets
                 for k in (self.seq_key(name, user_id), self.events_key(name, user_id))]
-        head = f"{self.prefix}:{{{user_id}}}:"
         for k in found:
-            k = k.decode() if isinstance(k, bytes) else k
-            if k.startswith(head) and k.endswith((":z", ":h")) and k not in keys:
-                keys.append(k)
+            owner = self.key_owner(k)
+            if owner is not None and owner[0] == user_id:
+                k = k.decode() if isinstance(k, bytes) else k
+                if k not in keys:
+                    keys.append(k)
         return keys
 
     def removed_per_dataset(self, user_id: str, keys: list[str], sizes: list[int]) -> dict[str, int]:
         """``{"kv.<dataset>": events}`` of a deletion's replies (payloads count when a sequence lost its ids)."""
-        head = len(f"{self.prefix}:{{{user_id}}}:")
         out: dict[str, int] = {}
         for k, n in zip(keys, sizes):
-            name = "kv." + k[head:-2]
+            name = "kv." + self._dataset_of(user_id, k)
             out[name] = max(out.get(name, 0), int(n))
         return {k: v for k, v in out.items() if v}
 
     def _dirty_members(self, user_id: str, keys: list[str]) -> list[str]:
-        head = len(f"{self.prefix}:{{{user_id}}}:")
-        return sorted({f"{k[head:-2]}:{user_id}" for k in keys})
+        return sorted({f"{self._dataset_of(user_id, k)}:{user_id}" for k in keys})
+
+    def _dataset_of(self, user_id: str, key: str) -> str:
+        owner = self.key_owner(key)
+        if owner is None or owner[0] != user_id:  # dataset_keys_of gave it: cannot happen
+            raise ValueError(f"key {key!r} is not a sequence or payload key of user {user_id!r}")
+        return owner[1]
 
     def delete_user(self, user_id: str) -> dict[str, int]:
         """Delete every dataset key of the user; returns events removed per dataset.
@@ -309,6 +335,7 @@ class SequenceStore:
             members = self.client.spop(self.dirty_key(bucket), per_bucket) or []
             for m in members:
                 m = m.decode() if isinstance(m, bytes) else m
+                # "<dataset>:<user_id>": a dataset name has no ':', so the first one ends it.
                 dataset, _, user_id = m.partition(":")
                 if dataset in self.registry.datasets:
                     pending.append((dataset, user_id))
@@ -346,6 +373,9 @@ class SequenceStore:
         pattern = f"{self.prefix}:{{*}}:{dataset.translate(_GLOB_SPECIAL)}:[zh]"
         batch: list = []
         for key in self.client.scan_iter(match=pattern, count=count):
+            owner = self.key_owner(key)
+            if owner is None or owner[1] != dataset:  # exactly the dataset's keys, whatever a user id holds
+                continue
             batch.append(key)
             if len(batch) >= count:
                 yield batch
