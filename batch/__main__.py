@@ -14,8 +14,8 @@
     python -m batch training-examples --day D [--source lake|served] [--tenant T] [--label-types click,repin]
                                       [--labels-table NAME] [--export-dir DIR | --no-export]
     python -m batch skew --day D [--tenant T] [--event-types click] [--sample 2000] [--lookback-days 90]
-    python -m batch retrain --holdout-day D [--train-days 28] [--rank R] [--iterations 10] [--k 10]
-    python -m batch publish-model [--version V]      python -m batch model-rollback
+    python -m batch retrain --as-of 2026-11-22T00:00:00+00:00 | --holdout-day D [--train-days 28] [--rank R] ...
+    python -m batch publish-model [--version V | --as-of T]      python -m batch model-rollback
 
 or ``spark-submit batch/submit.py <same arguments>``. Settings come from ``USERSIGNALS_*``.
 Every job that reads a time window takes its end (``--as-of``, ``--day``, ``--holdout-day``)
@@ -140,8 +140,12 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--sample", type=int, default=2000, help="requests per tenant (by hash of request_id)")
     k.add_argument("--lookback-days", type=int, default=90, help="oldest event rebuilt, days before the request")
     r = sub.add_parser("retrain", help="train ALS embeddings, evaluate on a holdout day, gate")
-    r.add_argument("--holdout-day", type=dt.date.fromisoformat, required=True,
-                   help="UTC day to evaluate on; training uses the days before it")
+    r.add_argument("--as-of", type=instant, default=None,
+                   help=AS_OF_HELP + "; names the model version (a re-run replaces it) and, without "
+                        "--holdout-day, evaluates the last UTC day complete at it")
+    r.add_argument("--holdout-day", type=dt.date.fromisoformat, default=None,
+                   help="UTC day to evaluate on; training uses the days before it (without --as-of: "
+                        "as of the day's end)")
     r.add_argument("--train-days", type=int, default=28)
     r.add_argument("--rank", type=int, default=None, help="default: the registry's model.embedding_dim")
     r.add_argument("--iterations", type=int, default=10)
@@ -154,7 +158,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seq-length", type=int, default=None,
                    help="the sequence model: events per dataset in a sequence (default: each dataset's retention)")
     pm = sub.add_parser("publish-model", help="make a promoted model's item embeddings current in the KV layer")
-    pm.add_argument("--version", default=None, help="default: the newest promoted version")
+    pm_which = pm.add_mutually_exclusive_group()
+    pm_which.add_argument("--version", default=None, help="default: the newest promoted version")
+    pm_which.add_argument("--as-of", type=instant, default=None,
+                          help="the version of the retraining run as of this moment, if promoted and the "
+                               "newest promoted (else nothing is published)")
     sub.add_parser("model-rollback", help="switch the KV layer back to the previous embedding version")
     return p
 
@@ -239,12 +247,13 @@ def run(args: argparse.Namespace, settings: Settings, spark=None) -> dict:
 
             return retrain(io, registry, args.holdout_day, TrainParams(
                 train_days=args.train_days, rank=args.rank, iterations=args.iterations, reg=args.reg, alpha=args.alpha,
-                k=args.k, margin=args.margin, seq_half_life_h=args.seq_half_life_h, seq_length=args.seq_length))
+                k=args.k, margin=args.margin, seq_half_life_h=args.seq_half_life_h, seq_length=args.seq_length),
+                as_of=args.as_of)
         if args.job == "publish-model":
             from batch.retrain import publish
             from usersignals.kv import connect
 
-            return publish(io, registry, connect(settings), settings.kv_prefix, args.version)
+            return publish(io, registry, connect(settings), settings.kv_prefix, args.version, as_of=args.as_of)
         raise ValueError(f"unknown job {args.job}")
     finally:
         if own:

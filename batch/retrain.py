@@ -23,15 +23,19 @@
   beats the relevant types' alone (0.168 against 0.155: views and searches say something, and
   every user ALS knows then has a sequence).
 * **Gate**: the candidate is promoted only if it beats both by ``margin`` (relative) on both
-  metrics. Everything is recorded in ``model_runs``; embeddings of every candidate are kept in
-  ``item_embeddings`` / ``user_embeddings`` under its version. The sequence model is recorded
+  metrics (the current model: the newest promoted before this run's version). Everything is
+  recorded in ``model_runs``; embeddings of every candidate are kept in ``item_embeddings`` /
+  ``user_embeddings`` under its version, named by the run's as-of (``model_version``, never the
+  wall clock): a re-run of the same as-of replaces its version's rows, one commit per table,
+  and adds none. The sequence model is recorded
   and gated as ``sequence`` next to ALS (``seq_recall_at_k``, ``seq_ndcg_at_k`` and
   ``seq_beats_baseline``: whether it beats the popularity baseline by ``margin`` on both
   metrics) but promotes nothing: what is published is item embeddings, the ALS ones it scores
   with, and serving builds the user side from the sequences it serves; it tells whether that
   use of the embeddings pays, run after run.
-* **Publish** (``publish``): the newest promoted version's item embeddings go to the KV layer
-  and become current atomically (``usersignals.models``); ``rollback`` switches back.
+* **Publish** (``publish``): the newest promoted version's item embeddings (the DAG: its run's
+  version, if promoted and the newest) go to the KV layer and become current atomically
+  (``usersignals.models``); ``rollback`` switches back.
 """
 from __future__ import annotations
 
@@ -207,10 +211,42 @@ def _evaluate(user_vecs: dict[str, np.ndarray], item_vecs: dict[str, np.ndarray]
     return recall_ndcg([recs.get(u, []) for u in users], [relevant[u] for u in users], k)
 
 
-def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
-            now: dt.datetime | None = None) -> dict:
-    """Train on the days before ``holdout_day``, evaluate on it, gate, record. ``now`` only names
-    the version and stamps ``trained_at``: what is trained and evaluated depends on the holdout day."""
+def holdout_day_at(as_of: dt.datetime) -> dt.date:
+    """The holdout day of a run as of ``as_of``: the last UTC day complete at it (2026-11-20 for
+    2026-11-21T00:00 and for 2026-11-21T18:00)."""
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of {as_of.isoformat()} has no UTC offset; pass an aware datetime")
+    return (as_of.astimezone(dt.timezone.utc) - dt.timedelta(days=1)).date()
+
+
+def model_version(as_of: dt.datetime) -> str:
+    """The version a run as of ``as_of`` trains (``als-20261121T000000``): the run's moment, not
+    the wall clock, so a re-run of the run replaces its own version; versions sort by it."""
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of {as_of.isoformat()} has no UTC offset; pass an aware datetime")
+    return "als-" + as_of.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
+def run_moment(holdout_day: dt.date | None, as_of: dt.datetime | None) -> tuple[dt.date, dt.datetime]:
+    """(holdout day, as-of) of a run given either or both: the as-of alone evaluates the last
+    day complete at it; the holdout day alone is as of its end (the next day's midnight)."""
+    if as_of is None:
+        if holdout_day is None:
+            raise ValueError("a retraining run needs its as-of moment or its holdout day")
+        return holdout_day, T.day_bounds(holdout_day)[1]
+    day = holdout_day_at(as_of)
+    if holdout_day is not None and holdout_day != day:
+        raise ValueError(f"holdout day {holdout_day} is not the last day complete at as-of {as_of.isoformat()} "
+                         f"({day}): give one of them, or both that agree")
+    return day, as_of
+
+
+def retrain(io, registry: Registry, holdout_day: dt.date | None, params: TrainParams,
+            now: dt.datetime | None = None, *, as_of: dt.datetime | None = None) -> dict:
+    """Train on the days before the holdout day, evaluate on it, gate, record. The run's version
+    comes from its as-of (``model_version``; by default the end of ``holdout_day``) and a re-run
+    replaces that version's rows of ``item_embeddings``, ``user_embeddings`` and ``model_runs``,
+    one commit each. ``now`` only stamps ``trained_at``."""
     from pyspark.ml.feature import StringIndexer
     from pyspark.ml.recommendation import ALS
 
@@ -218,8 +254,9 @@ def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
         params = replace(params, rank=registry.model.embedding_dim)
     if not params.seq_half_life_h > 0:
         raise ValueError(f"seq_half_life_h must be positive hours, got {params.seq_half_life_h!r}")
+    holdout_day, as_of = run_moment(holdout_day, as_of)
     now = now or dt.datetime.now(dt.timezone.utc)
-    version = "als-" + now.strftime("%Y%m%dT%H%M%S")
+    version = model_version(as_of)
     p = Progress("retrain", io.metrics_dir, version=version, holdout_day=str(holdout_day))
     end = T.day_bounds(holdout_day)[0]
     events = io.read(lake.ENRICHED_EVENTS)
@@ -265,7 +302,8 @@ def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
     p.stage("sequences", len(profiles), events=sum(len(v) for v in sequences.values()),
             half_life_h=params.seq_half_life_h)
 
-    current_version, current = _current_promoted(io), None
+    # The model promoted before this run's moment: a re-run does not compete with its own first run.
+    current_version, current = _current_promoted(io, before=version), None
     if current_version is not None:
         cu = {r["user_id"]: np.asarray(r["embedding"], np.float32) for r in io.read(lake.USER_EMBEDDINGS)
               .where(F.col("model_version") == current_version).where(F.col("user_id").isin(eval_users)).collect()}
@@ -284,12 +322,13 @@ def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
 
     spark = io.spark
     ts = F.lit(now)
-    io.append(lake.ITEM_EMBEDDINGS, spark.createDataFrame(
+    this_version = F.col("model_version") == F.lit(version)
+    io.replace(lake.ITEM_EMBEDDINGS, spark.createDataFrame(
         [(version, i, v.tolist()) for i, v in items_vec.items()], "model_version string, item_id string, "
-        "embedding array<float>").withColumn("created_at", ts))
-    io.append(lake.USER_EMBEDDINGS, spark.createDataFrame(
+        "embedding array<float>").withColumn("created_at", ts), this_version)
+    io.replace(lake.USER_EMBEDDINGS, spark.createDataFrame(
         [(version, u, v.tolist()) for u, v in users_vec.items()], "model_version string, user_id string, "
-        "embedding array<float>").withColumn("created_at", ts))
+        "embedding array<float>").withColumn("created_at", ts), this_version)
     run = {"model_version": version, "trained_at": now, "holdout_day": holdout_day.isoformat(),
            "params": json.dumps(asdict(params)), "interactions": n_inter, "users": len(users_vec),
            "items": len(items_vec), "k": params.k, "recall_at_k": candidate[0], "ndcg_at_k": candidate[1],
@@ -297,7 +336,9 @@ def retrain(io, registry: Registry, holdout_day: dt.date, params: TrainParams,
            "current_version": current_version, "current_recall_at_k": current[0] if current else None,
            "current_ndcg_at_k": current[1] if current else None, "promoted": promoted, "decision": decision,
            "seq_recall_at_k": seq[0], "seq_ndcg_at_k": seq[1], "seq_beats_baseline": seq_beats}
-    io.append(lake.MODEL_RUNS, spark.createDataFrame([run], io.read(lake.MODEL_RUNS).schema))
+    # model_runs has no partitions (compaction merges its runs' files): the table is rewritten, one row replaced.
+    io.replace(lake.MODEL_RUNS, spark.createDataFrame([run], io.read(lake.MODEL_RUNS).schema), this_version,
+               within=F.lit(True))
     _gate_metrics(p, run)
     figures = p.done()
     return {**figures, **{k: v for k, v in run.items() if k not in ("params", "trained_at")},
@@ -319,32 +360,49 @@ def _gate_metrics(p: Progress, run: dict) -> None:
           registry=p.registry).set(1 if run["promoted"] else 0)
 
 
-def _current_promoted(io) -> str | None:
-    rows = (io.read(lake.MODEL_RUNS).where("promoted").orderBy(F.desc("trained_at")).limit(1)
-            .select("model_version").collect())
+def _current_promoted(io, before: str | None = None) -> str | None:
+    """The newest promoted version (versions sort by their run's moment), or the newest before ``before``."""
+    runs = io.read(lake.MODEL_RUNS).where("promoted")
+    if before is not None:
+        runs = runs.where(F.col("model_version") < F.lit(before))
+    rows = runs.orderBy(F.desc("model_version"), F.desc("trained_at")).limit(1).select("model_version").collect()
     return rows[0]["model_version"] if rows else None
 
 
-def publish(io, registry: Registry, kv_client, prefix: str, version: str | None = None) -> dict:
+def publish(io, registry: Registry, kv_client, prefix: str, version: str | None = None,
+            as_of: dt.datetime | None = None) -> dict:
     """Make a promoted version's item embeddings current in the KV layer (atomic switch-over).
 
-    Default: the newest promoted version. Idempotent: publishing the current version does nothing.
+    Default: the newest promoted version. ``as_of``: the version of the run as of it
+    (``model_version``), if the gate promoted it and no newer version was promoted (a re-run of
+    last month does not switch serving back to last month's model); otherwise nothing.
+    Idempotent: publishing the current version does nothing.
     Keeps the previous version's keys for rollback; older versions are deleted.
     """
     from usersignals import models
 
     p = Progress("publish_model", io.metrics_dir)
+    if as_of is not None:
+        if version is not None:
+            raise ValueError(f"publish version {version!r} or the run as of {as_of.isoformat()}, not both")
+        run, newest = model_version(as_of), _current_promoted(io)
+        promoted = io.read(lake.MODEL_RUNS).where((F.col("model_version") == F.lit(run)) & F.col("promoted")).count()
+        if not promoted or newest != run:
+            why = "not_promoted" if not promoted else "newer_version_promoted"
+            p.stage(why, version=run, newest=newest)
+            return {**p.done(), "published": None, "run_version": run, "newest_promoted": newest}
+        version = run
     version = version or _current_promoted(io)
     if version is None:
         p.stage("nothing_promoted")
         return {**p.done(), "published": None}
-    runs = io.read(lake.MODEL_RUNS).where(F.col("model_version") == version).collect()
+    runs = io.read(lake.MODEL_RUNS).where(F.col("model_version") == F.lit(version)).collect()
     if not runs or not runs[0]["promoted"]:
         raise ValueError(f"model version {version!r} was not promoted by the gate; refusing to publish it")
     if models.current_version(kv_client, prefix) == version:
         p.stage("already_current")
         return {**p.done(), "published": version}
-    emb = io.read(lake.ITEM_EMBEDDINGS).where(F.col("model_version") == version).select("item_id", "embedding")
+    emb = io.read(lake.ITEM_EMBEDDINGS).where(F.col("model_version") == F.lit(version)).select("item_id", "embedding")
     dims = {len(r["embedding"]) for r in emb.limit(100).collect()}
     expected = registry.model.embedding_dim
     if dims != {expected}:

@@ -1,9 +1,11 @@
 """Retrain the item/user embedding model and publish it if it is better.
 
 build training data → train ALS → evaluate on a holdout day against the popularity baseline
-and the promoted model → gate → record (``model_runs``), then publish: the newest promoted
-version's item embeddings become current in the KV layer (atomic switch; ``python -m batch
-model-rollback`` switches back). Runs weekly, and also as soon as every event type's daily
+and the promoted model → gate → record (``model_runs``), then publish: the run's version, if the
+gate promoted it and it is the newest promoted, becomes current in the KV layer (atomic switch;
+``python -m batch model-rollback`` switches back). The version is named by the run's as-of (its
+data interval's end, or when an asset-triggered run was due): re-running a run replaces its
+version in ``item_embeddings``, ``user_embeddings`` and ``model_runs`` instead of adding one. Runs weekly, and also as soon as every event type's daily
 re-enrichment has refreshed the lake (data-aware: all per-type enriched-events assets).
 The gate's decision and metrics are in the train task's log, in ``model_runs`` and in
 ``var/metrics/batch_retrain.prom``.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from _usersignals import (DAY_BEFORE_AS_OF, ENRICHED_BY_TYPE, ITEM_EMBEDDINGS, KV_EMBEDDINGS, MODEL_RUNS,
+from _usersignals import (AS_OF, DAY_BEFORE_AS_OF, ENRICHED_BY_TYPE, ITEM_EMBEDDINGS, KV_EMBEDDINGS, MODEL_RUNS,
                           spark_job, usersignals_dag)
 
 all_types_refreshed = None
@@ -41,14 +43,15 @@ with usersignals_dag(
                                              "this many hours older weighs half as much"),
     },
 ) as dag:
-    # The holdout day is the day before the run's as-of day. The rank is the registry's
-    # model.embedding_dim (what serving expects), so it is not a parameter here.
+    # The version is the run's as-of (a re-run replaces it); the holdout day the day before its
+    # day. The rank is the registry's model.embedding_dim (what serving expects), not a parameter.
     train = spark_job("train_evaluate_gate", [
-        "retrain", "--holdout-day", DAY_BEFORE_AS_OF,
+        "retrain", "--as-of", AS_OF, "--holdout-day", DAY_BEFORE_AS_OF,
         "--train-days", "{{ params.train_days }}",
         "--iterations", "{{ params.iterations }}", "--reg", "{{ params.reg }}",
         "--alpha", "{{ params.alpha }}", "--k", "{{ params.k }}", "--margin", "{{ params.margin }}",
         "--seq-half-life-h", "{{ params.seq_half_life_h }}"],
         outlets=[ITEM_EMBEDDINGS, MODEL_RUNS])
-    publish = spark_job("publish", ["publish-model"], outlets=[KV_EMBEDDINGS])
+    # This run's version, if the gate promoted it and no newer run's was (a backfill publishes nothing).
+    publish = spark_job("publish", ["publish-model", "--as-of", AS_OF], outlets=[KV_EMBEDDINGS])
     train >> publish

@@ -6,6 +6,7 @@ interest differs from their long-term one."""
 import asyncio
 import datetime as dt
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -63,14 +64,14 @@ def test_training_data_stops_before_the_holdout_day(env):
 
 def test_retrain_gate_publish_and_rollback(env, kv_client):
     settings, io = env
-    first = retrain(io, load_registry(), HOLDOUT, PARAMS, now=dt.datetime(2026, 11, 21, 1, tzinfo=UTC))
+    first = retrain(io, load_registry(), HOLDOUT, PARAMS, as_of=dt.datetime(2026, 11, 21, 1, tzinfo=UTC))
     # The planted interests make personalisation pay: the model clearly beats popularity.
     assert first["recall_at_k"] > 1.3 * first["baseline_recall_at_k"], first
     assert first["ndcg_at_k"] > 1.3 * first["baseline_ndcg_at_k"], first
     assert first["promoted"] and first["current_version"] is None and "promoted" in first["decision"]
 
     # Same data, same seed: the candidate ties the promoted model, so the gate says no.
-    second = retrain(io, load_registry(), HOLDOUT, PARAMS, now=dt.datetime(2026, 11, 21, 2, tzinfo=UTC))
+    second = retrain(io, load_registry(), HOLDOUT, PARAMS, as_of=dt.datetime(2026, 11, 21, 2, tzinfo=UTC))
     assert second["current_version"] == first["model_version"]
     assert not second["promoted"] and "current model" in second["decision"]
     runs = io.read(lake.MODEL_RUNS).orderBy("trained_at").collect()
@@ -93,7 +94,7 @@ def test_retrain_gate_publish_and_rollback(env, kv_client):
 
     # A forced promotion (negative margin), published, then rolled back.
     third = retrain(io, load_registry(), HOLDOUT, TrainParams(train_days=9, iterations=3, k=10, margin=-0.9, seed=11),
-                    now=dt.datetime(2026, 11, 21, 3, tzinfo=UTC))
+                    as_of=dt.datetime(2026, 11, 21, 3, tzinfo=UTC))
     assert third["promoted"]
     publish(io, load_registry(), kv_client, settings.kv_prefix)
     v3 = third["model_version"]
@@ -102,6 +103,45 @@ def test_retrain_gate_publish_and_rollback(env, kv_client):
     assert models.current_version(kv_client, settings.kv_prefix) == v1
     store = ItemFeatureStore(kv_client, settings.kv_prefix, version_ttl_s=0)
     assert np.allclose(store.get_many([item])[item]["embedding"], lake_vec[item], atol=1e-5)
+
+
+def test_a_rerun_of_the_same_as_of_replaces_its_version(env, kv_client):
+    """The version is the run's as-of: running it again (a retried task, a cleared DAG run)
+    replaces that version's rows, one model_runs row and one set of embeddings, and publishing
+    the run's as-of publishes that version."""
+    settings, io = env
+    as_of = dt.datetime(2026, 11, 21, 5, 30, tzinfo=UTC)
+    quick = TrainParams(train_days=9, iterations=2, k=10, margin=-0.9)  # always promoted
+    runs_before = io.read(lake.MODEL_RUNS).count()
+
+    def version_rows(version):
+        return tuple(io.read(t).where(f"model_version = '{version}'").count()
+                     for t in (lake.MODEL_RUNS, lake.ITEM_EMBEDDINGS, lake.USER_EMBEDDINGS))
+
+    once = retrain(io, load_registry(), None, quick, as_of=as_of)
+    assert once["model_version"] == "als-20261121T053000" and once["holdout_day"] == HOLDOUT.isoformat()
+    assert version_rows(once["model_version"]) == (1, once["items"], once["users"])
+    again = retrain(io, load_registry(), HOLDOUT, replace(quick, seed=8), as_of=as_of)  # other factors
+    assert again["model_version"] == once["model_version"]
+    assert again["current_version"] == once["current_version"]  # not its own first run
+    assert io.read(lake.MODEL_RUNS).count() == runs_before + 1
+    assert version_rows(again["model_version"]) == (1, again["items"], again["users"])
+    stored = {r["item_id"]: r["embedding"] for r in io.read(lake.ITEM_EMBEDDINGS)
+              .where(f"model_version = '{again['model_version']}'").collect()}
+    params = io.read(lake.MODEL_RUNS).where(f"model_version = '{again['model_version']}'").first()["params"]
+    assert '"seed": 8' in params
+
+    # Publishing the run's as-of publishes its version, the second run's embeddings.
+    out = publish(io, load_registry(), kv_client, settings.kv_prefix, as_of=as_of)
+    assert out["published"] == again["model_version"] == models.current_version(kv_client, settings.kv_prefix)
+    item = sorted(stored)[0]
+    assert np.allclose(ItemFeatureStore(kv_client, settings.kv_prefix).get_many([item])[item]["embedding"],
+                       stored[item], atol=1e-5)
+    # An earlier run's as-of publishes nothing over the newer version.
+    older = publish(io, load_registry(), kv_client, settings.kv_prefix, as_of=dt.datetime(2026, 11, 21, 1, tzinfo=UTC))
+    assert (older["published"], older["newest_promoted"]) == (None, again["model_version"])
+    with pytest.raises(ValueError, match="not the last day complete"):
+        retrain(io, load_registry(), HOLDOUT, quick, as_of=dt.datetime(2026, 11, 23, tzinfo=UTC))
 
 
 def serving_embedding(settings, item):
@@ -169,7 +209,7 @@ def test_sequence_model_beats_als_when_recent_interest_differs(env):
     settings, io = env
     lake.append_rows(lake.load_catalog(settings), lake.table_id(settings, lake.ENRICHED_EVENTS), drifting_world())
     params = TrainParams(train_days=9, iterations=8, k=10, margin=0.02, seq_half_life_h=6)
-    out = retrain(io, load_registry(), DRIFT_HOLDOUT, params, now=dt.datetime(2026, 12, 11, 1, tzinfo=UTC))
+    out = retrain(io, load_registry(), DRIFT_HOLDOUT, params, as_of=dt.datetime(2026, 12, 11, 1, tzinfo=UTC))
 
     assert out["eval_users"] == 60 and out["seq_users"] == 60, out  # every drifting user, each with a sequence
     # ALS weighs the days of A over the hours of B; the decayed sequence follows B.
@@ -188,6 +228,6 @@ def test_sequence_model_beats_als_when_recent_interest_differs(env):
     # 24 A clicks and 4 B clicks, A wins, and the sequence model loses what the decay gave it.
     flat = retrain(io, load_registry(), DRIFT_HOLDOUT, TrainParams(
         train_days=9, iterations=8, k=10, margin=0.02, seq_half_life_h=24 * 365),
-        now=dt.datetime(2026, 12, 11, 2, tzinfo=UTC))
+        as_of=dt.datetime(2026, 12, 11, 2, tzinfo=UTC))
     assert flat["recall_at_k"] == pytest.approx(out["recall_at_k"])  # ALS itself unchanged
     assert flat["seq_recall_at_k"] < 0.7 * out["seq_recall_at_k"], (flat, out)
