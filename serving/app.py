@@ -2,10 +2,14 @@
 
 ``POST /v1/features`` runs retrieve → filter → enrich → size → featurize for a batch of
 users of one tenant (its API key in ``X-API-Key``). ``GET /v1/users/{user_id}/events``
-reads one dataset raw. Tenants are listed, changed and versioned at runtime through
-``/v1/tenants`` (admin key in ``X-Admin-Key``); ``POST /v1/admin/reload`` re-reads the registry
-file (datasets, enrichments, views, tenants) without a restart (``apply_registry``). Run:
-``.venv/bin/python -m serving``.
+reads one dataset raw (a tenant's key, the read key or the admin key). Tenants are listed,
+changed and versioned at runtime through ``/v1/tenants`` (admin key in ``X-Admin-Key``);
+``POST /v1/admin/reload`` re-reads the registry file (datasets, enrichments, views, tenants)
+without a restart (``apply_registry``). Run: ``.venv/bin/python -m serving``.
+
+With ``api_admin_port`` set, the routes only the admin key may call are served on that port
+alone, by a second FastAPI app sharing this one's state; ``ObservedApp`` picks the app by the
+port a request came in on (serving/__main__.py listens on both).
 
 This module wires the parts: the routes (``serving.routes``), the key checks
 (``serving.auth``), the feature pipeline (``serving.pipeline``), the error body and its
@@ -18,13 +22,14 @@ import time
 from contextlib import asynccontextmanager
 
 import orjson
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from usersignals.features import CachedFeatures
-from usersignals.registry import Registry, load_registry
+from usersignals.registry import Registry, RegistryError, load_registry
 from usersignals.settings import Settings, load_settings
 
 from serving import auth, errors, kv_client
+from serving.background import REGISTRY_FOLLOW, STARTUP, LoopErrors, every
 from serving.enrich import Enricher
 from serving.errors import MAX_BODY_BYTES, ORJSONResponse
 from serving.feature_log import FeatureLogger
@@ -48,7 +53,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     else:
         hot = as_kv(aclient)  # a client of the caller's (tests) for everything
     metrics = ServingMetrics()
-    directory = TenantDirectory(registry, aclient, settings.kv_prefix)
+    loop_errors = LoopErrors(metrics.background_errors)
+    directory = TenantDirectory(registry, aclient, settings.kv_prefix, loop_errors)
     retriever = Retriever(hot, registry, settings.kv_prefix)
     features_cache = CachedFeatures(None, ttl_s=60)  # item features, kept across registry reloads
     enricher = Enricher(hot, registry, settings.kv_prefix, features_cache)
@@ -64,11 +70,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             await directory.sync()
             await retriever.warm()  # a cold first request (connect, NOSCRIPT) can miss a tenant's timeout
             await enricher.embedding_version()
-        except Exception:
-            pass  # KV not reachable yet: /readyz says so, the sync loop catches up, requests connect
+        except Exception as exc:  # noqa: BLE001 - KV not reachable yet: /readyz says so, the loops catch up
+            loop_errors.failed(STARTUP, exc, "reading tenants and warming the KV client")
         task = asyncio.create_task(directory.run_sync(1.0))
         follower = asyncio.create_task(follow_registry(app, 1.0))
-        flusher = asyncio.create_task(metrics.run_flush(1.0))  # batched histograms (serving/metrics.py)
+        flusher = asyncio.create_task(metrics.run_flush(1.0, loop_errors))  # batched histograms (serving/metrics.py)
         yield
         task.cancel()
         follower.cancel()
@@ -92,24 +98,59 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     state.hot = hot
     state.features_cache = features_cache
     state.metrics = metrics
+    state.loop_errors = loop_errors
     state.feature_logger = feature_logger
     state.pipeline = Pipeline(registry, retriever, enricher, metrics, feature_logger)
     state.admin_sha256 = auth.admin_key_sha256(settings)
+    state.read_sha256 = auth.read_key_sha256(settings)
     errors.install(app)
-    for module in (features, users, tenants, admin, ops):
-        add_routes(app, module.router)
+    admin_port = admin_port_of(settings)
+    routes = [r for module in (features, users, tenants, admin, ops) for r in module.router.routes]
+    admin_app = None
+    if admin_port:
+        admin_app = FastAPI(title="usersignals admin", version="0.2.0", default_response_class=ORJSONResponse,
+                            description=f"The admin routes of usersignals (port {admin_port}); the others are "
+                                        f"on port {settings.api_port}.")
+        admin_app.state = state  # one state: what a route changes here, the public app serves
+        errors.install(admin_app)
+        add_routes(admin_app, [*tenants.router.routes, *admin.router.routes, *ops.router.routes])
+        add_routes(app, [r for r in routes if not admin_only(r)])
+    else:
+        add_routes(app, routes)
+    state.apps = [a for a in (app, admin_app) if a is not None]
+    for a in state.apps:
+        install_openapi(a)
+    fast = {("POST", "/v1/features"): (features.asgi, route_of(app, "/v1/features"))}
+    return ObservedApp(app, metrics, fast, admin_app, admin_port)
+
+
+def admin_port_of(settings: Settings) -> int:
+    """The port of the admin routes when they have their own (``api_admin_port``), else 0."""
+    if settings.api_admin_port and settings.api_admin_port == settings.api_port:
+        raise ValueError(f"USERSIGNALS_API_ADMIN_PORT is {settings.api_admin_port}, the API's own port: "
+                         "set another port, or 0 to serve the admin routes on the API's port")
+    return settings.api_admin_port
+
+
+def admin_only(route) -> bool:
+    """A route only the admin key may call (it depends on ``auth.require_admin``)."""
+    return any(d.dependency is auth.require_admin for d in getattr(route, "dependencies", ()))
+
+
+def install_openapi(app: FastAPI) -> None:
+    """The app's spec, with what the registry served now fixes (reloads reset the cache)."""
+    state = app.state
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             spec = FastAPI.openapi(app)  # caches it in app.openapi_schema
             errors.drop_422(spec)
-            users.document(spec, state.registry)  # the registry served now (reloads reset the cache)
+            if users.EVENTS_PATH in spec["paths"]:
+                users.document(spec, state.registry)
             tenants.document(spec, state.registry)
         return app.openapi_schema
 
     app.openapi = openapi
-    fast = {("POST", "/v1/features"): (features.asgi, route_of(app, "/v1/features"))}
-    return ObservedApp(app, metrics, fast)
 
 
 def apply_registry(app: FastAPI, registry: Registry) -> None:
@@ -128,7 +169,8 @@ def apply_registry(app: FastAPI, registry: Registry) -> None:
     state.retriever = retriever
     state.registry = registry
     state.directory.registry = registry
-    app.openapi_schema = None  # its enums (event types, datasets) come from the registry
+    for served in getattr(state, "apps", [app]):
+        served.openapi_schema = None  # its enums (event types, datasets) come from the registry
 
 
 def registry_key(state) -> str:
@@ -143,43 +185,48 @@ async def follow_registry(app: FastAPI, interval_s: float = 1.0) -> None:
     edited since, but not reloaded, waits for its own reload). A process whose registry was not
     loaded from a file (tests) does not follow."""
     state = app.state
-    while True:
-        try:
-            recorded = await state.aclient.get(registry_key(state))
-            recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
-            if recorded and state.registry.digest and recorded != state.registry.digest:
+
+    async def step():
+        recorded = await state.aclient.get(registry_key(state))
+        recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
+        if recorded and state.registry.digest and recorded != state.registry.digest:
+            try:
                 fresh = load_registry(state.settings.registry_path)
-                if fresh.digest == recorded:
-                    apply_registry(app, fresh)
-        except Exception:
-            pass  # KV unreachable or the file mid-edit: keep serving the registry we have
-        await asyncio.sleep(interval_s)
+            except RegistryError as exc:  # the file mid-edit, or edited since: keep serving the registry we have
+                raise RegistryError(f"the recorded registry {recorded[:12]} was not applied: {exc}") from None
+            if fresh.digest == recorded:
+                apply_registry(app, fresh)
+
+    await every(interval_s, REGISTRY_FOLLOW, step, state.loop_errors)
 
 
 def route_of(app: FastAPI, path: str):
     return next(r for r in app.router.routes if getattr(r, "path", None) == path)
 
 
-def add_routes(app: FastAPI, router: APIRouter) -> None:
-    """The router's routes, added to the app itself. Not ``include_router``: FastAPI 0.165
+def add_routes(app: FastAPI, routes: list) -> None:
+    """Routers' routes, added to the app itself. Not ``include_router``: FastAPI 0.165
     dispatches a request to an included router by matching the router's routes a second time,
     which cost ~25 µs of CPU a request here, and this API is measured in CPU per request. So the
     routers set what an include would (``default_response_class``); app.dependency_overrides do
     not reach these routes."""
-    app.router.routes.extend(router.routes)
+    app.router.routes.extend(routes)
 
 
 class ObservedApp:
     """Pure ASGI wrapper: request metrics and the body-size limit, without the cost of
     Starlette's BaseHTTPMiddleware (a task group per request)."""
 
-    def __init__(self, app: FastAPI, metrics: ServingMetrics, fast: dict | None = None):
+    def __init__(self, app: FastAPI, metrics: ServingMetrics, fast: dict | None = None,
+                 admin: FastAPI | None = None, admin_port: int = 0):
         self.app = app
         self.metrics = metrics
         self.state = app.state
         # (method, path) -> (ASGI handler(state, scope, receive, send) -> status, the route it
         # serves): hot routes answered without FastAPI's per-request machinery.
         self.fast = fast or {}
+        # Requests to this port (the server's own, as the connection says) go to ``admin``.
+        self.admin, self.admin_port = admin, admin_port
 
     def __getattr__(self, name):  # routes, openapi, dependency overrides...
         return getattr(self.app, name)
@@ -199,7 +246,11 @@ class ObservedApp:
                 self._observe(scope, 413, started)
                 return
 
-        handler = self.fast.get((scope["method"], scope["path"]))
+        app = self.app
+        if self.admin_port and (scope.get("server") or (None, None))[1] == self.admin_port:
+            app, handler = self.admin, None
+        else:
+            handler = self.fast.get((scope["method"], scope["path"]))
         if handler is not None:  # it returns its status: no wrapper around send
             scope["route"] = handler[1]
             try:
@@ -214,7 +265,7 @@ class ObservedApp:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_observed)
+            await app(scope, receive, send_observed)
         finally:
             self._observe(scope, status[0], started)
 

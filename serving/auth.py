@@ -1,12 +1,15 @@
 """Who may call what: a tenant's key (``X-API-Key``) reads that tenant; the admin key
-(``X-Admin-Key``, from ``USERSIGNALS_ADMIN_KEY``) reads every tenant and changes them.
+(``X-Admin-Key``, from ``USERSIGNALS_ADMIN_KEY``) reads every tenant and changes them. A user's
+raw events (``GET /v1/users/{id}/events``) take any registered tenant's key, the read-only key
+(``X-Read-Key``, from ``USERSIGNALS_READ_KEY``; none when empty) or the admin key.
 
 401 when no key was sent, 403 when the key sent is not the right one. Keys are compared by
 their sha256, in constant time (``serving.tenants.key_matches``); only hashes are kept.
-Both headers are ``APIKeyHeader`` security schemes, so the OpenAPI spec declares them.
+The headers are ``APIKeyHeader`` security schemes, so the OpenAPI spec declares them.
 """
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request, Security
@@ -20,10 +23,19 @@ tenant_key = APIKeyHeader(name="X-API-Key", scheme_name="TenantKey", auto_error=
 admin_key = APIKeyHeader(name="X-Admin-Key", scheme_name="AdminKey", auto_error=False,
                          description="The admin key (USERSIGNALS_ADMIN_KEY): reads every tenant, changes tenants.")
 
+read_key = APIKeyHeader(name="X-Read-Key", scheme_name="ReadKey", auto_error=False,
+                        description="The read-only key (USERSIGNALS_READ_KEY): reads users' raw events, "
+                                    "nothing else.")
+
 
 def admin_key_sha256(settings: Settings) -> str:
     """The hash of the admin key the app accepts (``settings.admin_key``, taken when it is created)."""
     return sha256_hex(settings.admin_key)
+
+
+def read_key_sha256(settings: Settings) -> str:
+    """The hash of the read-only key the app accepts; empty (none accepted) when the setting is."""
+    return sha256_hex(settings.read_key) if settings.read_key else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +73,22 @@ async def require_admin(request: Request, admin: str | None = Security(admin_key
         raise HTTPException(401, "missing admin key: send it in X-Admin-Key")
     if not key_matches(admin, request.app.state.admin_sha256):
         raise HTTPException(403, "wrong admin key")
+
+
+async def require_reader(request: Request, api_key: str | None = Security(tenant_key),
+                         reader: str | None = Security(read_key), admin: str | None = Security(admin_key)) -> None:
+    """Reads of user data: any registered tenant's key, the read-only key or the admin key;
+    401 without any, 403 when none of those sent is right."""
+    state = request.app.state
+    if key_matches(reader, state.read_sha256) or key_matches(admin, state.admin_sha256):
+        return
+    if api_key:
+        digest = sha256_hex(api_key)
+        if any(c.tenant.api_key_sha256 and hmac.compare_digest(digest, c.tenant.api_key_sha256)
+               for c in state.directory.all().values()):
+            return
+    if not (api_key or reader or admin):
+        raise HTTPException(401, "missing key: send a tenant's key in X-API-Key, the read-only key in "
+                                 "X-Read-Key or the admin key in X-Admin-Key")
+    raise HTTPException(403, "this key may not read user data: it is not a registered tenant's key, "
+                             "the read-only key or the admin key")

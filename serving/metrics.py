@@ -22,6 +22,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+from serving.background import METRICS_FLUSH, LoopErrors, every
+
 _LATENCY = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 _SIZES = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
@@ -66,6 +68,10 @@ class ServingMetrics:
                                ["tenant"], registry=r, multiprocess_mode="livesum")
         self.feature_log = Counter("usersignals_api_feature_log_records_total",
                                    "Served-feature log records, by outcome.", ["outcome"], registry=r)
+        # A loop that fails keeps running (serving/background.py): this says it is failing.
+        self.background_errors = Counter("usersignals_api_background_errors_total",
+                                         "Errors of the API's background loops (tenant sync, registry follower, "
+                                         "metrics flush, start-up reads), by loop.", ["loop"], registry=r)
         self.tenant_config_version = Gauge("usersignals_api_tenant_config_version",
                                            "Config version each tenant is served with.", ["tenant"], registry=r,
                                            multiprocess_mode="livemax")
@@ -86,10 +92,13 @@ class ServingMetrics:
         for b in self._batched:
             b.flush()
 
-    async def run_flush(self, interval_s: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
+    async def run_flush(self, interval_s: float = 1.0, errors: LoopErrors | None = None) -> None:
+        """``flush`` every ``interval_s`` until cancelled; an error is reported (``errors``), not raised."""
+        async def step():
             self.flush()
+
+        await asyncio.sleep(interval_s)
+        await every(interval_s, METRICS_FLUSH, step, errors or LoopErrors(self.background_errors))
 
     def of_tenant(self, name: str) -> "TenantMetrics":
         """The tenant's labelled series, looked up once (``labels()`` costs microseconds a call)."""

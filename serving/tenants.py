@@ -7,6 +7,10 @@ write is one transaction on a Redis Cluster too), so every API
 process picks it up within ``sync_interval_s``. A request holds the config object it
 started with, so a swap never affects requests in flight. The limits each config sets
 (``max_concurrency``, ``max_rps``) are enforced by serving/limits.py.
+
+A stored record that cannot be read (not JSON, no version, a config the registry refuses) is
+skipped, reported with its key and field (serving/background.py), and the others still apply;
+a PUT of that tenant replaces it.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from usersignals.registry import Registry, RegistryError, Tenant, parse_tenant, tenant_to_dict
+from usersignals.registry import Registry, Tenant, parse_tenant, tenant_to_dict
+
+from serving.background import TENANT_SYNC, LoopErrors, every
 
 
 HISTORY = 50
@@ -42,10 +48,35 @@ class TenantConfig:
     updated_at: float
 
 
+class CorruptRecord(ValueError):
+    """A stored tenant record that is not ``{"version": n >= 1, "updated_at"?: s, "config": {...}}``."""
+
+
+def read_record(raw: bytes | str) -> tuple[int, float, dict]:
+    """(version, updated_at, config) of a stored record; raises CorruptRecord saying what is wrong."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptRecord(f"not JSON ({exc}): {raw[:60]!r}") from None
+    if not isinstance(record, dict):
+        raise CorruptRecord(f"expected an object with version and config, got {type(record).__name__}")
+    version = record.get("version")
+    if type(version) is not int or version < 1:
+        raise CorruptRecord(f"version must be an integer >= 1, got {version!r}")
+    config = record.get("config")
+    if not isinstance(config, dict):
+        raise CorruptRecord(f"config must be an object, got {type(config).__name__}")
+    updated_at = record.get("updated_at", 0.0)
+    if type(updated_at) not in (int, float):
+        raise CorruptRecord(f"updated_at must be epoch seconds, got {updated_at!r}")
+    return version, float(updated_at), config
+
+
 class TenantDirectory:
-    def __init__(self, registry: Registry, aclient=None, prefix: str = "us"):
+    def __init__(self, registry: Registry, aclient=None, prefix: str = "us", errors: LoopErrors | None = None):
         self.registry = registry
         self.client = aclient
+        self.errors = errors or LoopErrors()  # where sync reports the records it skips
         # One hash tag: the config and its history share a slot, so put() is one transaction on a cluster.
         self.key = f"{{{prefix}:tenants}}"
         self.history_prefix = f"{{{prefix}:tenants}}:history:"
@@ -89,32 +120,35 @@ class TenantDirectory:
         """Apply configs other processes stored with a newer version; returns how many changed."""
         if self.client is None:
             return 0
-        stored = await self.client.hgetall(self.key)
+        stored = {n: (self.key, r) for n, r in (await self.client.hgetall(self.key)).items()}
         if self.legacy_key is not None:
             # Configs stored under the old key (before the hash tag) are still served; a newer
             # version under the new key wins, and the next put() stores them there.
             legacy = await self.client.hgetall(self.legacy_key)
-            stored = {**{n: r for n, r in legacy.items() if n not in stored}, **stored}
+            stored = {**{n: (self.legacy_key, r) for n, r in legacy.items() if n not in stored}, **stored}
             self.legacy_key = None
         changed = 0
-        for raw_name, raw in stored.items():
-            name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
-            record = orjson.loads(raw)
+        for raw_name, (key, raw) in stored.items():
+            name = raw_name.decode(errors="replace") if isinstance(raw_name, bytes) else raw_name
+            try:
+                version, updated_at, config = read_record(raw)
+            except CorruptRecord as exc:
+                self.errors.report(TENANT_SYNC, f"skipped the tenant record at key {key} field {name!r}: {exc}")
+                continue
             current = self._configs.get(name)
-            if current is not None and current.version >= record["version"]:
+            if current is not None and current.version >= version:
                 continue
             try:
-                tenant = parse_tenant(name, record["config"], self.registry)
-            except RegistryError:
-                continue  # written against another registry; keep serving what we have
-            self._configs[name] = TenantConfig(tenant, record["version"], record.get("updated_at", 0.0))
+                tenant = parse_tenant(name, config, self.registry)
+            except Exception as exc:  # noqa: BLE001 - e.g. written against another registry: keep what we have
+                self.errors.report(TENANT_SYNC, f"skipped version {version} of the tenant record at key {key} "
+                                                f"field {name!r}: {type(exc).__name__}: {exc}")
+                continue
+            self._configs[name] = TenantConfig(tenant, version, updated_at)
             changed += 1
         return changed
 
     async def run_sync(self, interval_s: float = 1.0) -> None:
-        while True:
-            try:
-                await self.sync()
-            except Exception:
-                pass  # the KV layer is unreachable: keep the configs we have
-            await asyncio.sleep(interval_s)
+        """``sync`` every ``interval_s`` until cancelled; a pass that fails (the KV layer is
+        unreachable) is reported and the configs we have are kept."""
+        await every(interval_s, TENANT_SYNC, self.sync, self.errors)

@@ -61,6 +61,12 @@ class Settings:
     broker_port: int = setting(9092, "Kafka broker port of the local stack (its client listener).")
     kv_port: int = setting(6379, "Port of the local stack's redis-server.")
     api_port: int = setting(8000, "Port the serving API listens on.")
+    # A production Service then exposes api_port only: tenants cannot even reach the admin routes.
+    api_admin_port: int = setting(
+        0, "Port of the serving API's admin routes (tenant changes, reload, erasure), which api_port then "
+           "does not serve; 0: every route on api_port.")
+    api_admin_host: str = setting("", "Address the admin port listens on (e.g. 127.0.0.1 in a pod: reached "
+                                      "by kubectl port-forward only); empty: bind_host.")
     # Each tenant's max_concurrency and max_rps are divided among the workers (serving/limits.py).
     api_workers: int = setting(
         help="Worker processes of the serving API on its one port (python -m serving); default: the cores.",
@@ -89,6 +95,9 @@ class Settings:
     admin_key: str = setting(
         "admin-dev-key", "The serving API's admin key (X-Admin-Key): reads every tenant and changes them. "
                          "The default is for the local stack only.", secret=True)
+    read_key: str = setting(
+        "", "The serving API's read-only key (X-Read-Key): reads any user's raw events "
+            "(GET /v1/users/{id}/events), nothing else; empty: none, tenant and admin keys only.", secret=True)
     # --- topics -----------------------------------------------------------------------------------
     events_topic: str = setting("user_events", "Kafka topic of incoming user events.")
     dlq_topic: str = setting("user_events_dlq", "Kafka topic of rejected events (dead letters).")

@@ -10,6 +10,8 @@ from usersignals.kv import SequenceStore, StoredEvent
 
 pytestmark = pytest.mark.integration
 
+READER = {"X-API-Key": "homefeed-dev-key"}  # any registered tenant's key reads users' events
+
 
 @pytest.fixture
 def api(kv_server, kv_client, registry):
@@ -17,12 +19,13 @@ def api(kv_server, kv_client, registry):
     for n in range(30):
         body = {"event_id": f"e{n}", "item_id": f"i{n}", "ts": 1000 + n, "features": {"category": "c1"}}
         store.write([StoredEvent("repins", "u1", f"e{n}", 1000 + n, orjson.dumps(body))])
-    with TestClient(create_app(kv_server.settings, registry, feature_logger=FeatureLogger(None, "x"))) as client:
+    settings = kv_server.settings.with_overrides(read_key="reader-test-key", admin_key="admin-dev-key")
+    with TestClient(create_app(settings, registry, feature_logger=FeatureLogger(None, "x"))) as client:
         yield client
 
 
 def test_events_are_newest_first_with_enrichment(api):
-    r = api.get("/v1/users/u1/events", params={"type": "repin", "limit": 3})
+    r = api.get("/v1/users/u1/events", params={"type": "repin", "limit": 3}, headers=READER)
     assert r.status_code == 200
     body = r.json()
     assert body["dataset"] == "repins"
@@ -31,21 +34,62 @@ def test_events_are_newest_first_with_enrichment(api):
 
 
 def test_default_limit_and_unknown_user(api):
-    assert len(api.get("/v1/users/u1/events", params={"type": "repin"}).json()["events"]) == 20
-    assert api.get("/v1/users/nobody/events", params={"type": "repin"}).json()["events"] == []
+    assert len(api.get("/v1/users/u1/events", params={"type": "repin"}, headers=READER).json()["events"]) == 20
+    assert api.get("/v1/users/nobody/events", params={"type": "repin"}, headers=READER).json()["events"] == []
+
+
+def test_a_limit_over_the_types_retention_serves_what_the_dataset_keeps(api, registry):
+    # The spec states one maximum for limit (the largest retention: 200 in the default registry),
+    # valid for every type: repins keep 20, so 21 to 200 get those 20 (of the 30 stored).
+    assert max(d.retention for d in registry.datasets.values()) > 21
+    for limit in (21, max(d.retention for d in registry.datasets.values())):
+        r = api.get("/v1/users/u1/events", params={"type": "repin", "limit": limit}, headers=READER)
+        assert r.status_code == 200, r.text
+        assert [e["event_id"] for e in r.json()["events"]] == [f"e{n}" for n in range(29, 9, -1)]
 
 
 @pytest.mark.parametrize("params,status,fragment", [
     ({"type": "hover"}, 404, "unknown event type 'hover'"),
-    ({"type": "repin", "limit": 21}, 400, "over the retention of dataset 'repins' (20)"),
+    ({"type": "repin", "limit": 201}, 400, "limit=201: must be 1..200, the largest retention of any dataset "
+                                           "('repins' keeps 20)"),
     ({"type": "repin", "limit": 0}, 400, "limit"),
     ({"type": "repin", "limit": "ten"}, 400, "limit"),
     ({}, 400, "type"),
 ])
 def test_bad_requests_get_a_4xx_with_a_message(api, params, status, fragment):
-    r = api.get("/v1/users/u1/events", params=params)
+    r = api.get("/v1/users/u1/events", params=params, headers=READER)
     assert r.status_code == status
     assert fragment in r.json()["message"]
+
+
+@pytest.mark.parametrize("headers,status,fragment", [
+    ({}, 401, "missing key: send a tenant's key in X-API-Key, the read-only key in X-Read-Key or the admin key"),
+    ({"X-API-Key": "not-a-tenants-key"}, 403, "this key may not read user data"),
+    ({"X-Read-Key": "not-the-read-key"}, 403, "this key may not read user data"),
+    ({"X-Admin-Key": "not-the-admin-key"}, 403, "this key may not read user data"),
+    ({"X-API-Key": "search-dev-key"}, 200, None),  # any registered tenant's key, not only a reader of repins
+    ({"X-Read-Key": "reader-test-key"}, 200, None),
+    ({"X-Admin-Key": "admin-dev-key"}, 200, None),
+])
+def test_a_users_events_need_a_tenants_key_the_read_key_or_the_admin_key(api, headers, status, fragment):
+    r = api.get("/v1/users/u1/events", params={"type": "repin", "limit": 3}, headers=headers)
+    assert r.status_code == status, r.text
+    if fragment:
+        assert fragment in r.json()["message"]
+    else:
+        assert [e["event_id"] for e in r.json()["events"]] == ["e29", "e28", "e27"]
+
+
+def test_without_a_read_key_setting_no_read_key_is_accepted(kv_server, registry):
+    settings = kv_server.settings.with_overrides(read_key="")
+    with TestClient(create_app(settings, registry, feature_logger=FeatureLogger(None, "x"))) as client:
+        for key in ("", "reader-test-key"):
+            r = client.get("/v1/users/u1/events", params={"type": "repin"}, headers={"X-Read-Key": key})
+            assert r.status_code == (401 if not key else 403), r.text
+
+
+def test_datasets_need_no_key(api):
+    assert api.get("/v1/datasets").status_code == 200
 
 
 def test_datasets_health_and_metrics(api, registry):
@@ -55,7 +99,7 @@ def test_datasets_health_and_metrics(api, registry):
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json()["status"] == "ready"
     before = api.get("/metrics").text
-    api.get("/v1/users/u1/events", params={"type": "repin"})
+    api.get("/v1/users/u1/events", params={"type": "repin"}, headers=READER)
     after = api.get("/metrics").text
 
     def grew(name, **labels):
@@ -75,7 +119,7 @@ def test_readiness_reports_an_unreachable_kv(registry, kv_server):
                                feature_logger=FeatureLogger(None, "x"))) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 503
-        r = client.get("/v1/users/u1/events", params={"type": "repin"})
+        r = client.get("/v1/users/u1/events", params={"type": "repin"}, headers={"X-Admin-Key": "admin-dev-key"})
         assert r.status_code == 503 and "KV layer unavailable" in r.json()["message"]
 
 
