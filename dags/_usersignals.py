@@ -44,7 +44,6 @@ MODEL_RUNS = table_asset(lake.MODEL_RUNS)
 _KV = urlsplit(SETTINGS.kv_url)
 KV_ROOT = f"redis://{_KV.hostname}:{_KV.port or 6379}/{SETTINGS.kv_prefix}"
 KV_EMBEDDINGS = Asset(f"{KV_ROOT}/model/embeddings", group="kv")
-ITEM_FEATURES = table_asset(lake.ITEM_FEATURES)
 KV_ITEM_FEATURES = Asset(f"{KV_ROOT}/item_features", group="kv")
 
 DEFAULT_ARGS = {
@@ -58,12 +57,17 @@ START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def usersignals_dag(dag_id: str, description: str, schedule, tags: list[str], doc_md: str, timeout_h: float,
-                    params: dict | None = None, **kwargs):
-    """A DAG with the platform's defaults: no catch-up, one run at a time, a run timeout,
-    retries (``DEFAULT_ARGS``, overridable with ``default_args``), tagged ``usersignals``."""
+                    params: dict | None = None, repairs_days: bool = False, **kwargs):
+    """A DAG with the platform's defaults: one run at a time, a run timeout, retries
+    (``DEFAULT_ARGS``, overridable with ``default_args``), tagged ``usersignals``.
+
+    ``repairs_days``: each run repairs its data interval's day, so the scheduler catches up: a day
+    whose run never happened (scheduler down, DAG paused) gets its run when it is back, oldest
+    first, one at a time (``max_active_runs`` 1). Other DAGs do not catch up: a missed weekly
+    retraining or nightly maintenance is done by the next run."""
     from airflow.sdk import DAG
 
-    return DAG(dag_id=dag_id, description=description, schedule=schedule, start_date=START, catchup=False,
+    return DAG(dag_id=dag_id, description=description, schedule=schedule, start_date=START, catchup=repairs_days,
                max_active_runs=kwargs.pop("max_active_runs", 1), dagrun_timeout=dt.timedelta(hours=timeout_h),
                default_args={**DEFAULT_ARGS, **kwargs.pop("default_args", {})}, tags=["usersignals", *tags],
                doc_md=doc_md, params=params or {}, **kwargs)

@@ -7,7 +7,8 @@ task per tenant that logs served features reads back what the API served that da
 each request with the engagement that followed within the window. Each task overwrites its
 (day, source) partition of ``training_examples`` and the day's Parquet export, so a re-run or a
 backfill of a day is safe. Runs at 01:30 UTC, which leaves the served path's label window
-(default 30 minutes) after midnight closed.
+(default 30 minutes) after midnight closed. A day whose run was missed (scheduler down, DAG
+paused) is caught up: the scheduler creates its run when it is back, oldest first.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ with usersignals_dag(
     tags=["model", "training-data"],
     doc_md=__doc__,
     timeout_h=3,
+    repairs_days=True,
     params={
         "lookback_days": Param(30, type="integer", minimum=1, maximum=400,
                                description="Lake path: oldest event in a sequence, days before its label"),

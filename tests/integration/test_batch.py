@@ -143,3 +143,22 @@ def test_jobs_end_to_end_on_the_lake_and_kv(env, kv_client):
     figs = jobs.maintenance(io, [lake.ENRICHED_EVENTS, lake.RAW_EVENTS], expire_older_than_days=0, retain_last=1)
     assert figs["enriched_events.rewritten_files"] == 3 and files() == 2
     assert io.read(lake.ENRICHED_EVENTS).count() == 7
+
+
+def test_publish_features_puts_each_items_newest_features_where_enrichment_reads_them(env, kv_client):
+    """``python -m batch publish-features``, the publish_item_features DAG's job: per item, its newest
+    row of item_features (null fields left out) becomes what the stream's and the API's
+    enrichment read from the KV layer (``ItemFeatureStore``)."""
+    from batch.__main__ import parser, run
+    from usersignals.features import ItemFeatureStore
+
+    settings, spark, io = env
+    io.append(lake.ITEM_FEATURES, features(spark, [
+        ("pf1", "old", 0.1, [1.0, 0.0], at(1)), ("pf1", "new", None, [0.5, 0.5], at(2)),  # newest wins
+        ("pf2", "c2", 0.25, None, at(1))]))
+    items = io.read(lake.ITEM_FEATURES).select("item_id").distinct().count()
+    figs = run(parser().parse_args(["publish-features"]), settings, spark)
+    assert figs["published"] == items
+    got = ItemFeatureStore(kv_client, settings.kv_prefix).get_many(["pf1", "pf2", "nope"])
+    assert got == {"pf1": {"category": "new", "embedding": [0.5, 0.5]},
+                   "pf2": {"category": "c2", "popularity": 0.25}}  # an item without features: none
