@@ -46,6 +46,7 @@ def main(argv=None) -> int:
                                 stderr=open(settings.log_dir / "generator.log", "wb"))
         producer = Producer({"bootstrap.servers": settings.broker, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
         api = http.client.HTTPConnection(settings.host, settings.api_port, timeout=5)
+        reader = {"X-Admin-Key": settings.admin_key}  # the stack's API takes the settings' admin key
         time.sleep(5)  # let the load reach its rate
         in_before = metric_total(settings.job_metrics_port, "usersignals_indexer_events_in_total") or 0
         t_before = time.monotonic()
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
             deadline = t0 + 5.0
             seen = False
             while time.perf_counter() < deadline:
-                api.request("GET", f"/v1/users/{user}/events?type=click&limit=1")
+                api.request("GET", f"/v1/users/{user}/events?type=click&limit=1", headers=reader)
                 body = api.getresponse().read()
                 if event_id.encode() in body:
                     latencies.append((time.perf_counter() - t0) * 1000)

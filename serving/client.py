@@ -5,8 +5,11 @@
     users = c.features(["u1", "u2"])                      # json: list of per-user dicts
     table = c.features_arrow(["u1", "u2"])                # model-ready: a pyarrow.Table, a row per user
     meta, arrays = c.features_arrays(["u1", "u2"])        # the same as numpy arrays [B, L] / [B, L, D]
+    clicks = c.user_events("u1", "click", limit=10)       # one user's raw events, newest first (the same key)
 """
 from __future__ import annotations
+
+from urllib.parse import quote
 
 import httpx
 
@@ -27,7 +30,10 @@ class UserSignalsClient:
                                  headers={"X-API-Key": api_key})
 
     def _post(self, body: dict, accept: str = "application/json") -> httpx.Response:
-        r = self.http.post("/v1/features", json=body, headers={"Accept": accept})
+        return self._checked(self.http.post("/v1/features", json=body, headers={"Accept": accept}))
+
+    @staticmethod
+    def _checked(r: httpx.Response) -> httpx.Response:
         if r.status_code != 200:
             try:
                 err = r.json()
@@ -35,6 +41,12 @@ class UserSignalsClient:
                 err = {"error": "error", "message": r.text[:200]}
             raise UserSignalsError(r.status_code, err.get("error", "error"), err.get("message", ""))
         return r
+
+    def user_events(self, user_id: str, event_type: str, limit: int = 20) -> list[dict]:
+        """A user's latest events of one type as stored, newest first (GET /v1/users/{id}/events,
+        which any registered tenant's key may read)."""
+        r = self.http.get(f"/v1/users/{quote(user_id, safe='')}/events", params={"type": event_type, "limit": limit})
+        return self._checked(r).json()["events"]
 
     def features(self, user_ids: list[str], exclude_items: list[str] | None = None) -> list[dict]:
         body = {"tenant": self.tenant, "user_ids": user_ids, "format": "json", "exclude_items": exclude_items or []}

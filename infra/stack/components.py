@@ -211,7 +211,7 @@ class Stack(Supervisor):
         s = self.settings
         return "\n".join([
             "usersignals local stack is ready:",
-            f"  API          http://{s.host}:{s.api_port}/docs   (try /v1/datasets,"
+            f"  API          http://{s.host}:{s.api_port}/docs   (try /v1/datasets; with a tenant's X-API-Key,"
             f" /v1/users/u0/events?type=view&limit=5)",
             f"  API metrics  http://{s.host}:{s.api_port}/metrics",
             f"  job metrics  http://{s.host}:{s.job_metrics_port}/metrics",

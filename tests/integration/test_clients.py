@@ -27,7 +27,7 @@ def stack(tmp_path_factory):
 
 def served(settings, user, etype="click", limit=20) -> list[str]:
     r = httpx.get(f"http://{settings.host}:{settings.api_port}/v1/users/{user}/events",
-                  params={"type": etype, "limit": limit}, timeout=5)
+                  params={"type": etype, "limit": limit}, headers={"X-Admin-Key": settings.admin_key}, timeout=5)
     r.raise_for_status()
     return [e["event_id"] for e in r.json()["events"]]
 

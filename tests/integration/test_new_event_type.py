@@ -65,7 +65,8 @@ def api(settings, path, method="GET", headers=None):
 
 
 def served_shares(settings, user):
-    status, body = api(settings, f"/v1/users/{user}/events?type=share&limit=50")
+    status, body = api(settings, f"/v1/users/{user}/events?type=share&limit=50",
+                       headers={"X-Admin-Key": settings.admin_key})
     assert status == 200, body
     return body["events"]
 
@@ -116,7 +117,7 @@ def test_a_new_event_type_is_served_from_lake_history_and_the_stream(stack):
     producer.flush()
     wait_until(lambda: sorted(raw_ids(s, user)) == [e["event_id"] for e in share[:5]], 90, 0.5,
                "the unregistered shares in raw_events")
-    status, body = api(s, f"/v1/users/{user}/events?type=share")
+    status, body = api(s, f"/v1/users/{user}/events?type=share", headers={"X-Admin-Key": s.admin_key})
     assert status == 404 and "'share'" in body["message"]
     metrics = urllib.request.urlopen(f"http://{s.host}:{s.job_metrics_port}/metrics", timeout=5).read().decode()
     assert metric_sum(metrics, "usersignals_indexer_unindexed_events_total", event_type="share") == 5

@@ -144,7 +144,8 @@ def test_the_read_api_serves_what_the_job_indexed(producer, pipeline):
     producer.flush()
     with TestClient(create_app(pipeline.settings)) as client:
         def served():
-            r = client.get(f"/v1/users/{user}/events", params={"type": "search", "limit": 3})
+            r = client.get(f"/v1/users/{user}/events", params={"type": "search", "limit": 3},
+                           headers={"X-API-Key": "search-dev-key"})
             return r.json()["events"] if r.status_code == 200 and len(r.json()["events"]) == 3 else None
 
         events = wait_until(served, message="3 searches via the API")

@@ -84,7 +84,7 @@ def seed_shares(kv_client, prefix: str, user: str, n: int) -> None:
 def test_a_new_type_dataset_and_tenant_are_served_after_a_reload_without_a_restart(app, registry_file, kv_client):
     seed_shares(kv_client, app.state.settings.kv_prefix, "u1", 4)
     with TestClient(app) as api:
-        assert api.get("/v1/users/u1/events", params={"type": "share"}).status_code == 404
+        assert api.get("/v1/users/u1/events", params={"type": "share"}, headers=ADMIN).status_code == 404
         assert "shares" not in {d["name"] for d in api.get("/v1/datasets").json()["datasets"]}
         refused = api.put("/v1/tenants/share_ranking", json={"sequences": {"shares": 10}}, headers=ADMIN)
         assert refused.status_code == 400 and "'shares' is not a registered dataset" in refused.json()["message"]
@@ -93,7 +93,7 @@ def test_a_new_type_dataset_and_tenant_are_served_after_a_reload_without_a_resta
         r = api.post("/v1/admin/reload", headers=ADMIN)
         assert r.status_code == 200 and r.json() == {"changed": ["share_ranking"]}
 
-        events = api.get("/v1/users/u1/events", params={"type": "share", "limit": 30})
+        events = api.get("/v1/users/u1/events", params={"type": "share", "limit": 30}, headers=ADMIN)
         assert events.status_code == 200, events.text
         assert [e["event_id"] for e in events.json()["events"]] == ["s3", "s2", "s1", "s0"]
         assert {"name": "shares", "event_type": "share", "retention": 30, "enrichments": ["item_category"],

@@ -214,9 +214,12 @@ def test_python_client(app, seeded):
         meta, arrays = client.features_arrays(["u1"])
         assert arrays["clicks.mask"].shape == (1, 50) and meta["tenant"] == "homefeed_ranking"
         assert client.features_arrow(["u1", "u2"]).num_rows == 2
-        with pytest.raises(UserSignalsError) as info:
-            UserSignalsClient("http://testserver", "homefeed_ranking", "wrong", transport=tc._transport).features(["u1"])
-        assert info.value.status == 403
+        assert [e["event_id"] for e in client.user_events("u1", "click", limit=2)] == ["clicks-119", "clicks-118"]
+        wrong = UserSignalsClient("http://testserver", "homefeed_ranking", "wrong", transport=tc._transport)
+        for call in (lambda: wrong.features(["u1"]), lambda: wrong.user_events("u1", "click")):
+            with pytest.raises(UserSignalsError) as info:
+                call()
+            assert info.value.status == 403
 
 
 def run_async(app, coro_fn):
