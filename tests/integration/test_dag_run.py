@@ -149,9 +149,9 @@ def item_truth(item_id: str) -> dict:
 
 
 def test_the_daily_reenrichment_dag_rewrites_its_day_and_repairs_the_kv_layer(lake_with_events, kv_client):
-    """reenrich >> skew through real Airflow, for the UTC day of the run (a manual run's data
-    interval starts at its moment). Planted on that day for a user of this test: 3 clicks the
-    stream missed (lake only), 2 it enriched with a stale category (lake and KV), 1 it enriched
+    """reenrich >> skew through real Airflow, for the last UTC day complete when the run starts
+    (a manual run's data interval is the last whole day). Planted on that day for a user of this
+    test: 3 clicks the stream missed (lake only), 2 it enriched with a stale category (lake and KV), 1 it enriched
     right. The day's enriched_events become the day's deduplicated raw clicks enriched with the
     current features, each once, and the KV layer gets every missed or mis-enriched event (the
     stale ones fixed in place); other days are left alone. A day nobody was served still runs
@@ -162,7 +162,7 @@ def test_the_daily_reenrichment_dag_rewrites_its_day_and_repairs_the_kv_layer(la
     user = f"ud-{uuid.uuid4().hex[:8]}"
     today = dt.datetime.now(dt.timezone.utc).date()
     raw, streamed, in_kv, right = [], [], [], set()
-    for day in (today, today + dt.timedelta(days=1)):  # tomorrow: the run's day if it starts after midnight
+    for day in (today - dt.timedelta(days=1), today):  # today: the run's day if it starts after midnight
         for k, (item, stream) in enumerate([("i0", None), ("i1", None), ("i2", None),
                                             ("i3", "stale"), ("i4", "stale"), ("i1", "right")]):
             t = dt.datetime.combine(day, dt.time(0, 30 + k), dt.timezone.utc)
@@ -190,7 +190,7 @@ def test_the_daily_reenrichment_dag_rewrites_its_day_and_repairs_the_kv_layer(la
     assert "DAG_RUN_STATE success" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = proc.stdout + proc.stderr
     run_day = dt.date.fromisoformat(re.search(r"daily_reenrich: started day=(\S+)", out).group(1))
-    assert run_day in (today, today + dt.timedelta(days=1))
+    assert run_day in (today - dt.timedelta(days=1), today)
     figures = ast.literal_eval(re.search(r"daily_reenrich: done in \S+ (\{.*\})", out).group(1))
 
     on_day = {e for e, r in raw_clicks.items() if r["event_time"].date() == run_day}
