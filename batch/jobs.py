@@ -1,8 +1,9 @@
 """The offline jobs: read tables → ``batch.transforms`` → write tables and the KV layer.
 
-Sources and sinks come in through ``LakeIO`` (tables by name, partition overwrite,
-KV loading), so a job is a function of its inputs; ``batch.__main__`` wires the real
-ones for spark-submit and the DAGs. Every job returns its figures (rows read, written,
+Sources and sinks come in through ``LakeIO`` (tables by name, partition overwrite, replace by
+condition, KV loading), so a job is a function of its inputs; ``batch.__main__`` wires the real
+ones for spark-submit and the DAGs. A job that replaces rows does it in one commit per table
+(never a DELETE and then an append). Every job returns its figures (rows read, written,
 repaired, …) and reports progress through ``batch.progress``.
 """
 from __future__ import annotations
