@@ -133,7 +133,7 @@ def test_each_tenant_has_its_own_key(api, headers, status):
     ({"tenant": "homefeed_ranking", "user_ids": []}, 400, "user_ids"),
     ({"tenant": "homefeed_ranking", "user_ids": [f"u{i}" for i in range(101)]}, 400, "user_ids"),
     ({"tenant": "homefeed_ranking", "user_ids": ["u1"], "format": "xml"}, 400, "format"),
-    ({"tenant": "homefeed_ranking", "user_ids": [""]}, 400, "user ids"),
+    ({"tenant": "homefeed_ranking", "user_ids": [""]}, 400, "user id must not be empty"),
     ({"user_ids": ["u1"]}, 400, "tenant"),
 ])
 def test_bad_requests_get_4xx_with_a_message(api, body, status, fragment):
