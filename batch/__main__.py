@@ -53,9 +53,20 @@ def instant(value: str) -> dt.datetime:
 AS_OF_HELP = "end of the window: ISO 8601 with offset (the DAG passes its data interval's end)"
 
 
+class JobParser(argparse.ArgumentParser):
+    """A job's parser; ``moments``: options of which the job needs at least one (its moment)."""
+    moments: tuple[str, ...] = ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        if self.moments and all(getattr(ns, o.lstrip("-").replace("-", "_")) is None for o in self.moments):
+            self.error(f"one of {' or '.join(self.moments)} is required: the run's moment")
+        return ns, rest
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m batch", description="usersignals offline jobs on Spark + Iceberg")
-    sub = p.add_subparsers(dest="job", required=True)
+    sub = p.add_subparsers(dest="job", required=True, parser_class=JobParser)
     d = sub.add_parser("daily", help="re-enrich one day from raw events; repair the KV layer")
     d.add_argument("--day", type=dt.date.fromisoformat, required=True, help="UTC day, YYYY-MM-DD")
     d.add_argument("--event-types", type=_csv, default=None, help="comma-separated (default: all)")
@@ -140,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--sample", type=int, default=2000, help="requests per tenant (by hash of request_id)")
     k.add_argument("--lookback-days", type=int, default=90, help="oldest event rebuilt, days before the request")
     r = sub.add_parser("retrain", help="train ALS embeddings, evaluate on a holdout day, gate")
+    r.moments = ("--as-of", "--holdout-day")
     r.add_argument("--as-of", type=instant, default=None,
                    help=AS_OF_HELP + "; names the model version (a re-run replaces it) and, without "
                         "--holdout-day, evaluates the last UTC day complete at it")
