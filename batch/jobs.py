@@ -65,11 +65,26 @@ class LakeIO:
         which a condition on the partition columns does. When it cuts across files (a column
         that is not a partition, in a table that compaction merges), give ``within``: a condition
         on partitions that contains it; that partition's rows outside ``where`` are written back
-        unchanged in the same commit."""
+        unchanged in the same commit, as of the snapshot they were read from: a commit to the
+        table since (another job's rows in that partition) fails this one, which a retry redoes,
+        instead of being overwritten."""
+        writer = None
         if within is not None:
-            kept = self.read(table).where(within & ~F.coalesce(where, F.lit(False)))
+            snapshot = self.current_snapshot(table)
+            read = self.read(table) if snapshot is None else \
+                self.spark.read.option("snapshot-id", snapshot).table(self.name(table))
+            kept = read.where(within & ~F.coalesce(where, F.lit(False)))
             df, where = df.select(*kept.columns).unionByName(kept), within
-        df.select(*self.read(table).columns).writeTo(self.name(table)).overwrite(where)
+            writer = df.select(*kept.columns).writeTo(self.name(table)).option("isolation-level", "serializable")
+            if snapshot is not None:
+                writer = writer.option("validate-from-snapshot-id", str(snapshot))
+        (writer or df.select(*self.read(table).columns).writeTo(self.name(table))).overwrite(where)
+
+    def current_snapshot(self, table: str) -> int | None:
+        """The id of the table's current snapshot (None: nothing committed yet)."""
+        rows = self.spark.sql(f"SELECT snapshot_id FROM {self.name(table)}.history WHERE is_current_ancestor "
+                              "ORDER BY made_current_at DESC LIMIT 1").collect()
+        return int(rows[0]["snapshot_id"]) if rows else None
 
     def feature_fields(self) -> tuple[str, ...]:
         return lake.feature_columns(self.read(lake.ENRICHED_EVENTS).columns)

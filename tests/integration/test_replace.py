@@ -172,3 +172,34 @@ def test_cleanup_deletes_an_experiment_whose_name_is_no_sql_literal(env, kv_clie
     assert figures["ended"] == [odd] and figures["lake_rows"] == 1
     assert rows_of(io, lake.SELECTED_SEQUENCES, odd) == []
     assert rows_of(io, lake.SELECTED_SEQUENCES, "atomic") == kept
+
+
+class CommitInBetween(jobs.LakeIO):
+    """The lake as a job sees it when another job commits to the same partition right after
+    this one has read the rows it keeps (two event types' skew runs of the same day)."""
+    other = None
+
+    def current_snapshot(self, table):
+        snapshot = super().current_snapshot(table)
+        self.append(table, self.other)
+        return snapshot
+
+
+def test_a_replace_does_not_overwrite_what_another_job_committed_since_it_read(env):
+    _, _, io = env
+    schema = jobs.SELECTION_REPORTS_SCHEMA
+    w1, w2 = dt.datetime(2026, 9, 1, tzinfo=UTC), dt.datetime(2026, 9, 2, tzinfo=UTC)
+
+    def report(rule, window_end, recall):
+        return ("raced", rule, "clicks", 2, window_end - dt.timedelta(days=2), window_end, "d", 3, recall, 0.1,
+                "last", None, None, 0.0, w2)
+
+    io.append(lake.SELECTION_REPORTS, io.spark.createDataFrame([report("last", w1, 0.1)], schema))
+    racing = CommitInBetween(io.spark, io.catalog, io.namespace, io.to_kv)
+    racing.other = io.spark.createDataFrame([report("dwell", w1, 0.3)], schema)  # the other job's row
+    raced = F.col("experiment") == F.lit("raced")
+    with pytest.raises(Exception, match="[Cc]onflicting"):
+        racing.replace(lake.SELECTION_REPORTS, io.spark.createDataFrame([report("last", w2, 0.9)], schema),
+                       raced & (F.col("window_end") == F.lit(w2)), within=raced)
+    got = {(r["rule"], r["recall_at_k"]) for r in io.read(lake.SELECTION_REPORTS).where(raced).collect()}
+    assert got == {("last", 0.1), ("dwell", 0.3)}  # the other job's row kept; this run failed, to be retried
