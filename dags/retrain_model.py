@@ -5,8 +5,9 @@ and the promoted model → gate → record (``model_runs``), then publish: the r
 gate promoted it and it is the newest promoted, becomes current in the KV layer (atomic switch;
 ``python -m batch model-rollback`` switches back). The version is named by the run's as-of (its
 data interval's end, or when an asset-triggered run was due): re-running a run replaces its
-version in ``item_embeddings``, ``user_embeddings`` and ``model_runs`` instead of adding one. Runs weekly, and also as soon as every event type's daily
-re-enrichment has refreshed the lake (data-aware: all per-type enriched-events assets).
+version in ``item_embeddings``, ``user_embeddings`` and ``model_runs`` instead of adding one.
+Runs weekly, and also as soon as every event type's daily re-enrichment has refreshed the lake
+(data-aware: all per-type enriched-events assets).
 The gate's decision and metrics are in the train task's log, in ``model_runs`` and in
 ``var/metrics/batch_retrain.prom``.
 """
