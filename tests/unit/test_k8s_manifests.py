@@ -78,8 +78,9 @@ def test_every_pod_finds_its_peers_by_their_service_names(name, doc):
         s = load_settings({**config_map("usersignals-settings")["data"], **{k: v for d in secrets for k, v in d.items()},
                            **plain_env(c)})
         assert s.bind_host == "0.0.0.0", (name, c["name"])
-        peers = {"broker": [b.rsplit(":", 1)[0] for b in s.broker.split(",")],
-                 "kv": [urlparse(s.kv_url).hostname], "trino": [s.trino_host]}
+        peers = {"broker": [b.rsplit(":", 1)[0] for b in s.broker.split(",")], "trino": [s.trino_host]}
+        if any(s_.get("secretRef", {}).get("name") == "usersignals-kv" for s_ in c.get("envFrom", [])):
+            peers["kv"] = [urlparse(s.kv_url).hostname]
         if any(s_.get("secretRef", {}).get("name") == "usersignals-lake-catalog" for s_ in c.get("envFrom", [])):
             peers["catalog"] = [urlparse(s.lake_catalog_uri).hostname]
         for peer, hosts in peers.items():
@@ -90,7 +91,9 @@ def test_every_pod_finds_its_peers_by_their_service_names(name, doc):
 
 
 def test_the_peers_named_are_the_services_the_manifests_deploy():
-    s = load_settings(config_map("usersignals-settings")["data"])
+    from tests.unit.test_k8s_render import secret_values
+
+    s = load_settings({**config_map("usersignals-settings")["data"], **secret_values("usersignals")["usersignals-kv"]})
     services = {d["metadata"]["name"] for _, d in DOCS if d["kind"] == "Service"}
     kafka = next(d for _, d in DOCS if d["kind"] == "Kafka")   # Strimzi's bootstrap Service: <cluster>-kafka-bootstrap
     port = next(lst["port"] for lst in kafka["spec"]["kafka"]["listeners"] if not lst["tls"])

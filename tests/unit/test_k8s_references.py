@@ -297,3 +297,21 @@ def test_the_object_store_is_reached_by_workload_identity(rendered):
     assert find(docs, "Job", "lake-migrate")["spec"]["template"]["spec"]["serviceAccountName"] == "usersignals-lake"
     spark = spark_defaults(docs)
     assert spark["spark.kubernetes.authenticate.executor.serviceAccountName"].strip() == "spark"
+
+
+def test_the_kv_nodes_require_the_secrets_password(rendered):
+    """requirepass and masterauth from the usersignals-kv Secret; the probe, the exporter and the
+    cluster Job authenticate with it (the clients' URL carries it: test_k8s_render.py)."""
+    target, docs = rendered
+    password = {"secretKeyRef": {"name": "usersignals-kv", "key": "password"}}
+    pod = find(docs, "StatefulSet", "redis-cluster")["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    node = containers["redis"]
+    args = dict(zip(node["args"][::2], node["args"][1::2]))
+    env = {e["name"]: e.get("valueFrom") for e in node.get("env", [])}
+    assert args["--requirepass"] == args["--masterauth"] == "$(REDIS_PASSWORD)", target
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == password, target
+    assert "--protected-mode" not in args
+    assert {e["name"]: e["valueFrom"] for e in containers["exporter"]["env"]} == {"REDIS_PASSWORD": password}
+    create = find(docs, "Job", "redis-cluster-create")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e["valueFrom"] for e in create["env"]} == {"REDISCLI_AUTH": password}

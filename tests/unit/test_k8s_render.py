@@ -43,6 +43,7 @@ def secret_values(namespace: str) -> dict[str, dict[str, str]]:
         for word in words:
             if word.startswith("--from-literal="):
                 key, _, value = word.removeprefix("--from-literal=").partition("=")
+                value = re.sub(r"\$(\w+)", r"example-\1", value)   # a shell variable of the block: its name
                 secrets.setdefault(name, {})[key] = re.sub(r"<user>|<read-only user>", "lake",
                                                            value.replace("<password>", "secret"))
     return secrets
@@ -126,6 +127,11 @@ def reads_the_catalog(docs, where, container) -> bool:
     return any(s.get("secretRef", {}).get("name") == "usersignals-lake-catalog" for s in container.get("envFrom", []))
 
 
+def reads_the_kv(container) -> bool:
+    """The KV layer's clients load its URL, with the password, from the usersignals-kv Secret."""
+    return any(s.get("secretRef", {}).get("name") == "usersignals-kv" for s in container.get("envFrom", []))
+
+
 def settings_pods(docs):
     for where, spec in pod_specs(docs):
         for c in spec["containers"]:
@@ -152,13 +158,18 @@ def test_every_pods_settings_load_and_its_peers_are_services_of_the_namespace(re
         {"lake-migrate", "usersignals-indexer", "spark-pod-template.yaml"}, target
     assert {w for w, _ in pods} >= {"serving", "trimmer", "lake-migrate", "usersignals-indexer",
                                     "spark-pod-template.yaml"}, target
+    assert {w for w, c in pods if reads_the_kv(c)} == {"serving", "trimmer", "usersignals-indexer",
+                                                       "spark-pod-template.yaml"}, target
     for where, c in pods:
         s = container_settings(docs, where, c, namespace)
         assert s.bind_host == "0.0.0.0" and s.kv_cluster, (target, where)
-        hosts = {"broker": [b.rsplit(":", 1)[0] for b in s.broker.split(",")], "kv": [urlparse(s.kv_url).hostname],
-                 "trino": [s.trino_host]}
+        hosts = {"broker": [b.rsplit(":", 1)[0] for b in s.broker.split(",")], "trino": [s.trino_host]}
         if reads_the_catalog(docs, where, c):
             hosts["catalog"] = [urlparse(s.lake_catalog_uri).hostname]
+        if reads_the_kv(c):
+            hosts["kv"] = [urlparse(s.kv_url).hostname]
+            assert urlparse(s.kv_url).password == secret_values(namespace)["usersignals-kv"]["password"], \
+                (target, where, "the KV URL carries the password the nodes require")
         for peer, names in hosts.items():
             for host in names:
                 service, _, rest = host.partition(".")
@@ -239,7 +250,7 @@ def test_an_overlay_address_outside_its_namespace_fails_the_check(tmp_path):
     """A peer left in the base's namespace by an overlay is caught, not rendered silently."""
     docs = render("overlays/example")
     settings = find(docs, "ConfigMap", "usersignals-settings")
-    settings["data"]["USERSIGNALS_KV_URL"] = "redis://redis-cluster.usersignals.svc:6379/0"
-    with pytest.raises(AssertionError, match="redis-cluster.usersignals.svc"):
+    settings["data"]["USERSIGNALS_TRINO_HOST"] = "trino.usersignals.svc"
+    with pytest.raises(AssertionError, match="trino.usersignals.svc"):
         test_every_pods_settings_load_and_its_peers_are_services_of_the_namespace(
             ("overlays/example", docs, EXAMPLE["namespace"], "1.4.2"))
