@@ -73,6 +73,34 @@ def usersignals_dag(dag_id: str, description: str, schedule, tags: list[str], do
                doc_md=doc_md, params=params or {}, **kwargs)
 
 
+def within_catchup(run_type: str, data_interval_end: dt.datetime, now: dt.datetime, days: int) -> bool:
+    """Whether a repair DAG's run does its work: a scheduled run whose day ended more than ``days``
+    before ``now`` is a catch-up too old to be automatic (a DAG unpaused for the first time would
+    replay every day since its start date); runs someone asked for (manual, backfill) always work."""
+    if run_type != "scheduled":
+        return True
+    return data_interval_end >= now - dt.timedelta(days=days)
+
+
+def _catchup_check(days: int, dag_run=None, data_interval_end=None, **_) -> bool:
+    now = dt.datetime.now(dt.timezone.utc)
+    run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
+    ok = within_catchup(run_type, data_interval_end or now, now, days)
+    if not ok:
+        print(f"day ending {data_interval_end} is more than {days} days old (USERSIGNALS_CATCHUP_DAYS): "
+              "skipped; backfill it from the UI to repair it")
+    return ok
+
+
+def catchup_window(days: int | None = None):
+    """The first task of a per-day repair DAG: skips the run's other tasks when it is a scheduled
+    catch-up older than ``settings.catchup_days`` (``within_catchup``)."""
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+    return ShortCircuitOperator(task_id="within_catchup_window", python_callable=_catchup_check,
+                                op_kwargs={"days": SETTINGS.catchup_days if days is None else days})
+
+
 def submit_spec(settings, environ: Mapping[str, str]) -> dict:
     """What ``spark_job`` hands SparkSubmitOperator for ``python -m batch`` on ``settings.spark_master``.
 

@@ -6,7 +6,8 @@ and current item features, deduplicates, overwrites the day's partitions
 and repairs the KV layer where the stream missed or mis-enriched events. Re-running a
 day is safe (idempotent); use the UI's Backfill to redo a range of days. A day that had no run
 (the scheduler was down, the DAG paused) is not skipped: the DAG catches up, and the scheduler
-creates the missed days' runs, oldest first, one at a time (docs/operations/airflow.md).
+creates the missed days' runs, oldest first, one at a time; runs of days older than
+``USERSIGNALS_CATCHUP_DAYS`` skip their work (docs/operations/airflow.md).
 
 Then, where a tenant serves a dataset of the type, ``skew`` measures the day's online/offline
 feature skew of those datasets (``python -m batch skew --event-types <type>``: a sample of what
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 from airflow.sdk import CronDataIntervalTimetable
 
-from _usersignals import ENRICHED_BY_TYPE, ENRICHED_EVENTS, REGISTRY, spark_job, table_asset, usersignals_dag
+from _usersignals import (ENRICHED_BY_TYPE, ENRICHED_EVENTS, REGISTRY, catchup_window, spark_job, table_asset,
+                          usersignals_dag)
 
 FEATURE_SKEW = table_asset("feature_skew")
 
@@ -36,8 +38,10 @@ for event_type in REGISTRY.event_types:
         timeout_h=3,
         repairs_days=True,
     ) as dag:
+        guard = catchup_window()
         reenrich = spark_job("reenrich", ["daily", "--day", "{{ data_interval_start | ds }}", "--event-types",
                                           event_type], outlets=[ENRICHED_EVENTS, ENRICHED_BY_TYPE[event_type]])
+        guard >> reenrich
         served = {ds.name for ds in REGISTRY.datasets_for(event_type) if ds.experiment is None}
         if any(served & set(t.sequences) for t in REGISTRY.tenants.values()):
             reenrich >> spark_job("skew", ["skew", "--day", "{{ data_interval_start | ds }}", "--event-types",

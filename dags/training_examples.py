@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from airflow.sdk import CronTriggerTimetable, Param
 
-from _usersignals import DAY_BEFORE_AS_OF, REGISTRY, spark_job, table_asset, usersignals_dag
+from _usersignals import DAY_BEFORE_AS_OF, REGISTRY, catchup_window, spark_job, table_asset, usersignals_dag
 
 TRAINING_EXAMPLES = table_asset("training_examples")
 
@@ -33,10 +33,11 @@ with usersignals_dag(
                                       description="Served path: engagements this long after a request label it"),
     },
 ) as dag:
-    spark_job("lake", ["training-examples", "--day", DAY_BEFORE_AS_OF, "--source", "lake",
-                       "--lookback-days", "{{ params.lookback_days }}"], outlets=[TRAINING_EXAMPLES])
+    guard = catchup_window()
+    guard >> spark_job("lake", ["training-examples", "--day", DAY_BEFORE_AS_OF, "--source", "lake",
+                                "--lookback-days", "{{ params.lookback_days }}"], outlets=[TRAINING_EXAMPLES])
     for tenant in sorted(t for t, cfg in REGISTRY.tenants.items() if cfg.log_sample_rate > 0):
-        spark_job(f"served_{tenant}", ["training-examples", "--day", DAY_BEFORE_AS_OF, "--source", "served",
-                                       "--tenant", tenant,
-                                       "--label-window-minutes", "{{ params.label_window_minutes }}"],
-                  outlets=[TRAINING_EXAMPLES])
+        guard >> spark_job(f"served_{tenant}", ["training-examples", "--day", DAY_BEFORE_AS_OF, "--source",
+                                                "served", "--tenant", tenant,
+                                                "--label-window-minutes", "{{ params.label_window_minutes }}"],
+                           outlets=[TRAINING_EXAMPLES])

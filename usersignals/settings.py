@@ -132,6 +132,9 @@ class Settings:
     lake_target_file_mb: int = setting(128, "Size (MiB) at which the job's Iceberg sink rolls a data file.")
     # --- batch and analytics ------------------------------------------------------------------------
     spark_master: str = setting("local[2]", "Spark master of the batch jobs (local[N], k8s://...).")
+    # A repair DAG unpaused for the first time would otherwise replay every day since its start date.
+    catchup_days: int = setting(14, "How many days back a per-day repair DAG's missed scheduled runs still run "
+                                    "(older ones skip their tasks: backfill them from the UI).")
     spark_python: str = setting(
         "", "The Python that runs the batch jobs under spark-submit (spark-submit from its bin/); "
             "empty: <repo>/.venv's, else the running one.")
@@ -225,7 +228,7 @@ _DERIVED = {
 # Every field is read from USERSIGNALS_<FIELD>, but for these names.
 _VAR_NAMES = {"registry_path": "REGISTRY"}
 # Settings that must be at least this number.
-_MINIMUMS = {"api_workers": 1, "trim_interval_s": 0.001}
+_MINIMUMS = {"api_workers": 1, "trim_interval_s": 0.001, "catchup_days": 1}
 # Settings that take one of a few words.
 _CHOICES = {
     "python_worker_mode": ("process", "loopback"),

@@ -150,3 +150,47 @@ def test_retraining_names_and_publishes_its_runs_version_from_the_as_of(dagbag, 
     publish = parser().parse_args(render(dag, dag.get_task("publish"), interval))
     assert train.as_of == publish.as_of == pendulum.datetime(2026, 10, 2, tz=UTC)
     assert train.holdout_day.isoformat() == "2026-10-01" and publish.version is None
+
+
+def test_a_scheduled_catch_up_older_than_the_window_does_no_work(dagbag):  # noqa: F811  (puts dags/ on sys.path)
+    """A repair DAG unpaused for the first time would replay every day since its start date:
+    scheduled runs of days older than the window skip; what someone asked for always runs."""
+    import datetime as dt
+
+    from _usersignals import within_catchup
+
+    now = dt.datetime(2026, 12, 7, 12, tzinfo=dt.timezone.utc)
+    ended = {days: now - dt.timedelta(days=days) for days in (0, 13, 14, 15, 300)}
+    assert {d: within_catchup("scheduled", end, now, 14) for d, end in ended.items()} == \
+        {0: True, 13: True, 14: True, 15: False, 300: False}
+    for asked in ("manual", "backfill", "asset_triggered"):
+        assert within_catchup(asked, ended[300], now, 14), asked
+
+
+def test_the_catch_up_check_reads_airflows_run_types(dagbag):  # noqa: F811
+    """The task's callable gets Airflow's own DagRunType (an enum), not a string."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from airflow.utils.types import DagRunType
+
+    from _usersignals import _catchup_check
+
+    old = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    assert _catchup_check(14, dag_run=SimpleNamespace(run_type=DagRunType.SCHEDULED), data_interval_end=old) is False
+    assert _catchup_check(14, dag_run=SimpleNamespace(run_type=DagRunType.BACKFILL_JOB), data_interval_end=old)
+    assert _catchup_check(14, dag_run=SimpleNamespace(run_type=DagRunType.MANUAL), data_interval_end=old)
+    recent = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    assert _catchup_check(14, dag_run=SimpleNamespace(run_type=DagRunType.SCHEDULED), data_interval_end=recent)
+
+
+def test_every_task_of_a_repair_dag_waits_on_the_catch_up_window(dagbag):  # noqa: F811
+    from _usersignals import SETTINGS
+
+    for dag_id in repair_dags():
+        dag = dagbag.dags[dag_id]
+        guard = dag.get_task("within_catchup_window")
+        assert guard.op_kwargs == {"days": SETTINGS.catchup_days}
+        assert [t.task_id for t in dag.roots] == ["within_catchup_window"], dag_id
+        work = {t.task_id for t in dag.tasks} - {guard.task_id}
+        assert work and work <= guard.get_flat_relative_ids(upstream=False), dag_id
