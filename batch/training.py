@@ -419,9 +419,34 @@ def _write(io, rows: DataFrame, p: Progress, source: str, day: dt.date, lengths:
     if export_dir:
         path = export_path(export_dir, source, day)
         ready = model_ready(rows, lengths)
-        ready.coalesce(max(1, math.ceil(examples / 200_000))).write.mode("overwrite").parquet(path)
+        export_replace(io.spark, ready.coalesce(max(1, math.ceil(examples / 200_000))), path)
         p.stage("exported", int(examples), path=path)
     return p.done()
+
+
+def export_replace(spark, df: DataFrame, path: str) -> None:
+    """Write ``df`` as Parquet at ``path``, replacing what is there only once the new files are
+    complete: they are written to a staging directory beside it, whose ``_`` prefix readers of the
+    export skip (Spark, pyarrow datasets), then swapped in. A run that fails while writing leaves
+    the previous export whole (``mode("overwrite")`` deleted it first)."""
+    import uuid
+
+    jvm = spark.sparkContext._jvm
+    Path = jvm.org.apache.hadoop.fs.Path
+    parent, _, leaf = path.rstrip("/").rpartition("/")
+    staging = f"{parent}/_staging-{leaf}-{uuid.uuid4().hex[:12]}"
+    target, staged = Path(path), Path(staging)
+    fs = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    try:
+        df.write.parquet(staging)
+    except Exception:
+        if fs.exists(staged):
+            fs.delete(staged, True)
+        raise
+    if fs.exists(target) and not fs.delete(target, True):
+        raise OSError(f"could not remove the previous export {path}; the new one is at {staging}")
+    if not fs.rename(staged, target):
+        raise OSError(f"could not move the new export from {staging} to {path}")
 
 
 def export_path(export_dir: str, source: str, day: dt.date) -> str:

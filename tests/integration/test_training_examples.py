@@ -192,3 +192,24 @@ def test_log_and_wait_gives_the_lake_sequences_when_nothing_was_late(env, tmp_pa
     # The table also holds the served rows, event ids unknown (Arrow logs hashes only).
     assert io.read(TRAINING_EXAMPLES).where("source = 'served' AND dataset IS NOT NULL") \
         .where(F.col("event_id").isNotNull()).count() == 0
+
+
+def test_an_export_that_fails_while_writing_leaves_the_previous_one_whole(env, tmp_path):
+    """The day's export is swapped in only once complete: a run that fails while writing (here a
+    row whose computation raises) keeps the previous export's files and leaves no staging behind;
+    a run that succeeds replaces them."""
+    _, _, spark, _ = env
+    path = training.export_path((tmp_path).as_uri(), "lake", dt.date(2026, 11, 20))
+    training.export_replace(spark, spark.createDataFrame([(1,), (2,)], "n int"), path)
+    before = sorted(pq.read_table(tmp_path / "lake").to_pydict()["n"])
+    assert before == [1, 2]
+
+    boom = F.udf(lambda n: 1 // (n - 3), "int")   # n = 3 divides by zero inside the write
+    failing = spark.createDataFrame([(3,)], "n int").select(boom("n").alias("n"))
+    with pytest.raises(Exception, match="ZeroDivisionError"):
+        training.export_replace(spark, failing, path)
+    assert sorted(pq.read_table(tmp_path / "lake").to_pydict()["n"]) == before
+    assert [p.name for p in tmp_path.glob("lake/*")] == ["day=2026-11-20"]   # no staging left
+
+    training.export_replace(spark, spark.createDataFrame([(7,)], "n int"), path)
+    assert pq.read_table(tmp_path / "lake").to_pydict()["n"] == [7]
