@@ -11,11 +11,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from batch import jobs
-from batch.__main__ import make_io
-from iceberg_schemas.migrate import migrate
-from tests.integration.test_selection import DATASET, EVENTS, at
+from tests.integration.test_selection import at, planted_lake
 from usersignals import lake
-from usersignals.registry import load_registry
 from usersignals.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -39,25 +36,8 @@ ends = {ENDS.isoformat()}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, kv_server, new_lake):
-    from batch.session import spark_session
-
-    root = tmp_path_factory.mktemp("replace")
-    path = root / "registry.toml"
-    path.write_text(registry_text())
-    settings = new_lake(root, kv_port=kv_server.settings.kv_port, registry_path=path)
-    registry = load_registry(path)
-    migrate(lake.load_catalog(settings), settings, registry)
-    spark = spark_session(settings, "test-replace")
-    io = make_io(spark, settings)
-    rows = [(eid, u, t, item, ts, "home", dwell, None, DATASET[t], ts, "stream", "c1", 0.5)
-            for eid, u, t, item, ts, dwell in EVENTS]
-    io.append(lake.ENRICHED_EVENTS, spark.createDataFrame(rows, (
-        "event_id string, user_id string, event_type string, item_id string, event_time timestamp, "
-        "surface string, dwell_ms bigint, query string, dataset string, indexed_at timestamp, "
-        "enriched_by string, category string, popularity double")))
-    io.append(lake.ITEM_FEATURES, spark.createDataFrame(
-        [(i, "c1", 0.5, [1.0, 0.0], at(1, 0)) for i in "abcdefghi"],
-        "item_id string, category string, popularity double, embedding array<float>, updated_at timestamp"))
+    settings, registry, spark, io, _ = planted_lake(tmp_path_factory.mktemp("replace"), registry_text(), kv_server,
+                                                    new_lake)
     yield settings, registry, io
     spark.stop()
 

@@ -105,17 +105,17 @@ api_key_sha256 = "7b2b549be3bd5dd34dd27f992ce2df7d2891eb6d29606a3555f349f6008a32
     return text + raw_tail
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, kv_server, new_lake):
+def planted_lake(root, registry_toml: str, kv_server, new_lake, embedding=lambda item: [1.0, 0.0]):
+    """A new lake under ``root`` with the registry ``registry_toml``, EVENTS as the stream's enriched
+    rows and items a..i with ``embedding(item)``: ``(settings, registry, spark, io, registry path)``."""
     from batch.session import spark_session
 
-    root = tmp_path_factory.mktemp("selection")
     path = root / "registry.toml"
-    path.write_text(registry_text())
+    path.write_text(registry_toml)
     settings = new_lake(root, kv_port=kv_server.settings.kv_port, registry_path=path)
     registry = load_registry(path)
     migrate(lake.load_catalog(settings), settings, registry)
-    spark = spark_session(settings, "test-selection")
+    spark = spark_session(settings, f"test-{root.name}")
     io = make_io(spark, settings)
     rows = [(eid, u, t, item, ts, "home", dwell, None, DATASET[t], ts, "stream", "c1", 0.5)
             for eid, u, t, item, ts, dwell in EVENTS]
@@ -124,8 +124,16 @@ def env(tmp_path_factory, kv_server, new_lake):
         "surface string, dwell_ms bigint, query string, dataset string, indexed_at timestamp, "
         "enriched_by string, category string, popularity double")))
     io.append(lake.ITEM_FEATURES, spark.createDataFrame(
-        [(i, "c1", 0.5, [1.0, 0.0] if i in "ad" else [0.0, 1.0], at(1, 0)) for i in "abcdefghi"],
+        [(i, "c1", 0.5, embedding(i), at(1, 0)) for i in "abcdefghi"],
         "item_id string, category string, popularity double, embedding array<float>, updated_at timestamp"))
+    return settings, registry, spark, io, path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, kv_server, new_lake):
+    settings, registry, spark, io, path = planted_lake(
+        tmp_path_factory.mktemp("selection"), registry_text(), kv_server, new_lake,
+        embedding=lambda i: [1.0, 0.0] if i in "ad" else [0.0, 1.0])
     yield settings, registry, io, path
     spark.stop()
 
