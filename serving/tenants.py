@@ -84,6 +84,9 @@ class TenantDirectory:
         self.legacy_key: str | None = f"{prefix}:tenants"
         now = time.time()
         self._configs = {n: TenantConfig(t, 1, now) for n, t in registry.tenants.items()}
+        # The newest version stored per tenant, applied or not (a config this registry refuses):
+        # a put() numbers past it, so other processes do not ignore it as older than what they serve.
+        self._stored_versions: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
     def get(self, name: str) -> TenantConfig | None:
@@ -98,7 +101,7 @@ class TenantDirectory:
         async with self._lock:
             await self.sync()
             current = self._configs.get(name)
-            version = (current.version if current else 0) + 1
+            version = max(current.version if current else 0, self._stored_versions.get(name, 0)) + 1
             cfg = TenantConfig(tenant, version, time.time())
             if self.client is not None:
                 record = orjson.dumps({"version": version, "updated_at": cfg.updated_at,
@@ -109,6 +112,7 @@ class TenantDirectory:
                 pipe.ltrim(self.history_prefix + name, 0, HISTORY - 1)
                 await pipe.execute()
             self._configs[name] = cfg
+            self._stored_versions[name] = version
             return cfg
 
     async def history(self, name: str) -> list[dict]:
@@ -135,6 +139,7 @@ class TenantDirectory:
             except CorruptRecord as exc:
                 self.errors.report(TENANT_SYNC, f"skipped the tenant record at key {key} field {name!r}: {exc}")
                 continue
+            self._stored_versions[name] = version
             current = self._configs.get(name)
             if current is not None and current.version >= version:
                 continue

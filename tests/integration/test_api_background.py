@@ -74,6 +74,30 @@ def test_one_sync_skips_each_corrupt_record_and_applies_the_rest(kv_server, kv_c
         assert any(f"key {key}" in m and reason.replace("%s", prefix) in m for m in logged), (name, logged)
 
 
+def test_a_put_numbers_past_a_stored_version_this_registry_refuses(kv_server, kv_client, registry):
+    """Another process stored search_ranking's version 7 with a dataset this registry lacks: this
+    one skips it, and its own PUT must be version 8, not 2, or processes that applied 7 would
+    ignore the PUT as older and serve another config than this one."""
+    prefix = kv_server.settings.kv_prefix
+    newer = tenant_to_dict(registry.tenants["search_ranking"]) | {"sequences": {"not_here_yet": 3}}
+    kv_client.hset(f"{{{prefix}:tenants}}", "search_ranking",
+                   orjson.dumps({"version": 7, "updated_at": time.time(), "config": newer}))
+
+    async def scenario():
+        client = aioredis.Redis.from_url(kv_server.settings.kv_url)
+        directory = TenantDirectory(registry, client, prefix)
+        try:
+            await directory.sync()
+            assert directory.get("search_ranking").version == 1     # the registry's, 7 was refused
+            put = await directory.put("search_ranking", tenant_to_dict(registry.tenants["search_ranking"]))
+            return put.version
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == 8
+    assert orjson.loads(kv_client.hget(f"{{{prefix}:tenants}}", "search_ranking"))["version"] == 8
+
+
 def test_the_api_keeps_syncing_and_taking_puts_with_corrupt_records_stored(kv_server, kv_client, registry, caplog):
     prefix = kv_server.settings.kv_prefix
     key = corrupt_the_tenants_hash(kv_client, prefix)
