@@ -257,6 +257,7 @@ def retrain(io, registry: Registry, holdout_day: dt.date | None, params: TrainPa
     holdout_day, as_of = run_moment(holdout_day, as_of)
     now = now or dt.datetime.now(dt.timezone.utc)
     version = model_version(as_of)
+    refuse_published(io, version)
     p = Progress("retrain", io.metrics_dir, version=version, holdout_day=str(holdout_day))
     end = T.day_bounds(holdout_day)[0]
     events = io.read(lake.ENRICHED_EVENTS)
@@ -345,6 +346,22 @@ def retrain(io, registry: Registry, holdout_day: dt.date | None, params: TrainPa
             "eval_users": len(eval_users), "training_events": n_events, "seq_users": len(profiles)}
 
 
+def refuse_published(io, version: str) -> None:
+    """A re-run replaces its version's lake rows, but publishing a version that is already current
+    changes nothing in the KV layer: serving and the lake would disagree under one name. Such a
+    re-run is refused, before any work. (A previous version is rewritten whole when published
+    again, so re-training it is safe.)"""
+    if io.kv is None:
+        return
+    from usersignals import models
+    from usersignals.kv import connect
+
+    if models.current_version(connect(io.kv), io.kv.kv_prefix) == version:
+        raise ValueError(f"model version {version} is the KV layer's current embedding version: re-training it "
+                         "would change the lake's rows of a version serving keeps as it is. Roll back first "
+                         "(python -m batch model-rollback), re-run, then publish it")
+
+
 def _gate_metrics(p: Progress, run: dict) -> None:
     from prometheus_client import Gauge
 
@@ -417,6 +434,10 @@ def publish(io, registry: Registry, kv_client, prefix: str, version: str | None 
         return write_embeddings(connect(kv_settings, socket_timeout=60), prefix, version,
                                 ((r["item_id"], r["embedding"]) for r in rows))
 
+    # Keys left of an earlier publication of this version (a re-trained one) go first: it is written whole.
+    held = models.versions(kv_client, prefix)
+    models.drop_versions(kv_client, prefix, keep=[v for v in (held.get("current"), held.get("previous"))
+                                                   if v and v != version])
     p.stage("written", write_partitions(emb, write))
     replaced = models.switch(kv_client, prefix, version)
     removed = models.drop_versions(kv_client, prefix, keep=[v for v in (version, replaced) if v])

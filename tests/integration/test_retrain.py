@@ -142,6 +142,10 @@ def test_a_rerun_of_the_same_as_of_replaces_its_version(env, kv_client):
     assert (older["published"], older["newest_promoted"]) == (None, again["model_version"])
     with pytest.raises(ValueError, match="not the last day complete"):
         retrain(io, load_registry(), HOLDOUT, quick, as_of=dt.datetime(2026, 11, 23, tzinfo=UTC))
+    # Published now: a third run would change the lake's rows under the name serving keeps.
+    with pytest.raises(ValueError, match=f"{again['model_version']} is the KV layer's current embedding version"):
+        retrain(io, load_registry(), None, quick, as_of=as_of)
+    assert version_rows(again["model_version"]) == (1, again["items"], again["users"])
 
 
 def serving_embedding(settings, item):
