@@ -400,24 +400,29 @@ def training_examples(io, registry: Registry, day: dt.date, *, source: str = "la
     # labels x N (11M rows from 150k events), which a driver's memory does not hold.
     rows = _to_table(io, rows.withColumn("created_at", F.current_timestamp())).persist(StorageLevel.DISK_ONLY)
     try:
-        return _write(io, rows, p, source, day, lengths, export_dir)
+        return _write(io, rows, p, source, day, lengths, export_dir, tenant if source == "served" else None)
     finally:
         rows.unpersist()
         events.unpersist()
 
 
 def _write(io, rows: DataFrame, p: Progress, source: str, day: dt.date, lengths: Mapping[str, int],
-           export_dir: str | None) -> dict[str, int]:
-    """Replace the day's rows of ``source`` in ``training_examples`` with ``rows``, export them."""
+           export_dir: str | None, tenant: str | None = None) -> dict[str, int]:
+    """Replace the day's rows of ``source`` (and of ``tenant``: the served path runs once per
+    tenant) in ``training_examples`` with ``rows``, export them."""
     start, end = T.day_bounds(day)
     examples = rows.select("example_id").distinct().count()
     p.stage("built", rows.count(), examples=examples)
     # The day's partition of the source, replaced in one commit (a re-run that finds no example empties it).
-    io.replace(TRAINING_EXAMPLES, rows, (F.col("source") == F.lit(source)) & T.in_range(start, end, "ts"))
+    partition = (F.col("source") == F.lit(source)) & T.in_range(start, end, "ts")
+    if tenant is None:
+        io.replace(TRAINING_EXAMPLES, rows, partition)
+    else:  # the other tenants' served rows of the day stay, written back in the same commit
+        io.replace(TRAINING_EXAMPLES, rows, partition & (F.col("tenant") == F.lit(tenant)), within=partition)
     p.figures["examples"] = int(examples)
     p.stage("written", int(examples))
     if export_dir:
-        path = export_path(export_dir, source, day)
+        path = export_path(export_dir, source, day, tenant)
         ready = model_ready(rows, lengths)
         export_replace(io.spark, ready.coalesce(max(1, math.ceil(examples / 200_000))), path)
         p.stage("exported", int(examples), path=path)
@@ -449,8 +454,10 @@ def export_replace(spark, df: DataFrame, path: str) -> None:
         raise OSError(f"could not move the new export from {staging} to {path}")
 
 
-def export_path(export_dir: str, source: str, day: dt.date) -> str:
+def export_path(export_dir: str, source: str, day: dt.date, tenant: str | None = None) -> str:
     """Where a day's Parquet export goes (a directory of part files): ``<source>/day=<day>``, so
     reading ``<export_dir>/<source>`` gives every exported day with a ``day`` partition column
-    (the source is a column of the files already)."""
-    return f"{export_dir.rstrip('/')}/{source}/day={day.isoformat()}"
+    (the source is a column of the files already). The served path's are per tenant, whose
+    sequence mixes differ: ``served/<tenant>/day=<day>``."""
+    where = source if tenant is None else f"{source}/{tenant}"
+    return f"{export_dir.rstrip('/')}/{where}/day={day.isoformat()}"

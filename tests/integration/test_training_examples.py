@@ -170,14 +170,24 @@ def test_log_and_wait_gives_the_lake_sequences_when_nothing_was_late(env, tmp_pa
     labels = {r["user_id"]: r["label"] for r in io.read(TRAINING_EXAMPLES).where("source = 'served'")
               .select("user_id", "label").distinct().collect()}
     assert labels == {"w1": "repin", "w2": "none", "w3": "none"}
+    # Another tenant's served examples of the day stay when this tenant's run is redone.
+    other = io.read(TRAINING_EXAMPLES).where("source = 'served'").limit(1) \
+        .withColumn("tenant", F.lit("search_ranking")).withColumn("example_id", F.lit("other-tenant"))
+    io.append(TRAINING_EXAMPLES, other)
+    again = training.training_examples(io, registry, day, source="served", tenant=tenant.name,
+                                       label_window_minutes=30, export_dir=export)
+    assert again["examples"] == 3
+    assert io.read(TRAINING_EXAMPLES).where("example_id = 'other-tenant'").count() == 1
+    assert io.read(TRAINING_EXAMPLES).where(F.col("tenant") == tenant.name).select("example_id").distinct() \
+        .count() == 3
     training.training_examples(io, registry, day, source="lake", tenant=tenant.name,
                                labels_table="served_moments", export_dir=export)
 
     def read(source):
-        t = pq.read_table(tmp_path / "export" / source / f"day={day}").to_pydict()
+        t = pq.read_table(tmp_path / "export" / source / f"day={day}").to_pydict()   # served: per tenant
         return {eid: {c: t[c][k] for c in t if "." in c} for k, eid in enumerate(t["example_id"])}
 
-    served_arrays, lake_arrays = read("served"), read("lake")
+    served_arrays, lake_arrays = read(f"served/{tenant.name}"), read("lake")
     assert set(served_arrays) == set(lake_arrays) == {f"req-{u}:{u}" for u in users}
     for eid, cols in served_arrays.items():
         for c, v in cols.items():
