@@ -16,8 +16,10 @@ the API (400). One rule, here; ``ID_PATTERN`` is the same rule for the OpenAPI s
 - ``/`` — a URL path cannot carry it (``%2F`` is decoded before routing), so a user id holding
   it could be stored but never read or erased through the API;
 - whitespace (ASCII and Unicode), control characters (C0, DEL, C1), the invisible format
-  characters that make two ids look alike (zero-width, bidi controls, soft hyphen, BOM), and
-  lone surrogates.
+  characters that make two ids look alike (zero-width, bidi controls, soft hyphen, BOM, the
+  combining grapheme joiner, the Hangul fillers; not the supplementary-plane tag characters,
+  which a JSON Schema pattern cannot name), and lone surrogates;
+- ``.`` and ``..`` as the whole id: URL clients and proxies resolve them as path segments.
 
 Everything else passes: letters of every script, digits, emoji, ``. - _ + @ # % & = , ; ! $ ~``
 and so on — e-mail addresses such as ``a.b+c@x.com``, the generator's ``u42``/``i7``/``1f3a-12``.
@@ -39,14 +41,18 @@ MAX_NAME_CHARS = 63
 SPECIAL = '{}:*?[]\\"\'`/'
 # Controls, whitespace and invisible format characters: one class every regex engine reads alike
 # (BMP escapes only: the same in Python's re, in ECMA-262 and in the Rust engines of JSON Schema).
-_INVISIBLE = (r"\x00-\x20\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u1680\u180e\u2000-\u200f"
-              r"\u2028-\u202f\u205f-\u206f\u3000\ufeff\ufff9-\ufffb\ufffe\uffff")
+_INVISIBLE = (r"\x00-\x20\x7f-\xa0\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u115f\u1160\u1680\u180e"
+              r"\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\uffa0\ufeff\ufff9-\ufffb\ufffe\uffff")
 _FORBIDDEN_CLASS = _INVISIBLE + re.escape(SPECIAL).replace("/", r"\/")
 # Lone surrogates too: no UTF-8 (a Kafka key, a KV key) can hold one. JSON and URLs cannot carry
 # them to the API, and a JSON Schema pattern cannot name them, so they are not in ID_PATTERN.
 FORBIDDEN = re.compile(f"[{_FORBIDDEN_CLASS}\\ud800-\\udfff]")
+# Whole ids that a URL path cannot carry: clients and proxies resolve them as path segments.
+DOT_SEGMENTS = (".", "..")
 # The OpenAPI ``pattern`` of an id (lengths go in minLength/maxLength).
-ID_PATTERN = f"^[^{_FORBIDDEN_CLASS}]+$"
+# (No look-ahead for "not . or ..": the Rust regex engines of JSON Schema have none.)
+ID_PATTERN = (f"^(?:[^{_FORBIDDEN_CLASS}.][^{_FORBIDDEN_CLASS}]*|\\.[^{_FORBIDDEN_CLASS}.][^{_FORBIDDEN_CLASS}]*"
+              f"|\\.\\.[^{_FORBIDDEN_CLASS}]+)$")
 
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 NAME_PATTERN = f"^[a-z][a-z0-9_]{{0,{MAX_NAME_CHARS - 1}}}$"
@@ -64,6 +70,8 @@ def id_problem(value: object, what: str = "id", max_chars: int = MAX_ID_CHARS) -
         return f"{what} must not be empty"
     if len(value) > max_chars:
         return f"{what} has {len(value)} characters; at most {max_chars}"
+    if value in DOT_SEGMENTS:
+        return f"{what} {value!r} is a path segment a URL cannot carry; ids may not be '.' or '..'"
     bad = FORBIDDEN.search(value)
     if bad is not None:
         return (f"{what} {_shown(value)} has {_char(bad.group())} at position {bad.start()}; ids may not hold "
@@ -72,7 +80,8 @@ def id_problem(value: object, what: str = "id", max_chars: int = MAX_ID_CHARS) -
 
 
 def is_id(value: object, max_chars: int = MAX_ID_CHARS) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= max_chars and FORBIDDEN.search(value) is None
+    return isinstance(value, str) and 0 < len(value) <= max_chars and value not in DOT_SEGMENTS \
+        and FORBIDDEN.search(value) is None
 
 
 def check_id(value: object, what: str = "id", max_chars: int = MAX_ID_CHARS) -> str:
@@ -92,7 +101,7 @@ def first_invalid_id(values: Iterable[str], what: str = "id", max_chars: int = M
     except TypeError:  # a value that is not a string: id_problem names it
         joined = None
     if joined is not None and FORBIDDEN.search(joined) is None and "" not in values \
-            and max(map(len, values), default=0) <= max_chars:
+            and max(map(len, values), default=0) <= max_chars and not any(v in DOT_SEGMENTS for v in values):
         return None
     return next((p for v in values if (p := id_problem(v, what, max_chars)) is not None), None)
 
@@ -115,4 +124,4 @@ def _shown(value: object) -> str:
 
 
 def _char(c: str) -> str:
-    return repr(c) if c.isprintable() and not c.isspace() else f"U+{ord(c):04X}"
+    return repr(c) if c in SPECIAL else f"U+{ord(c):04X}"   # the others are invisible: name the code point
