@@ -254,3 +254,24 @@ def test_an_overlay_address_outside_its_namespace_fails_the_check(tmp_path):
     with pytest.raises(AssertionError, match="trino.usersignals.svc"):
         test_every_pods_settings_load_and_its_peers_are_services_of_the_namespace(
             ("overlays/example", docs, EXAMPLE["namespace"], "1.4.2"))
+
+
+def test_the_api_serves_its_admin_routes_on_a_port_nothing_exposes(rendered):
+    """Tenant changes, reload and erasure answer only on the admin port; no Service targets it and
+    no NetworkPolicy lets traffic in on it (an admin port-forwards, kubernetes.md step 5)."""
+    _, docs, namespace, _ = rendered
+    pod = find(docs, "Deployment", "serving")["spec"]["template"]["spec"]
+    api = next(c for c in pod["containers"] if c["name"] == "api")
+    settings = container_settings(docs, "serving", api, namespace)
+    assert settings.api_admin_port and settings.api_admin_port != settings.api_port
+    admin = settings.api_admin_port
+    assert {p["containerPort"] for p in api["ports"]} == {settings.api_port, admin}
+    names = {p["name"]: p["containerPort"] for p in api["ports"]}
+    for d in docs:
+        if d["kind"] == "Service":
+            targets = {p.get("targetPort", p["port"]) for p in d["spec"].get("ports", [])}
+            assert not targets & {admin, next((n for n, port in names.items() if port == admin), None)}, \
+                d["metadata"]["name"]
+        if d["kind"] == "NetworkPolicy":
+            for rule in d["spec"].get("ingress", []):
+                assert admin not in {p.get("port") for p in rule.get("ports", [])}, d["metadata"]["name"]
