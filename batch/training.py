@@ -433,7 +433,10 @@ def export_replace(spark, df: DataFrame, path: str) -> None:
     """Write ``df`` as Parquet at ``path``, replacing what is there only once the new files are
     complete: they are written to a staging directory beside it, whose ``_`` prefix readers of the
     export skip (Spark, pyarrow datasets), then swapped in. A run that fails while writing leaves
-    the previous export whole (``mode("overwrite")`` deleted it first)."""
+    the previous export whole (``mode("overwrite")`` deleted it first). The swap is a delete and
+    a rename, not atomic: a reader in between finds no export for the day (on S3 the rename
+    copies, so longer), and a crash in between leaves the new files in the staging directory,
+    named in the error; a re-run writes them again."""
     import uuid
 
     jvm = spark.sparkContext._jvm
