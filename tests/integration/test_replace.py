@@ -6,6 +6,7 @@ The failure is injected where a crash would hit: every DataFrame the job writes 
 Spark computes it, after the job has read and decided everything (``FailingWrites``).
 """
 import datetime as dt
+from functools import partial
 
 import pytest
 from pyspark.sql import functions as F
@@ -106,14 +107,18 @@ def test_a_selection_run_that_fails_while_writing_keeps_the_old_reports_and_sequ
     assert sorted(r[:8] for r in rows_of(io, lake.SELECTED_SEQUENCES)) == sorted(r[:8] for r in sequences)
 
 
+def report_row(experiment, rule, window_end, recall, *, created_at):
+    """A selection_reports row of ``experiment``'s 2-day window ending ``window_end``."""
+    return (experiment, rule, "clicks", 2, window_end - dt.timedelta(days=2), window_end, "d", 3, recall, 0.1,
+            "last", None, None, 0.0, created_at)
+
+
 def test_replace_swaps_the_rows_it_names_even_in_files_shared_with_rows_it_keeps(env):
     _, _, io = env
     schema = jobs.SELECTION_REPORTS_SCHEMA
     w1, w2 = dt.datetime(2026, 10, 1, tzinfo=UTC), dt.datetime(2026, 10, 2, tzinfo=UTC)
 
-    def report(rule, window_end, recall):
-        return ("shared", rule, "clicks", 2, window_end - dt.timedelta(days=2), window_end, "d", 3, recall, 0.1,
-                "last", None, None, 0.0, w2)
+    report = partial(report_row, "shared", created_at=w2)
 
     # One append, one data file: both windows' rows in it (as compaction leaves them).
     io.append(lake.SELECTION_REPORTS, io.spark.createDataFrame(
@@ -170,9 +175,7 @@ def test_a_replace_does_not_overwrite_what_another_job_committed_since_it_read(e
     schema = jobs.SELECTION_REPORTS_SCHEMA
     w1, w2 = dt.datetime(2026, 9, 1, tzinfo=UTC), dt.datetime(2026, 9, 2, tzinfo=UTC)
 
-    def report(rule, window_end, recall):
-        return ("raced", rule, "clicks", 2, window_end - dt.timedelta(days=2), window_end, "d", 3, recall, 0.1,
-                "last", None, None, 0.0, w2)
+    report = partial(report_row, "raced", created_at=w2)
 
     io.append(lake.SELECTION_REPORTS, io.spark.createDataFrame([report("last", w1, 0.1)], schema))
     racing = CommitInBetween(io.spark, io.catalog, io.namespace, io.to_kv)
